@@ -17,8 +17,8 @@ Window geometry (``WindowConfig``):
   ``ceil(max_windows / 2)`` and the last ``floor(max_windows / 2)`` windows (head + tail).
 
 ``text[char_start:char_end]`` is exactly the window's text. Re-tokenizing that span gives back the window's
-tokens, except that a window which starts inside a word has its first sub-word token (``##ing``) come back
-without the continuation marker.
+tokens, except where a window starts inside a word: that first word fragment (``##ing``) is re-segmented,
+every token from the next word on is the same.
 """
 
 from __future__ import annotations

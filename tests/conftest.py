@@ -39,7 +39,10 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny-bert")
     vocab = _vocab()
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
+    tokenizer = BertTokenizerFast(vocab=str(path / "vocab.txt"), do_lower_case=True)  # transformers >= 5
+    if tokenizer.vocab_size != len(vocab):
+        tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)  # transformers 4
+    assert tokenizer.vocab_size == len(vocab), "the tiny tokenizer must use the hand-written vocab"
     tokenizer.save_pretrained(path)
     config = BertConfig(
         vocab_size=len(vocab),

@@ -50,10 +50,15 @@ def test_windows_cover_overlap_and_slice_exactly(tiny_tokenizer, docs, max_lengt
             assert list(window_ids[1:-1]) == ids[s:e]
             assert len(window_ids) <= max_length
             assert (cs, ce) == (offsets[s][0], offsets[e - 1][1])
-            # Re-tokenizing the window's text gives back its tokens (a leading "##" piece loses its marker).
+            # Re-tokenizing the window's text gives back its tokens. A window that starts inside a word
+            # re-segments that first word fragment; every token from the next word on is the same.
             again = tiny_tokenizer.convert_ids_to_tokens(_doc_tokens(tiny_tokenizer, text[cs:ce])[0])
             mine = tiny_tokenizer.convert_ids_to_tokens(ids[s:e])
-            assert again[1:] == mine[1:] and again[0] == mine[0].removeprefix("##")
+            if not mine[0].startswith("##"):
+                assert again == mine
+            else:
+                k = next((j for j in range(1, len(mine)) if not mine[j].startswith("##")), len(mine))
+                assert again[len(again) - (len(mine) - k):] == mine[k:]
         assert covered.all(), "every token is in some window"
         assert spans[-1][1] == len(ids), "the last window is right-aligned to the end"
         for (s0, e0), (s1, _e1) in zip(spans[:-2], spans[1:-1], strict=True):

@@ -1,0 +1,190 @@
+"""Post-hoc calibration on a validation set: temperature scaling, per-label thresholds, and ECE.
+
+- :func:`fit_temperature` finds the T that minimises the validation NLL of ``logits / T``.
+- :func:`tune_thresholds` picks, per label, the probability threshold that maximises that label's F1.
+- :func:`expected_calibration_error` measures how far confidence is from accuracy (15 equal-width bins).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from longdoc.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_GRID: np.ndarray = np.round(np.arange(0.05, 0.951, 0.025), 4)
+"""Threshold grid of :func:`tune_thresholds`: 0.05, 0.075, ..., 0.95."""
+
+_T_MIN, _T_MAX = 0.05, 100.0
+
+
+def _as_numpy(x: object, dtype: type | None = None) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().float().numpy() if x.is_floating_point() else x.detach().cpu().numpy()
+    return np.asarray(x, dtype=dtype)
+
+
+def fit_temperature(
+    logits: np.ndarray | torch.Tensor,
+    labels: np.ndarray | torch.Tensor | Sequence,
+    *,
+    multi_label: bool = False,
+    min_samples: int = 20,
+    max_iter: int = 200,
+) -> float:
+    """Temperature T > 0 minimising the NLL of ``logits / T`` on validation data.
+
+    Args:
+        logits: (n, L) validation logits.
+        labels: single-label: (n,) class indices; multi-label: (n, L) 0/1 targets.
+        multi_label: False: softmax cross-entropy; True: per-label sigmoid BCE (one shared T).
+        min_samples: below this many rows the data are too few to fit and T = 1.0 is returned.
+        max_iter: LBFGS iterations.
+
+    Returns:
+        T in [0.05, 100]; divide logits by it before softmax/sigmoid (``predict_probs(..., temperature=T)``).
+        T > 1 softens an over-confident model.
+    """
+    z = torch.as_tensor(_as_numpy(logits, np.float64))
+    if z.dim() != 2:
+        raise ValueError(f"logits must be 2-D (n, L), got shape {tuple(z.shape)}")
+    y = _as_numpy(labels)
+    n = z.shape[0]
+    if multi_label:
+        if y.shape != tuple(z.shape):
+            raise ValueError(f"multi-label labels must have shape {tuple(z.shape)}, got {y.shape}")
+        target = torch.as_tensor(y.astype(np.float64))
+    else:
+        if y.shape != (n,):
+            raise ValueError(f"single-label labels must have shape ({n},) of class indices, got {y.shape}")
+        if n and (y.min() < 0 or y.max() >= z.shape[1]):
+            raise ValueError(f"class indices must lie in [0, {z.shape[1]}), got [{y.min()}, {y.max()}]")
+        target = torch.as_tensor(y.astype(np.int64))
+    if n < min_samples:
+        logger.warning("fit_temperature: %d validation rows (< %d); keeping T = 1.0", n, min_samples)
+        return 1.0
+
+    def nll(log_t: torch.Tensor) -> torch.Tensor:
+        scaled = z / log_t.exp()
+        if multi_label:
+            return F.binary_cross_entropy_with_logits(scaled, target)
+        return F.cross_entropy(scaled, target)
+
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = nll(log_t)
+        loss.backward()
+        return loss
+
+    with torch.no_grad():
+        before = float(nll(torch.zeros((), dtype=torch.float64)))
+    optimizer.step(closure)
+    t = float(log_t.detach().exp())
+    if not np.isfinite(t):
+        logger.warning("fit_temperature: optimisation diverged; keeping T = 1.0")
+        return 1.0
+    t = float(np.clip(t, _T_MIN, _T_MAX))
+    with torch.no_grad():
+        after = float(nll(torch.tensor(np.log(t), dtype=torch.float64)))
+    logger.info("fit_temperature: T = %.4f, NLL %.4f -> %.4f on %d rows", t, before, after, n)
+    return t
+
+
+def tune_thresholds(
+    probs: np.ndarray | torch.Tensor,
+    labels_bin: np.ndarray | torch.Tensor,
+    *,
+    grid: Sequence[float] | np.ndarray = DEFAULT_GRID,
+    default: float = 0.5,
+) -> np.ndarray:
+    """Per-label decision thresholds maximising each label's F1 on validation data (multi-label).
+
+    Args:
+        probs: (n, L) predicted probabilities.
+        labels_bin: (n, L) 0/1 true labels.
+        grid: candidate thresholds; a label is predicted when ``prob >= threshold``.
+        default: threshold for a label without any positive in the validation data.
+
+    Returns:
+        (L,) float array. Among thresholds with equal F1 the one closest to ``default`` wins.
+    """
+    p = _as_numpy(probs, np.float64)
+    y = _as_numpy(labels_bin).astype(bool)
+    if p.ndim != 2 or p.shape != y.shape:
+        raise ValueError(
+            f"probs and labels_bin must both be (n, L) of one shape, got {p.shape} and {y.shape}"
+        )
+    candidates = np.asarray(grid, dtype=np.float64).ravel()
+    if candidates.size == 0 or np.any((candidates < 0) | (candidates > 1)):
+        raise ConfigError(f"grid must be a non-empty sequence of thresholds in [0, 1], got {candidates!r}")
+
+    n_labels = p.shape[1]
+    positives = y.sum(axis=0)  # (L,)
+    f1 = np.zeros((candidates.size, n_labels))  # (G, L)
+    for g, t in enumerate(candidates):
+        pred = p >= t  # (n, L)
+        tp = (pred & y).sum(axis=0)
+        denom = pred.sum(axis=0) + positives  # 2tp + fp + fn
+        f1[g] = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+
+    thresholds = np.full(n_labels, float(default))
+    # Break ties towards the default: order the grid by distance to it, argmax takes the first maximum.
+    order = np.argsort(np.abs(candidates - default), kind="stable")
+    best = order[np.argmax(f1[order], axis=0)]  # (L,)
+    has_pos = positives > 0
+    thresholds[has_pos] = candidates[best[has_pos]]
+    if not has_pos.all():
+        logger.info(
+            "tune_thresholds: %d label(s) without positives keep %.2f", int((~has_pos).sum()), default
+        )
+    return thresholds
+
+
+def expected_calibration_error(
+    probs: np.ndarray | torch.Tensor,
+    labels: np.ndarray | torch.Tensor | Sequence,
+    *,
+    n_bins: int = 15,
+    multi_label: bool = False,
+) -> float:
+    """Expected calibration error with ``n_bins`` equal-width confidence bins.
+
+    Single-label: ``probs`` (n, L), ``labels`` (n,) class indices; the confidence is the max probability and a
+    row is correct when its argmax equals the label. Multi-label: ``probs`` and ``labels`` (n, L); every
+    (row, label) pair is one binary prediction and each bin compares the mean probability with the fraction of
+    positives. ECE = sum over bins of (bin size / total) * |accuracy - confidence|; 0 is perfectly calibrated.
+    """
+    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
+        raise ConfigError(f"n_bins={n_bins!r} is not valid; expected an integer >= 1")
+    p = _as_numpy(probs, np.float64)
+    y = _as_numpy(labels)
+    if p.ndim != 2:
+        raise ValueError(f"probs must be 2-D (n, L), got shape {p.shape}")
+    if multi_label:
+        if y.shape != p.shape:
+            raise ValueError(f"multi-label labels must have shape {p.shape}, got {y.shape}")
+        confidence = p.ravel()
+        outcome = y.astype(np.float64).ravel()
+    else:
+        if y.shape != (p.shape[0],):
+            raise ValueError(f"single-label labels must have shape ({p.shape[0]},), got {y.shape}")
+        confidence = p.max(axis=1)
+        outcome = (p.argmax(axis=1) == y.astype(np.int64)).astype(np.float64)
+    if confidence.size == 0:
+        return 0.0
+    # Bins (lo, hi], the first one closed at 0.
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bins = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, n_bins - 1)
+    conf_sum = np.bincount(bins, weights=confidence, minlength=n_bins)
+    out_sum = np.bincount(bins, weights=outcome, minlength=n_bins)
+    # sum_b (n_b / N) * |acc_b - conf_b| == sum_b |sum outcome_b - sum confidence_b| / N
+    return float(np.abs(out_sum - conf_sum).sum() / confidence.size)

@@ -1,0 +1,814 @@
+"""Documents in: every supported source becomes one polars *document table*.
+
+The document table has these columns, in this order:
+
+- ``doc_id`` (str, unique),
+- ``text`` (str, never null),
+- ``labels`` (list of str; a single label becomes a one-element list, a missing label an empty list),
+- ``warning`` (str, null when the row is fine; otherwise the reason, e.g. ``"empty document"``: the row is kept),
+- then the metadata columns (every other input column by default).
+
+Reading policy, in one place:
+
+- Text files (JSON lines, CSV, a folder of ``.txt``/``.md``) are decoded as strict UTF-8 first (a leading BOM is
+  dropped); bytes that are not valid UTF-8 are decoded with ``encoding_fallback`` (cp1252 by default) and
+  ``errors="replace"``, the row is kept and ``warning`` says so.
+- Text that is missing (null) becomes ``""``; text that is not a string (a number) becomes ``str(x)``; empty and
+  whitespace-only documents are kept. Each of these sets ``warning``.
+- A JSON line that is not a JSON object raises :class:`~longdoc.errors.DataError` naming the file and line
+  (``on_bad_line="error"``, the default). With ``on_bad_line="warn"`` the line becomes a row with empty text, the
+  reason in ``warning`` and, when ids come from the data, the id ``"<file name>:<line number>"``; the other rows
+  are never lost. The same holds for a CSV row with the wrong number of fields.
+- When streaming JSON lines or dicts, a named metadata key that is absent from a whole chunk gives a null column
+  in that chunk (``load_documents`` raises :class:`DataError` for a name absent from the whole source).
+- Ids: ``id_column`` (default ``"id"``, else ``"doc_id"`` if present). When the default is absent from the data,
+  ids are the row numbers as strings (``"0"``, ``"1"``, ... counted over the whole source, also when streaming).
+  An id column the caller named explicitly must exist. Ids must be unique and non-null.
+- Labels: ``label_column`` (default ``"label"``, else ``"labels"`` if present; ``None`` for no labels). A cell may
+  hold a string, a number (made a string) or a list of them (multi-label); ``None`` and ``""`` mean no label.
+  In CSV a cell written as a JSON array (``["a", "b"]``) is read as several labels. ``datasets`` ``ClassLabel``
+  integers become their names.
+- A folder gives the columns ``id`` (the relative POSIX path), ``text`` and ``parent_dir`` (the name of the
+  file's folder, null at the top level): pass ``label_column="parent_dir"`` to label documents by folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import logging
+import os
+import sys
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+
+from longdoc.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DOC_COLUMNS", "documents_from_texts", "hub_dataset", "iter_documents", "load_documents"]
+
+DOC_COLUMNS = ("doc_id", "text", "labels", "warning")
+TEXT_FILE_SUFFIXES = (".txt", ".md")
+_LABELS_DTYPE = pl.List(pl.String)
+_SUPPORTED = ".jsonl, .ndjson, .json, .parquet, .csv, .tsv, .txt, .md or a folder of .txt/.md files"
+
+
+class _DefaultName(str):
+    """A column name the caller did not choose: its absence from the data is not an error."""
+
+
+_DEFAULT_ID = _DefaultName("id")
+_DEFAULT_LABEL = _DefaultName("label")
+_ALTERNATIVES = {"id": "doc_id", "label": "labels"}
+
+
+@dataclass(frozen=True)
+class _Options:
+    text_column: str
+    label_column: str | None
+    id_column: str | None
+    metadata_columns: tuple[str, ...] | None
+    glob: str
+    encoding_fallback: str
+    on_bad_line: str
+
+
+@dataclass
+class _Chunk:
+    """A piece of input as read, before normalisation."""
+
+    frame: pl.DataFrame
+    warnings: list[str | None] | None = None  # per-row reasons found while reading (decoding, bad lines)
+    fallback_ids: list[str | None] | None = None  # ids for rows that could not be read (on_bad_line="warn")
+
+
+# --------------------------------------------------------------------------------------------------- public API
+
+
+def load_documents(
+    source: Any,
+    *,
+    text_column: str = "text",
+    label_column: str | None = _DEFAULT_LABEL,
+    id_column: str | None = _DEFAULT_ID,
+    metadata_columns: Sequence[str] | None = None,
+    glob: str = "**/*",
+    encoding_fallback: str = "cp1252",
+    on_bad_line: Literal["error", "warn"] = "error",
+) -> pl.DataFrame:
+    """Read documents from any supported source into one document table.
+
+    Args:
+        source: a path to a ``.jsonl``/``.ndjson``/``.json`` (JSON lines or a JSON array), ``.parquet``,
+            ``.csv``/``.tsv``, ``.txt``/``.md`` file, or to a folder of ``.txt``/``.md`` files (recursive, one
+            document per file); a ``datasets.Dataset``; a polars or pandas DataFrame; a list of strings (the
+            texts); a list of dicts (the rows).
+        text_column: the column holding the document text.
+        label_column: the column holding the label(s); ``None`` for an unlabelled table.
+        id_column: the column holding unique document ids; ``None`` to number the rows.
+        metadata_columns: the input columns to keep after the four document columns; ``None`` keeps all of
+            them, ``[]`` none.
+        glob: for a folder source, the pattern of files to read (only ``.txt``/``.md`` files are read).
+        encoding_fallback: the codec used, with ``errors="replace"``, for files that are not valid UTF-8.
+        on_bad_line: ``"error"`` raises :class:`DataError` on an unreadable JSON line or CSV row; ``"warn"``
+            keeps it as an empty document with the reason in ``warning``.
+
+    Returns:
+        The document table (see the module docstring for its columns).
+
+    Raises:
+        DataError: the source cannot be read, a named column is missing, ids are duplicated or missing.
+    """
+    opts = _options(text_column, label_column, id_column, metadata_columns, glob, encoding_fallback, on_bad_line)
+    tables = []
+    row_offset = 0
+    for chunk in _read(source, opts, chunk_size=None):
+        table = _finish(chunk, opts, row_offset)
+        row_offset += table.height
+        tables.append(table)
+    if not tables:
+        table = _empty_table()
+    elif len(tables) == 1:
+        table = tables[0]
+    else:
+        table = pl.concat(tables, how="diagonal_relaxed")
+    _check_unique(table["doc_id"], opts.id_column)
+    n_warned = table.height - table["warning"].null_count()
+    if n_warned:
+        logger.info("%d of %d documents have a warning (see the 'warning' column)", n_warned, table.height)
+    return table
+
+
+def iter_documents(
+    source: Any,
+    *,
+    chunk_size: int = 1000,
+    text_column: str = "text",
+    label_column: str | None = _DEFAULT_LABEL,
+    id_column: str | None = _DEFAULT_ID,
+    metadata_columns: Sequence[str] | None = None,
+    glob: str = "**/*",
+    encoding_fallback: str = "cp1252",
+    on_bad_line: Literal["error", "warn"] = "error",
+) -> Iterator[pl.DataFrame]:
+    """Stream a source as document tables of at most ``chunk_size`` rows, in bounded memory.
+
+    JSON lines and CSV files are read line by line, Parquet files by record batches, folders file by file; the
+    options mean the same as in :func:`load_documents`. Every input row appears in exactly one chunk, in input
+    order. Generated ids count rows over the whole source. Ids are checked for uniqueness across chunks (a set of
+    the ids seen so far is kept); a duplicate raises :class:`DataError` when its chunk is reached. A JSON array
+    file (``.json`` starting with ``[``) is parsed whole. Any other iterable of dicts or strings is also accepted.
+    """
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise DataError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    opts = _options(text_column, label_column, id_column, metadata_columns, glob, encoding_fallback, on_bad_line)
+    seen: set[str] = set()
+    row_offset = 0
+    for chunk in _read(source, opts, chunk_size=chunk_size):
+        for start in range(0, max(chunk.frame.height, 1), chunk_size):
+            part = _slice_chunk(chunk, start, chunk_size)
+            if part.frame.height == 0:
+                continue
+            table = _finish(part, opts, row_offset)
+            row_offset += table.height
+            ids = table["doc_id"]
+            _check_unique(ids, opts.id_column)
+            repeated = [i for i in ids.to_list() if i in seen]
+            if repeated:
+                raise DataError(
+                    f"duplicate ids across chunks in id_column={opts.id_column!r}: "
+                    f"{', '.join(repr(i) for i in repeated[:5])}; ids must be unique"
+                )
+            seen.update(ids.to_list())
+            yield table
+
+
+def documents_from_texts(
+    texts: Sequence[str],
+    labels: Sequence[str | Sequence[str] | None] | None = None,
+    ids: Sequence[str] | None = None,
+) -> pl.DataFrame:
+    """Build a document table from parallel lists of texts, optional labels and optional ids.
+
+    Each entry of ``labels`` may be a string, a list of strings (multi-label) or ``None``. Without ``ids`` the
+    documents are numbered ``"0"``, ``"1"``, ...
+    """
+    if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence):
+        raise DataError(f"texts must be a list of strings, got {type(texts).__name__}")
+    for name, values in (("labels", labels), ("ids", ids)):
+        if values is None:
+            continue
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+            raise DataError(f"{name} must be a list, got {type(values).__name__}")
+        if len(values) != len(texts):
+            raise DataError(f"{name} has {len(values)} entries but texts has {len(texts)}; they must match")
+    records: list[dict[str, Any]] = [{"text": t} for t in texts]
+    if labels is not None:
+        for record, label in zip(records, labels, strict=True):
+            record["label"] = label
+    if ids is not None:
+        for record, doc_id in zip(records, ids, strict=True):
+            record["id"] = doc_id
+    return load_documents(
+        records,
+        label_column="label" if labels is not None else None,
+        id_column="id" if ids is not None else None,
+        metadata_columns=[],
+    )
+
+
+def hub_dataset(
+    name: str,
+    *,
+    split: str = "train",
+    text_column: str = "text",
+    label_column: str | None = _DEFAULT_LABEL,
+    id_column: str | None = _DEFAULT_ID,
+    metadata_columns: Sequence[str] | None = None,
+    **load_kwargs: Any,
+) -> pl.DataFrame:
+    """Load a data set with ``datasets.load_dataset(name, split=split, **load_kwargs)`` into a document table.
+
+    ``name`` is a hub name (``"SetFit/bbc-news"``) where a hub is reachable, or a local builder such as
+    ``"json"`` with ``data_files=...``. Labels stored as ``ClassLabel`` integers become their names.
+    """
+    import datasets
+
+    dataset = datasets.load_dataset(name, split=split, **load_kwargs)
+    return load_documents(
+        dataset,
+        text_column=text_column,
+        label_column=label_column,
+        id_column=id_column,
+        metadata_columns=metadata_columns,
+    )
+
+
+# --------------------------------------------------------------------------------------------------- options
+
+
+def _options(text_column, label_column, id_column, metadata_columns, glob, encoding_fallback, on_bad_line):
+    if not isinstance(text_column, str) or not text_column:
+        raise DataError(f"text_column must be a column name, got {text_column!r}")
+    for name, value in (("label_column", label_column), ("id_column", id_column)):
+        if value is not None and (not isinstance(value, str) or not value):
+            raise DataError(f"{name} must be a column name or None, got {value!r}")
+    if metadata_columns is not None:
+        if isinstance(metadata_columns, str) or not all(isinstance(c, str) for c in metadata_columns):
+            raise DataError(f"metadata_columns must be a list of column names or None, got {metadata_columns!r}")
+        metadata_columns = tuple(metadata_columns)
+    if on_bad_line not in ("error", "warn"):
+        raise DataError(f"on_bad_line must be 'error' or 'warn', got {on_bad_line!r}")
+    try:
+        "".encode(encoding_fallback)
+    except LookupError:
+        raise DataError(f"encoding_fallback={encoding_fallback!r} is not a known codec") from None
+    return _Options(text_column, label_column, id_column, metadata_columns, glob, encoding_fallback, on_bad_line)
+
+
+# --------------------------------------------------------------------------------------------------- readers
+
+
+def _read(source: Any, opts: _Options, chunk_size: int | None) -> Iterator[_Chunk]:
+    """Yield raw chunks of the source (of about ``chunk_size`` rows, or everything when None)."""
+    if isinstance(source, (str, os.PathLike)):
+        yield from _read_path(Path(source), opts, chunk_size)
+    elif isinstance(source, pl.DataFrame):
+        yield _Chunk(source)
+    elif isinstance(source, pl.LazyFrame):
+        yield _Chunk(source.collect())
+    elif type(source).__module__.split(".")[0] == "pandas" and type(source).__name__ == "DataFrame":
+        yield _Chunk(_from_pandas(source, opts))
+    elif _is_dataset(source):
+        yield from _read_dataset(source, opts, chunk_size)
+    elif isinstance(source, (str, bytes, Mapping)):
+        raise DataError(_unsupported(source))
+    elif isinstance(source, Iterable):
+        yield from _read_items(iter(source), opts, chunk_size)
+    else:
+        raise DataError(_unsupported(source))
+
+
+def _unsupported(source: Any) -> str:
+    hint = " (for a datasets.DatasetDict pick a split, e.g. ds['train'])" if _is_dataset_dict(source) else ""
+    return (
+        f"source of type {type(source).__name__} is not supported{hint}; expected a path ({_SUPPORTED}), "
+        "a datasets.Dataset, a polars or pandas DataFrame, a list of strings or a list of dicts"
+    )
+
+
+def _is_dataset(source: Any) -> bool:
+    datasets = sys.modules.get("datasets")
+    return datasets is not None and isinstance(source, datasets.Dataset)
+
+
+def _is_dataset_dict(source: Any) -> bool:
+    datasets = sys.modules.get("datasets")
+    return datasets is not None and isinstance(source, (datasets.DatasetDict, datasets.IterableDatasetDict))
+
+
+def _read_path(path: Path, opts: _Options, chunk_size: int | None) -> Iterator[_Chunk]:
+    if not path.exists():
+        raise DataError(f"source path {str(path)!r} does not exist")
+    if path.is_dir():
+        yield from _read_folder(path, opts, chunk_size)
+        return
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        yield from _read_json_lines(path, opts, chunk_size)
+    elif suffix == ".json":
+        if _starts_with(path, b"["):
+            yield from _read_json_array(path, opts)
+        else:
+            yield from _read_json_lines(path, opts, chunk_size)
+    elif suffix in (".parquet", ".pq"):
+        yield from _read_parquet(path, chunk_size)
+    elif suffix in (".csv", ".tsv"):
+        yield from _read_csv(path, opts, chunk_size, delimiter="\t" if suffix == ".tsv" else ",")
+    elif suffix in TEXT_FILE_SUFFIXES:
+        yield _text_files_chunk([path], path.parent, opts)
+    else:
+        raise DataError(f"cannot read {str(path)!r}: unsupported file type {suffix!r}; expected {_SUPPORTED}")
+
+
+def _starts_with(path: Path, prefix: bytes) -> bool:
+    with path.open("rb") as f:
+        head = f.read(4096).lstrip(b"\xef\xbb\xbf").lstrip()
+    return head.startswith(prefix)
+
+
+def _decode(data: bytes, fallback: str) -> tuple[str, str | None]:
+    """Strict UTF-8 (BOM dropped), else ``fallback`` with replacement and a warning."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        return data.decode("utf-8"), None
+    except UnicodeDecodeError:
+        return data.decode(fallback, errors="replace"), f"not valid UTF-8: decoded as {fallback} with replacement"
+
+
+def _read_json_lines(path: Path, opts: _Options, chunk_size: int | None) -> Iterator[_Chunk]:
+    records: list[Any] = []
+    warnings: list[str | None] = []
+    fallback_ids: list[str | None] = []
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            line, warning = _decode(raw, opts.encoding_fallback)
+            fallback_id = None
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+            except ValueError as exc:
+                reason = f"line {lineno} of {path.name} is not a JSON object: {exc}"
+                if opts.on_bad_line == "error":
+                    raise DataError(f"{path}: {reason}; fix it or pass on_bad_line='warn' to keep going") from None
+                logger.warning("%s: %s; kept as an empty document", path, reason)
+                record, warning, fallback_id = {}, reason, f"{path.name}:{lineno}"
+            records.append(record)
+            warnings.append(warning)
+            fallback_ids.append(fallback_id)
+            if chunk_size is not None and len(records) >= chunk_size:
+                yield _records_chunk(records, opts, warnings, fallback_ids, sparse=True)
+                records, warnings, fallback_ids = [], [], []
+    if records:
+        yield _records_chunk(records, opts, warnings, fallback_ids, sparse=chunk_size is not None)
+
+
+def _read_json_array(path: Path, opts: _Options) -> Iterator[_Chunk]:
+    text, warning = _decode(path.read_bytes(), opts.encoding_fallback)
+    try:
+        items = json.loads(text)
+    except ValueError as exc:
+        raise DataError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(items, list) or not all(isinstance(x, dict) for x in items):
+        raise DataError(f"{path}: a .json file must hold JSON lines or a JSON array of objects")
+    if items:
+        yield _records_chunk(items, opts, [warning] * len(items), None)
+
+
+def _read_parquet(path: Path, chunk_size: int | None) -> Iterator[_Chunk]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        if chunk_size is None:
+            yield _Chunk(pl.read_parquet(path))
+            return
+        parquet = pq.ParquetFile(path)
+        for batch in parquet.iter_batches(batch_size=chunk_size):
+            yield _Chunk(pl.from_arrow(pa.Table.from_batches([batch])))
+    except (OSError, pa.ArrowException, pl.exceptions.PolarsError) as exc:
+        raise DataError(f"cannot read Parquet file {str(path)!r}: {exc}") from exc
+
+
+def _read_csv(path: Path, opts: _Options, chunk_size: int | None, delimiter: str) -> Iterator[_Chunk]:
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # documents are long; the default limit is 128 KiB
+    bad_lines: set[int] = set()
+
+    def lines(f) -> Iterator[str]:
+        for lineno, raw in enumerate(f, 1):
+            text, warning = _decode(raw, opts.encoding_fallback)
+            if warning:
+                bad_lines.add(lineno)
+            yield text
+
+    with path.open("rb") as f:
+        reader = csv.reader(lines(f), delimiter=delimiter)
+        try:
+            header = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise DataError(f"{path}: cannot read the CSV header: {exc}") from None
+        records: list[dict[str, Any]] = []
+        warnings: list[str | None] = []
+        fallback_ids: list[str | None] = []
+        previous_line = reader.line_num
+        while True:
+            try:
+                row = next(reader)
+                problem = None if len(row) == len(header) else f"{len(row)} fields, expected {len(header)}"
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                row, problem = [], str(exc)
+            first, last = previous_line + 1, reader.line_num
+            previous_line = last
+            if not row and problem is None:
+                continue  # a blank line
+            warning = None
+            if any(n in bad_lines for n in range(first, last + 1)):
+                warning = f"not valid UTF-8: decoded as {opts.encoding_fallback} with replacement"
+            fallback_id = None
+            if problem is None:
+                record: dict[str, Any] = dict(zip(header, row, strict=True))
+            else:
+                reason = f"line {first} of {path.name} is not a valid CSV row: {problem}"
+                if opts.on_bad_line == "error":
+                    raise DataError(f"{path}: {reason}; fix it or pass on_bad_line='warn' to keep going")
+                logger.warning("%s: %s; kept as an empty document", path, reason)
+                record, warning, fallback_id = {}, reason, f"{path.name}:{first}"
+            records.append(record)
+            warnings.append(warning)
+            fallback_ids.append(fallback_id)
+            if chunk_size is not None and len(records) >= chunk_size:
+                yield _records_chunk(records, opts, warnings, fallback_ids, csv_labels=True)
+                records, warnings, fallback_ids = [], [], []
+        if records:
+            yield _records_chunk(records, opts, warnings, fallback_ids, csv_labels=True)
+
+
+def _read_folder(root: Path, opts: _Options, chunk_size: int | None) -> Iterator[_Chunk]:
+    files = sorted(
+        p
+        for p in root.glob(opts.glob)
+        if p.suffix.lower() in TEXT_FILE_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        and p.is_file()
+    )
+    if not files:
+        logger.warning("no .txt or .md files under %s matching glob=%r", root, opts.glob)
+        return
+    step = chunk_size or len(files)
+    for start in range(0, len(files), step):
+        yield _text_files_chunk(files[start : start + step], root, opts)
+
+
+def _text_files_chunk(files: list[Path], root: Path, opts: _Options) -> _Chunk:
+    ids, texts, parents, warnings = [], [], [], []
+    for path in files:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise DataError(f"cannot read {str(path)!r}: {exc}") from exc
+        text, warning = _decode(data, opts.encoding_fallback)
+        rel = path.relative_to(root)
+        ids.append(rel.as_posix())
+        texts.append(text)
+        parents.append(rel.parent.name or None)
+        warnings.append(warning)
+    frame = pl.DataFrame(
+        {"id": ids, "text": texts, "parent_dir": parents},
+        schema={"id": pl.String, "text": pl.String, "parent_dir": pl.String},
+    )
+    return _Chunk(frame, warnings)
+
+
+def _read_dataset(dataset: Any, opts: _Options, chunk_size: int | None) -> Iterator[_Chunk]:
+    import datasets
+
+    label_names: dict[str, list[str]] = {}
+    for column, feature in dataset.features.items():
+        inner = getattr(feature, "feature", None)  # Sequence(ClassLabel) / List(ClassLabel)
+        if isinstance(feature, datasets.ClassLabel):
+            label_names[column] = feature.names
+        elif isinstance(inner, datasets.ClassLabel):
+            label_names[column] = inner.names
+    json_type = getattr(datasets, "Json", None)  # datasets >= 5 stores mixed-type columns as JSON
+    if json_type is not None and any(isinstance(f, json_type) for f in dataset.features.values()):
+        yield from _read_dataset_rows(dataset, label_names, opts, chunk_size)
+        return
+    arrow = dataset.with_format("arrow")
+    step = chunk_size or max(len(dataset), 1)
+    for start in range(0, len(dataset), step):
+        frame = pl.from_arrow(arrow[start : start + step])
+        assert isinstance(frame, pl.DataFrame)
+        for column, names in label_names.items():
+            mapping = dict(enumerate(names))
+            col = pl.col(column)
+            if frame.schema[column] == pl.List:
+                expr = col.list.eval(pl.element().replace_strict(mapping, default=None, return_dtype=pl.String))
+            else:
+                expr = col.replace_strict(mapping, default=None, return_dtype=pl.String)
+            frame = frame.with_columns(expr.alias(column))
+        yield _Chunk(frame)
+
+
+def _read_dataset_rows(
+    dataset: Any, label_names: dict[str, list[str]], opts: _Options, chunk_size: int | None
+) -> Iterator[_Chunk]:
+    """The row-wise path for data sets with JSON columns (values decoded by ``datasets``)."""
+    step = chunk_size or max(len(dataset), 1)
+    for start in range(0, len(dataset), step):
+        columns = dataset.with_format(None)[start : start + step]
+        for column, names in label_names.items():
+            columns[column] = [
+                [names[v] for v in value if v is not None and v >= 0] if isinstance(value, list)
+                else names[value] if value is not None and value >= 0 else None
+                for value in columns[column]
+            ]
+        records = [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+        yield _records_chunk(records, opts, None, None)
+
+
+def _from_pandas(df: Any, opts: _Options) -> pl.DataFrame:
+    try:
+        return pl.from_pandas(df)
+    except Exception:  # mixed object columns: fall back to the row-wise path, which accepts anything
+        return _records_chunk(df.to_dict("records"), opts, None, None).frame
+
+
+def _read_items(items: Iterator[Any], opts: _Options, chunk_size: int | None) -> Iterator[_Chunk]:
+    """A list (or any iterable) of strings or of dicts."""
+    kind: str | None = None
+    index = 0
+    while True:
+        batch = list(itertools.islice(items, chunk_size)) if chunk_size else list(items)
+        if not batch:
+            return
+        for item in batch:
+            this = "str" if isinstance(item, str) else "dict" if isinstance(item, Mapping) else None
+            if this is None or (kind is not None and this != kind):
+                raise DataError(
+                    f"a list source must hold only strings (texts) or only dicts (rows); item {index} is "
+                    f"{type(item).__name__}"
+                )
+            kind = this
+            index += 1
+        if kind == "str":
+            batch = [{opts.text_column: t} for t in batch]
+        yield _records_chunk(batch, opts, None, None, sparse=chunk_size is not None)
+        if not chunk_size:
+            return
+
+
+def _records_chunk(
+    records: list[Any],
+    opts: _Options,
+    warnings: list[str | None] | None,
+    fallback_ids: list[str | None] | None,
+    *,
+    csv_labels: bool = False,
+    sparse: bool = False,
+) -> _Chunk:
+    """Build a frame from rows whose values may be of mixed types (JSON, CSV, Python lists)."""
+    columns: dict[str, None] = {}
+    for record in records:
+        for key in record:
+            columns.setdefault(key, None)
+    if sparse:  # streaming: a named metadata key absent from one chunk is a null column there, not an error
+        for name in opts.metadata_columns or ():
+            columns.setdefault(name, None)
+    text_warnings: list[str | None] = [None] * len(records)
+    series = []
+    label_column = _resolve(opts.label_column, columns)
+    for name in columns:
+        values = [record.get(name) for record in records]
+        if name == opts.text_column:
+            for i, value in enumerate(values):
+                if value is not None and not isinstance(value, str):
+                    text_warnings[i] = f"text was {type(value).__name__}, converted to str"
+                    values[i] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+            series.append(pl.Series(name, values, dtype=pl.String))
+        elif name == label_column:
+            labels = [_labels_from_value(v, csv=csv_labels) for v in values]
+            series.append(pl.Series(name, labels, dtype=_LABELS_DTYPE))
+        else:
+            series.append(_series(name, values))
+    frame = pl.DataFrame(series) if series else pl.DataFrame(schema={})
+    if frame.height != len(records):  # no columns at all (every row was bad): keep the row count
+        frame = pl.DataFrame({opts.text_column: [None] * len(records)}, schema={opts.text_column: pl.String})
+    merged = [_join(a, b) for a, b in zip(warnings or [None] * len(records), text_warnings, strict=True)]
+    return _Chunk(frame, merged, fallback_ids)
+
+
+def _series(name: str, values: list[Any]) -> pl.Series:
+    try:
+        return pl.Series(name, values)
+    except Exception:  # mixed types: keep every value, as text
+        return pl.Series(
+            name,
+            [None if v is None else json.dumps(v) if isinstance(v, (list, dict)) else str(v) for v in values],
+            dtype=pl.String,
+        )
+
+
+def _labels_from_value(value: Any, *, csv: bool = False) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        stripped = value.strip()
+        if csv and stripped.startswith("[") and stripped.endswith("]"):
+            try:
+                parsed = json.loads(stripped)
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, list):
+                return _labels_from_value(parsed)
+        return [value] if value != "" else []
+    if isinstance(value, float) and value != value:  # NaN from pandas
+        return []
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value if v is not None and v != ""]
+    return [str(value)]
+
+
+def _slice_chunk(chunk: _Chunk, start: int, length: int) -> _Chunk:
+    if start == 0 and chunk.frame.height <= length:
+        return chunk
+    end = start + length
+    return _Chunk(
+        chunk.frame.slice(start, length),
+        chunk.warnings[start:end] if chunk.warnings is not None else None,
+        chunk.fallback_ids[start:end] if chunk.fallback_ids is not None else None,
+    )
+
+
+# --------------------------------------------------------------------------------------------------- normalise
+
+
+def _resolve(name: str | None, columns: Iterable[str]) -> str | None:
+    """The column to use for ``name``: itself, or for a default name its documented alternative."""
+    columns = list(columns)
+    if name is None or name in columns:
+        return name
+    if isinstance(name, _DefaultName) and _ALTERNATIVES.get(str(name)) in columns:
+        return _ALTERNATIVES[str(name)]
+    return None
+
+
+def _join(*parts: str | None) -> str | None:
+    kept = [p for p in parts if p]
+    return "; ".join(kept) if kept else None
+
+
+def _finish(chunk: _Chunk, opts: _Options, row_offset: int) -> pl.DataFrame:
+    """Turn a raw chunk into a document table."""
+    frame = chunk.frame
+    n = frame.height
+    found = frame.columns
+
+    if opts.text_column not in found:
+        raise DataError(f"expected a text column {opts.text_column!r}, found {found}; pass text_column=...")
+    label_column = _resolve(opts.label_column, found)
+    if opts.label_column is not None and label_column is None and not isinstance(opts.label_column, _DefaultName):
+        raise DataError(
+            f"expected a label column {opts.label_column!r}, found {found}; pass label_column=... "
+            "(or label_column=None for unlabelled documents)"
+        )
+    id_column = _resolve(opts.id_column, found)
+    if opts.id_column is not None and id_column is None and not isinstance(opts.id_column, _DefaultName):
+        raise DataError(
+            f"expected an id column {opts.id_column!r}, found {found}; pass id_column=... "
+            "(or id_column=None to number the rows)"
+        )
+    prior_warning = "warning" if "warning" in found and "warning" not in (opts.text_column, label_column) else None
+
+    used = {opts.text_column, label_column, id_column, prior_warning} - {None}
+    if opts.metadata_columns is None:
+        metadata = [c for c in found if c not in used]
+    else:
+        missing = [c for c in opts.metadata_columns if c not in found]
+        if missing:
+            raise DataError(f"metadata_columns {missing} not found; found {found}")
+        metadata = list(dict.fromkeys(opts.metadata_columns))
+    clashes = [c for c in metadata if c in DOC_COLUMNS]
+    if clashes:
+        raise DataError(
+            f"input columns {clashes} would clash with the document table's own columns {list(DOC_COLUMNS)}; "
+            "pass metadata_columns=[...] without them, or rename them"
+        )
+
+    # text
+    text = pl.col(opts.text_column)
+    text_dtype = frame.schema[opts.text_column]
+    warnings: list[pl.Expr] = []
+    if text_dtype == pl.Null:
+        text = text.cast(pl.String)
+    elif text_dtype != pl.String:
+        if text_dtype.is_numeric() or text_dtype == pl.Boolean:
+            text = text.cast(pl.String)
+        else:
+            text = text.map_elements(str, return_dtype=pl.String)
+        warnings.append(pl.when(pl.col(opts.text_column).is_not_null()).then(pl.lit(f"text was {text_dtype}, converted to str")))
+    raw_text = text
+    warnings.append(
+        pl.when(raw_text.is_null())
+        .then(pl.lit("missing text (null)"))
+        .when(raw_text == "")
+        .then(pl.lit("empty document"))
+        .when(raw_text.str.strip_chars() == "")
+        .then(pl.lit("whitespace-only document"))
+    )
+    if prior_warning:
+        warnings.insert(0, pl.col(prior_warning).cast(pl.String))
+    if chunk.warnings is not None and any(chunk.warnings):
+        frame = frame.with_columns(pl.Series("__read_warning", chunk.warnings, dtype=pl.String))
+        warnings.insert(0, pl.col("__read_warning"))
+
+    # labels
+    if label_column is None:
+        labels = pl.lit([], dtype=_LABELS_DTYPE)
+    else:
+        labels = _labels_expr(frame, label_column)
+
+    # ids
+    if id_column is None:
+        ids = pl.int_range(row_offset, row_offset + n, dtype=pl.Int64).cast(pl.String)
+    else:
+        ids = pl.col(id_column).cast(pl.String)
+        if chunk.fallback_ids is not None and any(chunk.fallback_ids):
+            frame = frame.with_columns(pl.Series("__fallback_id", chunk.fallback_ids, dtype=pl.String))
+            ids = pl.coalesce(ids, pl.col("__fallback_id"))
+
+    empty_list = pl.lit([], dtype=_LABELS_DTYPE)
+    table = frame.select(
+        ids.alias("doc_id"),
+        raw_text.fill_null("").alias("text"),
+        labels.fill_null(empty_list).alias("labels"),
+        pl.concat_str(warnings, separator="; ", ignore_nulls=True).alias("warning"),
+        *[pl.col(c) for c in metadata],
+    ).with_columns(pl.when(pl.col("warning") != "").then(pl.col("warning")).alias("warning"))
+
+    n_missing = table["doc_id"].null_count() + (table["doc_id"] == "").sum()
+    if n_missing:
+        rows = table.with_row_index("row").filter(pl.col("doc_id").is_null() | (pl.col("doc_id") == ""))
+        first = [row_offset + r for r in rows["row"].head(5).to_list()]
+        raise DataError(
+            f"id_column={id_column!r} has {n_missing} missing ids (rows {first}...); fill them, or pass "
+            "id_column=None to number the rows"
+        )
+    return table
+
+
+def _labels_expr(frame: pl.DataFrame, column: str) -> pl.Expr:
+    dtype = frame.schema[column]
+    col = pl.col(column)
+    empty = pl.lit([], dtype=_LABELS_DTYPE)
+    if dtype == pl.Null:
+        return empty
+    if dtype == pl.String or dtype.is_numeric() or dtype == pl.Boolean:
+        if dtype.is_float():
+            col = pl.when(col.is_nan()).then(None).otherwise(col)
+        col = col.cast(pl.String)
+        return pl.when(col.is_null() | (col == "")).then(empty).otherwise(pl.concat_list(col))
+    if dtype == pl.List:
+        inner = pl.element().cast(pl.String)
+        return col.list.eval(inner.filter(inner.is_not_null() & (inner != ""))).cast(_LABELS_DTYPE)
+    return col.map_elements(_labels_from_value, return_dtype=_LABELS_DTYPE)
+
+
+def _check_unique(ids: pl.Series, id_column: str | None) -> None:
+    if ids.is_unique().all():
+        return
+    counts = Counter(ids.to_list())
+    duplicates = [(i, c) for i, c in counts.most_common() if c > 1]
+    shown = ", ".join(f"{i!r} ({c} times)" for i, c in duplicates[:5])
+    more = f" and {len(duplicates) - 5} more" if len(duplicates) > 5 else ""
+    raise DataError(f"duplicate ids in id_column={id_column!r}: {shown}{more}; ids must be unique")
+
+
+def _empty_table() -> pl.DataFrame:
+    return pl.DataFrame(
+        schema={"doc_id": pl.String, "text": pl.String, "labels": _LABELS_DTYPE, "warning": pl.String}
+    )

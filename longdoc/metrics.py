@@ -1,0 +1,223 @@
+"""Classification metrics on label names: a report dict, a readable text table, a confusion-matrix PNG.
+
+Single-label: ``y_true`` and ``y_pred`` are lists of label names. Multi-label: lists of lists (or sets) of label
+names. ``labels`` fixes the label order of every per-label entry, of the confusion matrix and of the columns of
+``y_prob``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+from longdoc.calibration import expected_calibration_error
+from longdoc.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+
+def _check_names(values: Sequence[Any], known: set[Any], what: str) -> None:
+    unknown = sorted({str(v) for v in values if v not in known})
+    if unknown:
+        raise DataError(
+            f"{what} holds labels not in `labels`: {unknown[:10]}; known labels: {sorted(map(str, known))}"
+        )
+
+
+def _binarize(rows: Sequence[Sequence[Any]], index: dict[Any, int], what: str) -> np.ndarray:
+    out = np.zeros((len(rows), len(index)), dtype=np.int64)
+    for i, row in enumerate(rows):
+        if isinstance(row, str) or not hasattr(row, "__iter__"):
+            raise DataError(f"multi-label {what} must be a list of label lists, row {i} is {row!r}")
+        row = list(row)
+        _check_names(row, set(index), what)
+        out[i, [index[name] for name in row]] = 1
+    return out
+
+
+def classification_report(
+    y_true: Sequence[Any],
+    y_pred: Sequence[Any],
+    labels: Sequence[Any],
+    *,
+    y_prob: np.ndarray | None = None,
+    multi_label: bool = False,
+) -> dict[str, Any]:
+    """Accuracy, F1 averages, per-label scores, confusion matrix and (given ``y_prob``) ECE.
+
+    Args:
+        y_true: true label names (single-label) or lists of names (multi-label).
+        y_pred: predicted label names / lists of names, same length.
+        labels: every label name, in the order the report (and ``y_prob``'s columns) use.
+        y_prob: optional (n, L) probabilities, columns in ``labels`` order, for the calibration error.
+        multi_label: treat rows as label sets.
+
+    Returns:
+        A JSON-ready dict: ``n_samples``, ``labels``, ``multi_label``, ``accuracy`` (subset accuracy for
+        multi-label), ``macro_f1``, ``micro_f1``, ``weighted_f1``, ``macro_precision``, ``macro_recall``,
+        ``per_label`` ({name: {precision, recall, f1, support}}), ``confusion_matrix`` (single-label only,
+        rows = true, columns = predicted, nested lists) and ``ece`` when ``y_prob`` is given (15 bins; on the max
+        probability for single-label, over every (document, label) pair for multi-label).
+    """
+    labels = list(labels)
+    if not labels:
+        raise DataError("labels is empty; pass every label name in report order")
+    if len(set(labels)) != len(labels):
+        raise DataError(f"labels has duplicates: {labels}")
+    if len(y_true) != len(y_pred):
+        raise DataError(f"y_true has {len(y_true)} rows but y_pred has {len(y_pred)}")
+    n = len(y_true)
+    index = {name: i for i, name in enumerate(labels)}
+
+    if multi_label:
+        t = _binarize(y_true, index, "y_true")  # (n, L)
+        p = _binarize(y_pred, index, "y_pred")
+        accuracy = accuracy_score(t, p) if n else 0.0
+        sk_true, sk_pred, sk_labels = t, p, None
+    else:
+        _check_names(y_true, set(index), "y_true")
+        _check_names(y_pred, set(index), "y_pred")
+        t = np.array([index[v] for v in y_true], dtype=np.int64)  # (n,)
+        p = np.array([index[v] for v in y_pred], dtype=np.int64)
+        accuracy = accuracy_score(t, p) if n else 0.0
+        sk_true, sk_pred, sk_labels = t, p, list(range(len(labels)))
+
+    def prf(average: str | None):
+        return precision_recall_fscore_support(
+            sk_true, sk_pred, labels=sk_labels, average=average, zero_division=0
+        )
+
+    precision, recall, f1, support = prf(None)
+    macro = prf("macro")
+    report: dict[str, Any] = {
+        "n_samples": n,
+        "labels": [str(x) for x in labels],  # str, like the per_label keys, so the dict round-trips JSON
+        "multi_label": multi_label,
+        "accuracy": float(accuracy),
+        "macro_f1": float(macro[2]),
+        "micro_f1": float(prf("micro")[2]),
+        "weighted_f1": float(prf("weighted")[2]),
+        "macro_precision": float(macro[0]),
+        "macro_recall": float(macro[1]),
+        "per_label": {
+            str(name): {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, name in enumerate(labels)
+        },
+    }
+    if not multi_label:
+        cm = confusion_matrix(t, p, labels=list(range(len(labels)))) if n else np.zeros((len(labels),) * 2)
+        report["confusion_matrix"] = np.asarray(cm, dtype=np.int64).tolist()
+
+    if y_prob is not None:
+        prob = np.asarray(y_prob, dtype=np.float64)
+        if prob.shape != (n, len(labels)):
+            raise DataError(
+                f"y_prob must have shape ({n}, {len(labels)}) in `labels` order, got {prob.shape}"
+            )
+        report["ece"] = expected_calibration_error(prob, t, multi_label=multi_label)
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A readable text table of a :func:`classification_report` dict (per-label rows, then the averages)."""
+    per_label = report.get("per_label", {})
+    width = max([len("weighted avg"), *(len(str(k)) for k in per_label)])
+    header = f"{'':<{width}}  {'precision':>9}  {'recall':>9}  {'f1':>9}  {'support':>9}"
+    lines = [header, "-" * len(header)]
+    for name, s in per_label.items():
+        lines.append(
+            f"{name:<{width}}  {s['precision']:>9.4f}  {s['recall']:>9.4f}  {s['f1']:>9.4f}  {s['support']:>9d}"
+        )
+    lines.append("-" * len(header))
+    total = sum(s["support"] for s in per_label.values())
+    if "macro_f1" in report:
+        lines.append(
+            f"{'macro avg':<{width}}  {report.get('macro_precision', math.nan):>9.4f}  "
+            f"{report.get('macro_recall', math.nan):>9.4f}  {report['macro_f1']:>9.4f}  {total:>9d}"
+        )
+    if "micro_f1" in report:
+        lines.append(f"{'micro avg':<{width}}  {'':>9}  {'':>9}  {report['micro_f1']:>9.4f}  {total:>9d}")
+    if "weighted_f1" in report:
+        lines.append(
+            f"{'weighted avg':<{width}}  {'':>9}  {'':>9}  {report['weighted_f1']:>9.4f}  {total:>9d}"
+        )
+    lines.append("")
+    kind = "subset accuracy" if report.get("multi_label") else "accuracy"
+    if "accuracy" in report:
+        lines.append(f"{kind}: {report['accuracy']:.4f}  (n = {report.get('n_samples', total)})")
+    if "ece" in report:
+        lines.append(f"ECE (15 bins): {report['ece']:.4f}")
+    return "\n".join(lines)
+
+
+def save_confusion_matrix_png(
+    cm: Sequence[Sequence[int]] | np.ndarray,
+    labels: Sequence[Any],
+    path: str | Path,
+    *,
+    title: str | None = None,
+    normalize: bool = False,
+) -> Path:
+    """Draw a confusion matrix (rows = true, columns = predicted) to a PNG file and return its path.
+
+    Uses matplotlib's Agg canvas directly (no pyplot, no GUI, no global backend change). With
+    ``normalize=True`` the colours show each row as fractions of its true-label count; cells always show counts.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    matrix = np.asarray(cm, dtype=np.float64)
+    names = [str(x) for x in labels]
+    if matrix.ndim != 2 or matrix.shape != (len(names), len(names)):
+        raise DataError(
+            f"cm must be a ({len(names)}, {len(names)}) matrix for {len(names)} labels, got {matrix.shape}"
+        )
+    shown = matrix
+    if normalize:
+        shown = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+
+    k = len(names)
+    side = min(max(4.0, 0.55 * k + 2.5), 30.0)
+    fig = Figure(figsize=(side, side), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    image = ax.imshow(shown, cmap="Blues", interpolation="nearest")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xticks(range(k))
+    ax.set_yticks(range(k))
+    ax.set_xticklabels(names, rotation=45, ha="right")
+    ax.set_yticklabels(names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if title:
+        ax.set_title(title)
+    if k <= 30:  # cell annotations stay legible up to about this size
+        cut = shown.max() / 2 if shown.size else 0
+        for i in range(k):
+            for j in range(k):
+                ax.text(
+                    j,
+                    i,
+                    f"{int(matrix[i, j])}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if shown[i, j] > cut else "black",
+                )
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png")
+    logger.info("wrote confusion matrix (%d labels) to %s", k, out)
+    return out

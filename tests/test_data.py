@@ -1,0 +1,453 @@
+"""The document table: every reader on real files, the error messages, the reading policy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import polars as pl
+import pytest
+
+from longdoc.data import DOC_COLUMNS, documents_from_texts, hub_dataset, iter_documents, load_documents
+from longdoc.errors import DataError
+
+ROWS = [
+    {"id": "a", "text": "first document", "label": "x", "source": "s1"},
+    {"id": "b", "text": "second document", "label": ["x", "y"], "source": "s2"},
+    {"id": "c", "text": "third", "label": None, "source": "s1"},
+]
+CP1252_WARNING = "not valid UTF-8: decoded as cp1252 with replacement"
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def check_table(table: pl.DataFrame) -> None:
+    assert tuple(table.columns[:4]) == DOC_COLUMNS
+    assert table.schema["doc_id"] == pl.String
+    assert table.schema["text"] == pl.String
+    assert table.schema["labels"] == pl.List(pl.String)
+    assert table.schema["warning"] == pl.String
+    assert table["doc_id"].is_unique().all()
+    assert table["text"].null_count() == 0
+
+
+def check_rows(table: pl.DataFrame) -> None:
+    check_table(table)
+    assert table["doc_id"].to_list() == ["a", "b", "c"]
+    assert table["text"].to_list() == ["first document", "second document", "third"]
+    assert table["labels"].to_list() == [["x"], ["x", "y"], []]
+    assert table["warning"].to_list() == [None, None, None]
+    assert table.columns == [*DOC_COLUMNS, "source"]
+    assert table["source"].to_list() == ["s1", "s2", "s1"]
+
+
+# --------------------------------------------------------------------------------------------------- sources
+
+
+def test_jsonl(tmp_path):
+    check_rows(load_documents(write_jsonl(tmp_path / "d.jsonl", ROWS)))
+    check_rows(load_documents(str(write_jsonl(tmp_path / "d.ndjson", ROWS))))
+
+
+def test_json_lines_and_json_array(tmp_path):
+    check_rows(load_documents(write_jsonl(tmp_path / "lines.json", ROWS)))
+    (tmp_path / "array.json").write_text(json.dumps(ROWS, indent=2), encoding="utf-8")
+    check_rows(load_documents(tmp_path / "array.json"))
+
+
+def test_parquet(tmp_path):
+    frame = pl.DataFrame(ROWS[:1]).with_columns(pl.col("label").cast(pl.String))
+    path = tmp_path / "d.parquet"
+    pl.DataFrame(
+        {"id": ["a", "b", "c"], "text": [r["text"] for r in ROWS], "label": [["x"], ["x", "y"], None],
+         "source": ["s1", "s2", "s1"]}
+    ).write_parquet(path)
+    check_rows(load_documents(path))
+    frame.write_parquet(tmp_path / "single.parquet")  # a plain string label column
+    assert load_documents(tmp_path / "single.parquet")["labels"].to_list() == [["x"]]
+
+
+def test_csv_with_multiline_field_and_json_array_labels(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text(
+        'id,text,label,source\na,first document,x,s1\nb,second document,"[""x"", ""y""]",s2\nc,third,,s1\n',
+        encoding="utf-8",
+    )
+    check_rows(load_documents(path))
+    path.write_text('id,text\n1,"two\nlines"\n2,plain\n', encoding="utf-8")
+    table = load_documents(path)
+    assert table["text"].to_list() == ["two\nlines", "plain"]
+    assert table["doc_id"].to_list() == ["1", "2"]
+
+
+def test_tsv(tmp_path):
+    path = tmp_path / "d.tsv"
+    path.write_text("text\tlabel\nhello world\tgreeting\n", encoding="utf-8")
+    table = load_documents(path)
+    assert table["text"].to_list() == ["hello world"]
+    assert table["labels"].to_list() == [["greeting"]]
+
+
+def test_folder_recursive_with_parent_labels(tmp_path):
+    (tmp_path / "sport").mkdir()
+    (tmp_path / "tech" / "deep").mkdir(parents=True)
+    (tmp_path / ".hidden").mkdir()
+    (tmp_path / "sport" / "1.txt").write_text("a goal", encoding="utf-8")
+    (tmp_path / "tech" / "2.md").write_text("# chips", encoding="utf-8")
+    (tmp_path / "tech" / "deep" / "3.TXT").write_text("deep text", encoding="utf-8")
+    (tmp_path / "top.txt").write_text("at the top", encoding="utf-8")
+    (tmp_path / "skip.csv").write_text("not,a,document", encoding="utf-8")
+    (tmp_path / ".hidden" / "x.txt").write_text("hidden", encoding="utf-8")
+
+    table = load_documents(tmp_path)
+    check_table(table)
+    assert table["doc_id"].to_list() == ["sport/1.txt", "tech/2.md", "tech/deep/3.TXT", "top.txt"]
+    assert table["labels"].to_list() == [[], [], [], []]
+    assert table["parent_dir"].to_list() == ["sport", "tech", "deep", None]
+
+    labelled = load_documents(tmp_path, label_column="parent_dir", metadata_columns=[])
+    assert labelled.columns == list(DOC_COLUMNS)
+    assert labelled["labels"].to_list() == [["sport"], ["tech"], ["deep"], []]
+    assert load_documents(tmp_path, glob="sport/*")["doc_id"].to_list() == ["sport/1.txt"]
+
+
+def test_single_text_file(tmp_path):
+    path = tmp_path / "note.md"
+    path.write_text("hello", encoding="utf-8")
+    assert load_documents(path)["doc_id"].to_list() == ["note.md"]
+
+
+def test_datasets_dataset_with_class_labels():
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features(
+        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])}
+    )
+    ds = datasets.Dataset.from_dict({"text": ["bad", "good", "fine"], "label": [0, 1, 1]}, features=features)
+    table = load_documents(ds)
+    check_table(table)
+    assert table["labels"].to_list() == [["neg"], ["pos"], ["pos"]]
+    assert table["doc_id"].to_list() == ["0", "1", "2"]
+    # a view (select) is read as the view, not the underlying table
+    assert load_documents(ds.select([2, 0]))["text"].to_list() == ["fine", "bad"]
+    multi = datasets.Dataset.from_dict(
+        {"text": ["a"], "labels": [[0, 1]]},
+        features=datasets.Features(
+            {"text": datasets.Value("string"), "labels": datasets.Sequence(datasets.ClassLabel(names=["p", "q"]))}
+        ),
+    )
+    assert load_documents(multi)["labels"].to_list() == [["p", "q"]]
+
+
+def test_polars_and_pandas():
+    frame = pl.DataFrame(
+        {"id": ["a", "b", "c"], "text": [r["text"] for r in ROWS], "label": [["x"], ["x", "y"], None],
+         "source": ["s1", "s2", "s1"]}
+    )
+    check_rows(load_documents(frame))
+    check_rows(load_documents(frame.lazy()))
+    check_rows(load_documents(pd.DataFrame(ROWS)))  # mixed str/list/None labels: an object column
+
+
+def test_pandas_nan_and_int_labels():
+    table = load_documents(pd.DataFrame({"text": ["a", "b", None], "label": [1.0, float("nan"), 2.0]}))
+    assert table["labels"].to_list() == [["1.0"], [], ["2.0"]]
+    assert table["warning"].to_list() == [None, None, "missing text (null)"]
+    ints = load_documents(pl.DataFrame({"text": ["a", "b"], "label": [3, 4]}))
+    assert ints["labels"].to_list() == [["3"], ["4"]]
+
+
+def test_list_of_str_and_list_of_dicts():
+    table = load_documents(["one", "two"])
+    check_table(table)
+    assert table["doc_id"].to_list() == ["0", "1"]
+    assert table["text"].to_list() == ["one", "two"]
+    check_rows(load_documents(ROWS))
+    assert load_documents([]).columns == list(DOC_COLUMNS)
+
+
+def test_generator_source():
+    table = load_documents(row for row in ROWS)
+    check_rows(table)
+
+
+def test_documents_from_texts():
+    table = documents_from_texts(["a", "b"], labels=["x", ["y", "z"]], ids=["d1", "d2"])
+    check_table(table)
+    assert table.columns == list(DOC_COLUMNS)
+    assert table["labels"].to_list() == [["x"], ["y", "z"]]
+    assert table["doc_id"].to_list() == ["d1", "d2"]
+    assert documents_from_texts(["a"])["doc_id"].to_list() == ["0"]
+    with pytest.raises(DataError, match="labels has 1 entries but texts has 2"):
+        documents_from_texts(["a", "b"], labels=["x"])
+    with pytest.raises(DataError, match="ids"):
+        documents_from_texts(["a", "b"], ids=["x"])
+    with pytest.raises(DataError, match="texts must be a list"):
+        documents_from_texts("a single string")
+
+
+def test_round_trip_is_stable():
+    table = load_documents(ROWS)
+    again = load_documents(load_documents(table))
+    assert again.equals(table)
+
+
+def test_hub_dataset_on_local_files(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    table = hub_dataset("json", data_files=str(path), cache_dir=str(tmp_path / "hf-cache"))
+    check_rows(table)
+
+
+# --------------------------------------------------------------------------------------------------- options
+
+
+def test_column_options(tmp_path):
+    rows = [{"key": "k1", "body": "text one", "tags": ["t"], "a": 1, "b": 2}]
+    table = load_documents(rows, text_column="body", label_column="tags", id_column="key", metadata_columns=["b"])
+    assert table.columns == [*DOC_COLUMNS, "b"]
+    assert table.row(0) == ("k1", "text one", ["t"], None, 2)
+    assert load_documents(rows, text_column="body", metadata_columns=[]).columns == list(DOC_COLUMNS)
+    unlabelled = load_documents(ROWS, label_column=None)
+    assert unlabelled["labels"].to_list() == [[], [], []]
+    assert unlabelled.columns == [*DOC_COLUMNS, "label", "source"]
+    numbered = load_documents(ROWS, id_column=None, metadata_columns=[])
+    assert numbered["doc_id"].to_list() == ["0", "1", "2"]
+
+
+def test_default_alternatives_labels_and_doc_id():
+    table = load_documents([{"doc_id": "z", "text": "t", "labels": ["p", "q"]}])
+    assert table.row(0) == ("z", "t", ["p", "q"], None)
+
+
+def test_int_ids_become_strings():
+    table = load_documents(pl.DataFrame({"id": [10, 11], "text": ["a", "b"]}))
+    assert table["doc_id"].to_list() == ["10", "11"]
+
+
+# --------------------------------------------------------------------------------------------------- errors
+
+
+def test_missing_text_column_names_the_argument():
+    with pytest.raises(DataError, match=r"expected a text column 'text', found \['body', 'title'\]; pass text_column="):
+        load_documents([{"body": "x", "title": "y"}])
+    with pytest.raises(DataError, match="text_column="):
+        load_documents(pl.DataFrame({"body": ["x"]}))
+
+
+def test_explicit_id_or_label_column_missing():
+    with pytest.raises(DataError, match="expected an id column 'key'.*id_column="):
+        load_documents(ROWS, id_column="key")
+    with pytest.raises(DataError, match="expected a label column 'topic'.*label_column="):
+        load_documents(ROWS, label_column="topic")
+    with pytest.raises(DataError, match=r"metadata_columns \['nope'\] not found"):
+        load_documents(ROWS, metadata_columns=["nope"])
+
+
+def test_default_id_absent_numbers_rows():
+    table = load_documents([{"text": "a"}, {"text": "b"}])
+    assert table["doc_id"].to_list() == ["0", "1"]
+
+
+def test_duplicate_ids_listed_with_counts():
+    rows = [{"id": i, "text": "t"} for i in ["a", "a", "a", "b", "b", "c"]]
+    with pytest.raises(DataError, match=r"duplicate ids in id_column='id': 'a' \(3 times\), 'b' \(2 times\)"):
+        load_documents(rows)
+    many = [{"id": f"d{i % 7}", "text": "t"} for i in range(14)]
+    with pytest.raises(DataError, match="and 2 more"):
+        load_documents(many)
+
+
+def test_missing_ids_are_an_error():
+    with pytest.raises(DataError, match="id_column='id' has 1 missing ids"):
+        load_documents([{"id": "a", "text": "t"}, {"id": None, "text": "u"}])
+
+
+def test_bad_sources():
+    with pytest.raises(DataError, match="does not exist"):
+        load_documents("/no/such/file.jsonl")
+    with pytest.raises(DataError, match="unsupported file type '.xyz'"):
+        path = Path(__file__).with_suffix(".xyz")
+        try:
+            path.write_text("x")
+            load_documents(path)
+        finally:
+            path.unlink()
+    with pytest.raises(DataError, match="not supported"):
+        load_documents(42)
+    with pytest.raises(DataError, match="item 1 is int"):
+        load_documents(["text", 3])
+    with pytest.raises(DataError, match="on_bad_line"):
+        load_documents(ROWS, on_bad_line="ignore")
+    with pytest.raises(DataError, match="encoding_fallback"):
+        load_documents(ROWS, encoding_fallback="no-such-codec")
+
+
+def test_metadata_clash_is_explained():
+    with pytest.raises(DataError, match="clash"):
+        load_documents([{"body": "x", "text": "y"}], text_column="body")
+
+
+# --------------------------------------------------------------------------------------------------- policy
+
+
+def test_bad_json_line_names_file_and_line(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "ok"}\n{"text": broken\n{"text": "also ok"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"line 2 of d\.jsonl.*on_bad_line='warn'"):
+        load_documents(path)
+    table = load_documents(path, on_bad_line="warn")
+    assert table["text"].to_list() == ["ok", "", "also ok"]
+    assert table["warning"][1].startswith("line 2 of d.jsonl is not a JSON object")
+    assert table["warning"].to_list()[::2] == [None, None]
+
+
+def test_bad_json_line_with_ids_gets_a_fallback_id(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"id": "a", "text": "ok"}\n[1, 2]\n{"id": "b", "text": "fine"}\n', encoding="utf-8")
+    table = load_documents(path, on_bad_line="warn")
+    assert table["doc_id"].to_list() == ["a", "d.jsonl:2", "b"]
+
+
+def test_bad_csv_row(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("id,text\n1,ok\n2,too,many\n3,fine\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"line 3 of d\.csv"):
+        load_documents(path)
+    table = load_documents(path, on_bad_line="warn")
+    assert table["doc_id"].to_list() == ["1", "d.csv:3", "3"]
+    assert table["text"].to_list() == ["ok", "", "fine"]
+
+
+def test_non_utf8_files_are_kept_with_a_warning(tmp_path):
+    bad = "caf\u00e9 cr\u00e8me".encode("cp1252")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "good.txt").write_text("fine \u00e9", encoding="utf-8")
+    (tmp_path / "docs" / "latin.txt").write_bytes(bad)
+    (tmp_path / "docs" / "bom.txt").write_bytes(b"\xef\xbb\xbfwith bom")
+    folder = load_documents(tmp_path / "docs")
+    assert folder["text"].to_list() == ["with bom", "fine \u00e9", "caf\u00e9 cr\u00e8me"]
+    assert folder["warning"].to_list() == [None, None, CP1252_WARNING]
+
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_bytes(b'{"text": "ok"}\n{"text": "' + bad + b'"}\n')
+    table = load_documents(jsonl)
+    assert table["text"].to_list() == ["ok", "caf\u00e9 cr\u00e8me"]
+    assert table["warning"].to_list() == [None, CP1252_WARNING]
+
+    csv_path = tmp_path / "d.csv"
+    csv_path.write_bytes(b'text,label\nok,a\n"' + bad + b'\nsecond line",b\nlast,c\n')
+    table = load_documents(csv_path)
+    assert table["text"].to_list() == ["ok", "caf\u00e9 cr\u00e8me\nsecond line", "last"]
+    assert table["warning"].to_list() == [None, CP1252_WARNING, None]
+    assert table["labels"].to_list() == [["a"], ["b"], ["c"]]
+
+    latin1 = load_documents(jsonl, encoding_fallback="latin-1")
+    assert latin1["warning"][1] == "not valid UTF-8: decoded as latin-1 with replacement"
+
+
+def test_empty_whitespace_missing_and_non_string_text_are_kept():
+    rows = [
+        {"text": ""},
+        {"text": "  \n\t"},
+        {"text": None},
+        {},
+        {"text": 12},
+        {"text": "fine"},
+    ]
+    table = load_documents(rows)
+    assert table.height == 6
+    assert table["text"].to_list() == ["", "  \n\t", "", "", "12", "fine"]
+    assert table["warning"].to_list() == [
+        "empty document",
+        "whitespace-only document",
+        "missing text (null)",
+        "missing text (null)",
+        "text was int, converted to str",
+        None,
+    ]
+    numeric = load_documents(pl.DataFrame({"text": [1.5, None]}))
+    assert numeric["text"].to_list() == ["1.5", ""]
+    assert numeric["warning"].to_list() == ["text was Float64, converted to str", "missing text (null)"]
+
+
+def test_warnings_combine(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b'{"text": "  \xa0 "}\n')  # cp1252 0xA0 is a no-break space
+    assert load_documents(path)["warning"][0] == f"{CP1252_WARNING}; whitespace-only document"
+
+
+# --------------------------------------------------------------------------------------------------- streaming
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "csv", "parquet", "folder", "polars", "list", "dataset"])
+def test_iter_documents_covers_every_row_once(tmp_path, kind):
+    n = 23
+    rows = [{"id": f"d{i:02d}", "text": f"document {i}", "label": str(i % 3)} for i in range(n)]
+    if kind == "jsonl":
+        source = write_jsonl(tmp_path / "d.jsonl", rows)
+    elif kind == "csv":
+        source = tmp_path / "d.csv"
+        pl.DataFrame(rows).write_csv(source)
+    elif kind == "parquet":
+        source = tmp_path / "d.parquet"
+        pl.DataFrame(rows).write_parquet(source, row_group_size=7)
+    elif kind == "folder":
+        source = tmp_path / "docs"
+        for row in rows:
+            (source / row["label"]).mkdir(parents=True, exist_ok=True)
+            (source / row["label"] / f"{row['id']}.txt").write_text(row["text"], encoding="utf-8")
+    elif kind == "polars":
+        source = pl.DataFrame(rows)
+    elif kind == "dataset":
+        datasets = pytest.importorskip("datasets")
+        source = datasets.Dataset.from_list(rows)
+    else:
+        source = rows
+
+    chunks = list(iter_documents(source, chunk_size=5))
+    assert [c.height for c in chunks] == [5, 5, 5, 5, 3]
+    streamed = pl.concat(chunks)
+    check_table(streamed)
+    assert streamed.equals(load_documents(source))
+    assert streamed.height == n
+
+
+def test_iter_documents_generated_ids_count_across_chunks():
+    chunks = list(iter_documents([f"t{i}" for i in range(7)], chunk_size=3))
+    assert [c["doc_id"].to_list() for c in chunks] == [["0", "1", "2"], ["3", "4", "5"], ["6"]]
+
+
+def test_iter_documents_detects_duplicates_across_chunks():
+    rows = [{"id": x, "text": "t"} for x in ["a", "b", "c", "a"]]
+    stream = iter_documents(rows, chunk_size=2)
+    next(stream)
+    with pytest.raises(DataError, match="duplicate ids across chunks.*'a'"):
+        next(stream)
+
+
+def test_iter_documents_bad_line_keeps_the_rest_of_its_chunk(tmp_path):
+    path = tmp_path / "d.jsonl"
+    lines = [json.dumps({"text": f"t{i}"}) for i in range(6)]
+    lines[3] = "{oops"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    chunks = list(iter_documents(path, chunk_size=4, on_bad_line="warn"))
+    texts = [t for c in chunks for t in c["text"].to_list()]
+    assert texts == ["t0", "t1", "t2", "", "t4", "t5"]
+    with pytest.raises(DataError, match="line 4"):
+        list(iter_documents(path, chunk_size=4))
+
+
+def test_iter_documents_rejects_bad_chunk_size():
+    with pytest.raises(DataError, match="chunk_size"):
+        list(iter_documents(ROWS, chunk_size=0))
+
+
+def test_iter_documents_sparse_metadata_key_is_null_in_chunks_without_it():
+    rows = [{"text": "a"}, {"text": "b"}, {"text": "c", "extra": 1}]
+    chunks = list(iter_documents(rows, chunk_size=2, metadata_columns=["extra"]))
+    assert [c["extra"].to_list() for c in chunks] == [[None, None], [1]]
+    with pytest.raises(DataError, match="metadata_columns"):
+        load_documents(rows[:2], metadata_columns=["extra"])
