@@ -61,7 +61,7 @@ def test_windows_cover_overlap_and_slice_exactly(tiny_tokenizer, docs, max_lengt
                 assert again[len(again) - (len(mine) - k):] == mine[k:]
         assert covered.all(), "every token is in some window"
         assert spans[-1][1] == len(ids), "the last window is right-aligned to the end"
-        for (s0, e0), (s1, _e1) in zip(spans[:-2], spans[1:-1], strict=True):
+        for (_s0, e0), (s1, _e1) in zip(spans[:-2], spans[1:-1], strict=True):
             assert e0 - s1 == stride, "consecutive windows overlap by exactly `stride`"
         if len(spans) >= 2:
             assert spans[-2][1] - spans[-1][0] >= stride

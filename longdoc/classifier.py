@@ -1,0 +1,649 @@
+"""``LongDocClassifier``: the user's facade over windows, encoder and a hierarchical head.
+
+    clf = LongDocClassifier.from_encoder(labels=["1", "2", "3"], pooling="attention")
+    clf.fit(train_docs, eval_dataset=val_docs, args=TrainConfig(mode="frozen"))
+    clf.predict("one long document")            # -> "2"
+    clf.predict_proba(list_of_docs)             # -> (n_docs, n_labels)
+    clf.explain("one long document")            # -> windows ranked by how much they drove the label
+    clf.save("model/");  LongDocClassifier.load("model/")
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from longdoc import calibration
+from longdoc.data import documents_from_texts, load_documents
+from longdoc.encoder import WindowEncoder, pool
+from longdoc.errors import ConfigError, DataError, ModelLoadError
+from longdoc.heads import DocumentHead, HeadConfig, predict_probs
+from longdoc.metrics import classification_report, save_confusion_matrix_png
+from longdoc.training import (
+    TrainConfig,
+    freeze_encoder_layers,
+    linear_schedule,
+    load_checkpoint,
+    param_groups,
+    save_checkpoint,
+    seed_everything,
+)
+from longdoc.windows import WindowConfig, Windows
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+NO_WINDOWS = "document has no tokens: no prediction"
+
+
+@dataclass(frozen=True)
+class WindowExplanation:
+    """One window of a document and how much it drove the document's label (weights sum to 1)."""
+
+    window_index: int
+    weight: float
+    char_start: int
+    char_end: int
+    text: str
+
+
+@dataclass
+class Analysis:
+    """Everything one encoder pass over documents gives: reusable for labelling and indexing at once.
+
+    Attributes:
+        documents: the document table that was analysed.
+        windows: the windows (table, token ids, per-document counts).
+        embeddings: (n_windows, d) float32 window embeddings, rows aligned with ``windows.table``.
+        probs: (n_docs, n_labels) calibrated probabilities; NaN rows for documents without windows.
+        window_weights: (n_windows,) each window's attribution within its document (sums to 1 per document).
+        logits: (n_docs, n_labels) raw head logits (before temperature).
+    """
+
+    documents: pl.DataFrame
+    windows: Windows
+    embeddings: np.ndarray
+    probs: np.ndarray
+    window_weights: np.ndarray
+    logits: torch.Tensor
+
+
+def _doc_offsets(windows: Windows) -> np.ndarray:
+    """Window row where each document starts (windows are contiguous per document, in document order)."""
+    counts = windows.documents["n_windows"].to_numpy().astype(np.int64)
+    offsets = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    return offsets
+
+
+def _pad_windows(
+    emb: torch.Tensor, doc_offsets: np.ndarray, docs: Sequence[int], rows: list[np.ndarray] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, W, d) padded window embeddings and (B, W) mask for documents ``docs`` (or the given window rows)."""
+    rows = rows if rows is not None else [np.arange(doc_offsets[i], doc_offsets[i + 1]) for i in docs]
+    width = max(1, max(len(r) for r in rows))
+    out = emb.new_zeros((len(rows), width, emb.shape[-1]))
+    mask = torch.zeros((len(rows), width), dtype=torch.bool, device=emb.device)
+    for b, r in enumerate(rows):
+        if len(r):
+            out[b, : len(r)] = emb[torch.as_tensor(r, device=emb.device)]
+            mask[b, : len(r)] = True
+    return out, mask
+
+
+class LongDocClassifier:
+    """Hierarchical long-document classifier: BERT over sliding windows, pooled by a learned head.
+
+    Build one with :meth:`from_encoder` or :meth:`load`.
+    """
+
+    def __init__(
+        self,
+        encoder: WindowEncoder,
+        head: DocumentHead,
+        labels: Sequence[str],
+        *,
+        temperature: float = 1.0,
+        thresholds: np.ndarray | None = None,
+    ) -> None:
+        self.encoder = encoder
+        self.head = head.to(encoder.device)
+        self.labels = list(labels)
+        self.temperature = float(temperature)
+        self.thresholds = thresholds
+        self.history: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_encoder(
+        cls,
+        path_or_name: str | Path | None = None,
+        *,
+        labels: Sequence[str],
+        window: WindowConfig | None = None,
+        pooling: str = "attention",
+        multi_label: bool = False,
+        device: str | None = None,
+        dtype: torch.dtype | None = None,
+        head: dict[str, Any] | None = None,
+    ) -> LongDocClassifier:
+        """A new classifier over a pretrained encoder (default: the packaged MiniLM).
+
+        Args:
+            path_or_name: a BERT-family checkpoint directory or hub name.
+            labels: the label names, in the order of ``predict_proba``'s columns.
+            window: window geometry (default 512 tokens, overlap 128).
+            pooling: ``"mean"``, ``"max"``, ``"attention"`` or ``"transformer"``.
+            multi_label: documents may carry any subset of the labels.
+            device: ``None`` picks CUDA when present.
+            dtype: encoder compute dtype (default bf16 on CUDA, fp32 on CPU).
+            head: more ``HeadConfig`` fields (dropout, transformer_layers, ...).
+        """
+        labels = [str(x) for x in labels]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"labels must be unique, got {labels}")
+        encoder = WindowEncoder(path_or_name, device=device, window=window, dtype=dtype)
+        config = HeadConfig(
+            pooling=pooling, hidden_size=encoder.dim, num_labels=len(labels), multi_label=multi_label, **(head or {})
+        )
+        return cls(encoder, DocumentHead(config), labels)
+
+    @property
+    def multi_label(self) -> bool:
+        return self.head.config.multi_label
+
+    @property
+    def window(self) -> WindowConfig:
+        return self.encoder.window
+
+    # ------------------------------------------------------------------ inputs
+    def _documents(
+        self, data: Any, labels: Sequence[Any] | None = None, *, text_column: str = "text",
+        label_column: str | None = None, id_column: str | None = None, require_labels: bool = False,
+    ) -> pl.DataFrame:
+        """A document table from any supported input; column names default to ``load_documents``'s."""
+        if isinstance(data, str):
+            data = [data]
+        if isinstance(data, pl.DataFrame) and {"doc_id", "text", "labels"} <= set(data.columns):
+            docs = data  # already a document table
+        elif isinstance(data, (list, tuple)) and (not data or isinstance(data[0], str)):
+            docs = documents_from_texts(list(data), labels=labels)
+        else:
+            named = {k: v for k, v in (("label_column", label_column), ("id_column", id_column)) if v is not None}
+            docs = load_documents(data, text_column=text_column, **named)
+        if require_labels:
+            missing = docs.filter(pl.col("labels").list.len() == 0)
+            if missing.height:
+                raise DataError(
+                    f"{missing.height} training documents have no label (e.g. {missing['doc_id'].head(3).to_list()}); "
+                    "pass labels=... or label_column=..."
+                )
+        return docs
+
+    def _targets(self, docs: pl.DataFrame) -> torch.Tensor:
+        index = {label: i for i, label in enumerate(self.labels)}
+        unknown = sorted({x for row in docs["labels"].to_list() for x in row if x not in index})
+        if unknown:
+            raise DataError(f"labels {unknown[:10]} are not among the classifier's labels {self.labels}")
+        rows = docs["labels"].to_list()
+        if self.multi_label:
+            y = torch.zeros((len(rows), len(self.labels)))
+            for i, row in enumerate(rows):
+                y[i, [index[x] for x in row]] = 1.0
+            return y
+        many = [r for r in rows if len(r) != 1]
+        if many:
+            raise DataError(f"a single-label classifier needs exactly one label per document, found {many[:3]}; "
+                            "use multi_label=True for label sets")
+        return torch.tensor([index[r[0]] for r in rows], dtype=torch.long)
+
+    # ------------------------------------------------------------------ training
+    def fit(
+        self,
+        train: Any,
+        labels: Sequence[Any] | None = None,
+        *,
+        eval_dataset: Any = None,
+        eval_labels: Sequence[Any] | None = None,
+        args: TrainConfig | None = None,
+        text_column: str = "text",
+        label_column: str | None = None,
+        id_column: str | None = None,
+        show_progress_bar: bool | None = None,
+    ) -> LongDocClassifier:
+        """Train on labelled documents.
+
+        Args:
+            train: a document table, a polars/pandas DataFrame, a ``datasets.Dataset``, a file path, or a list
+                of texts (then pass ``labels``).
+            labels: labels of a list of texts (a str each, or a list of str for multi-label).
+            eval_dataset: validation documents (same forms) for early stopping and calibration.
+            args: a ``TrainConfig`` (default: frozen encoder).
+            text_column, label_column, id_column: column names of tabular inputs (defaults: ``text``,
+                ``label``, ``id`` or row numbers; see ``longdoc.load_documents``).
+        """
+        args = args or TrainConfig()
+        seed_everything(args.seed)
+        cols = {"text_column": text_column, "label_column": label_column, "id_column": id_column}
+        train_docs = self._documents(train, labels, require_labels=True, **cols)
+        y_train = self._targets(train_docs)
+        val_docs = y_val = None
+        if eval_dataset is not None:
+            val_docs = self._documents(eval_dataset, eval_labels, require_labels=True, **cols)
+            y_val = self._targets(val_docs)
+        class_weights = self._class_weights(y_train) if args.class_weights == "balanced" else None
+        if args.mode == "frozen":
+            self._fit_frozen(train_docs, y_train, val_docs, y_val, args, class_weights, show_progress_bar)
+        else:
+            self._fit_finetune(train_docs, y_train, val_docs, y_val, args, class_weights, show_progress_bar)
+        if args.calibrate and val_docs is not None:
+            self.calibrate(val_docs)
+        return self
+
+    def _class_weights(self, y: torch.Tensor) -> torch.Tensor:
+        if self.multi_label:
+            pos = y.sum(0).clamp(min=1.0)
+            return (len(y) - pos) / pos
+        counts = torch.bincount(y, minlength=len(self.labels)).float().clamp(min=1.0)
+        return len(y) / (len(self.labels) * counts)
+
+    def _optimizer(self, encoder_trains: bool, args: TrainConfig) -> torch.optim.Optimizer:
+        groups = param_groups(self.head, self.encoder.model if encoder_trains else None, args)
+        return torch.optim.AdamW(groups, fused=False)
+
+    def _epoch_loop(
+        self, *, n_train: int, args: TrainConfig, step_fn, evaluate_fn, encoder_trains: bool, show: bool | None
+    ) -> None:
+        """Shared epoch logic: shuffling, accumulation, schedule, early stopping, checkpoints, resume."""
+        optimizer = self._optimizer(encoder_trains, args)
+        steps_per_epoch = max(1, -(-n_train // (args.batch_size * args.grad_accum)))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, linear_schedule(steps_per_epoch * args.epochs, args.warmup_ratio)
+        )
+        start_epoch, best, bad_epochs, step = 0, -1.0, 0, 0
+        best_head = {k: v.detach().clone() for k, v in self.head.state_dict().items()}
+        best_encoder = None
+        ckpt_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else None
+        if ckpt_dir is not None:
+            meta = load_checkpoint(ckpt_dir, head=self.head, encoder=self.encoder.model if encoder_trains else None,
+                                   optimizer=optimizer)
+            if meta is not None:
+                start_epoch, best, bad_epochs, step = meta["epoch"] + 1, meta["best_score"], meta["bad_epochs"], meta["step"]
+                best_head = meta["best_head"]
+                for _ in range(step):
+                    scheduler.step()
+                if bad_epochs >= args.patience:
+                    start_epoch = args.epochs
+        rng = np.random.default_rng(args.seed)
+        for _ in range(start_epoch):
+            rng.permutation(n_train)  # keep the shuffles of a resumed run identical to an uninterrupted one
+        for epoch in range(start_epoch, args.epochs):
+            self.head.train()
+            if encoder_trains:
+                self.encoder.model.train()
+            order = rng.permutation(n_train)
+            total, batches = 0.0, 0
+            bar = tqdm(total=n_train, desc=f"epoch {epoch + 1}/{args.epochs}", unit="doc",
+                       disable=not (logger.isEnabledFor(logging.INFO) if show is None else show))
+            optimizer.zero_grad(set_to_none=True)
+            for b, start in enumerate(range(0, n_train, args.batch_size)):
+                idx = order[start : start + args.batch_size]
+                loss = step_fn(idx)
+                (loss / args.grad_accum).backward()
+                total += float(loss.detach())
+                batches += 1
+                if (b + 1) % args.grad_accum == 0 or start + args.batch_size >= n_train:
+                    torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    step += 1
+                bar.update(len(idx))
+            bar.close()
+            self.head.eval()
+            self.encoder.model.eval()
+            record = {"epoch": epoch + 1, "train_loss": total / max(1, batches)}
+            score = evaluate_fn()
+            if score is not None:
+                record["eval_macro_f1"] = score
+            self.history.append(record)
+            logger.info("epoch %d: %s", epoch + 1, record)
+            current = score if score is not None else -record["train_loss"]
+            if current > best:
+                best, bad_epochs = current, 0
+                best_head = {k: v.detach().clone() for k, v in self.head.state_dict().items()}
+                if encoder_trains and score is not None:
+                    best_encoder = {k: v.detach().clone() for k, v in self.encoder.model.state_dict().items()}
+            else:
+                bad_epochs += 1
+            if ckpt_dir is not None:
+                save_checkpoint(ckpt_dir, epoch=epoch, best_score=best, bad_epochs=bad_epochs, head=self.head,
+                                best_head=best_head, encoder=self.encoder.model if encoder_trains else None,
+                                optimizer=optimizer, step=step)
+            if score is not None and bad_epochs >= args.patience:
+                logger.info("early stop after epoch %d (best eval macro-F1 %.4f)", epoch + 1, best)
+                break
+        self.head.load_state_dict(best_head)
+        if best_encoder is not None:
+            self.encoder.model.load_state_dict(best_encoder)
+        self.head.eval()
+        self.encoder.model.eval()
+        if encoder_trains:
+            self.encoder.invalidate_fingerprint()
+
+    def _macro_f1(self, probs: np.ndarray, y: torch.Tensor) -> float:
+        from sklearn.metrics import f1_score
+
+        if self.multi_label:
+            return float(f1_score(y.numpy(), probs >= 0.5, average="macro", zero_division=0))
+        return float(f1_score(y.numpy(), probs.argmax(1), average="macro", labels=range(len(self.labels)),
+                              zero_division=0))
+
+    def _fit_frozen(self, train_docs, y_train, val_docs, y_val, args, class_weights, show) -> None:
+        logger.info("encoding %d training documents once (frozen encoder)", train_docs.height)
+        train_w, train_emb = self.encoder.encode_documents(train_docs, show_progress_bar=show)
+        emb = torch.from_numpy(train_emb).to(self.encoder.device)
+        offsets = _doc_offsets(train_w)
+        val = None
+        if val_docs is not None:
+            val_w, val_emb = self.encoder.encode_documents(val_docs, show_progress_bar=show)
+            val = (torch.from_numpy(val_emb).to(self.encoder.device), _doc_offsets(val_w))
+        device = self.encoder.device
+
+        def step(idx: np.ndarray) -> torch.Tensor:
+            x, mask = _pad_windows(emb, offsets, idx)
+            return self.head(x, mask, labels=y_train[idx].to(device), class_weights=class_weights).loss
+
+        def evaluate() -> float | None:
+            if val is None:
+                return None
+            logits = self._head_logits(*val)
+            return self._macro_f1(predict_probs(logits, self.multi_label).numpy(), y_val)
+
+        self._epoch_loop(n_train=train_docs.height, args=args, step_fn=step, evaluate_fn=evaluate,
+                         encoder_trains=False, show=show)
+
+    def _fit_finetune(self, train_docs, y_train, val_docs, y_val, args, class_weights, show) -> None:
+        model = self.encoder.model
+        freeze_encoder_layers(model, args.train_top_layers)
+        if args.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        train_w = _windows_only(self.encoder, train_docs)
+        offsets = _doc_offsets(train_w)
+        rng = np.random.default_rng(args.seed + 1)
+        device = self.encoder.device
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _nullcontext()
+        # train in fp32 weights (bf16 autocast on CUDA); inference dtype is restored afterwards
+        model.to(torch.float32)
+
+        def step(idx: np.ndarray) -> torch.Tensor:
+            rows = []
+            for i in idx:
+                r = np.arange(offsets[i], offsets[i + 1])
+                if len(r) > args.max_train_windows:
+                    r = np.sort(rng.choice(r, size=args.max_train_windows, replace=False))
+                rows.append(r)
+            flat = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+            ids, mask = _pad_ids(train_w, flat)
+            with autocast:
+                window_emb = torch.zeros((0, self.encoder.dim), device=device)
+                if len(flat):
+                    hidden = model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+                    window_emb = pool(hidden, mask.to(device), self.encoder.pooling).float()
+                    if self.encoder.normalize:
+                        window_emb = torch.nn.functional.normalize(window_emb, dim=-1)
+                # rows of `window_emb` are in `flat` order: re-index per document
+                local, pos = [], 0
+                for r in rows:
+                    local.append(np.arange(pos, pos + len(r)))
+                    pos += len(r)
+                x, m = _pad_windows(window_emb, np.zeros(1, np.int64), idx, rows=local)
+                return self.head(x, m, labels=y_train[idx].to(device), class_weights=class_weights).loss
+
+        def evaluate() -> float | None:
+            if val_docs is None:
+                return None
+            model.eval()
+            probs = self._analyze(val_docs, show_progress_bar=False).probs
+            model.train()
+            return self._macro_f1(np.nan_to_num(probs), y_val)
+
+        try:
+            self._epoch_loop(n_train=train_docs.height, args=args, step_fn=step, evaluate_fn=evaluate,
+                             encoder_trains=True, show=show)
+        finally:
+            if args.gradient_checkpointing:
+                model.gradient_checkpointing_disable()
+            for p in model.parameters():
+                p.requires_grad = True
+            model.to(self.encoder.dtype)
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def _head_logits(self, emb: torch.Tensor, offsets: np.ndarray, batch: int = 64) -> torch.Tensor:
+        """Logits (n_docs, L) from window embeddings; the attribution is stored on ``self._last_weights``."""
+        n_docs = len(offsets) - 1
+        logits, weights = [], np.zeros(len(emb), dtype=np.float32)
+        self.head.eval()
+        for start in range(0, n_docs, batch):
+            idx = list(range(start, min(n_docs, start + batch)))
+            x, mask = _pad_windows(emb, offsets, idx)
+            out = self.head(x, mask)
+            logits.append(out.logits.float().cpu())
+            w = out.window_weights.float().cpu().numpy()
+            for b, i in enumerate(idx):
+                k = offsets[i + 1] - offsets[i]
+                weights[offsets[i] : offsets[i + 1]] = w[b, :k]
+        self._last_weights = weights
+        return torch.cat(logits) if logits else torch.zeros((0, len(self.labels)))
+
+    def _analyze(self, docs: pl.DataFrame, *, show_progress_bar: bool | None = None) -> Analysis:
+        windows, emb = self.encoder.encode_documents(docs, show_progress_bar=show_progress_bar)
+        offsets = _doc_offsets(windows)
+        logits = self._head_logits(torch.from_numpy(emb).to(self.encoder.device), offsets)
+        probs = predict_probs(logits, self.multi_label, self.temperature).numpy().astype(np.float32)
+        probs[np.diff(offsets) == 0] = np.nan
+        return Analysis(docs, windows, emb, probs, self._last_weights, logits)
+
+    def analyze(self, documents: Any, *, show_progress_bar: bool | None = None, **columns: Any) -> Analysis:
+        """One encoder pass: window embeddings, label probabilities and attributions (label + index at once)."""
+        return self._analyze(self._documents(documents, **columns), show_progress_bar=show_progress_bar)
+
+    def _decide(self, probs: np.ndarray) -> list[Any]:
+        out: list[Any] = []
+        for row in probs:
+            if np.isnan(row).any():
+                out.append(None)
+            elif self.multi_label:
+                thresholds = self.thresholds if self.thresholds is not None else np.full(len(self.labels), 0.5)
+                out.append([self.labels[j] for j in np.flatnonzero(row >= thresholds)])
+            else:
+                out.append(self.labels[int(row.argmax())])
+        return out
+
+    def predict(self, documents: str | Sequence[str] | Any, **columns: Any) -> Any:
+        """Labels: a str gives one label (a list of labels if multi-label), a list gives a list.
+
+        A document without tokens (empty or whitespace only) gets ``None``.
+        """
+        single = isinstance(documents, str)
+        labels = self._decide(self.predict_proba(documents, **columns))
+        return labels[0] if single else labels
+
+    def predict_proba(self, documents: str | Sequence[str] | Any, **columns: Any) -> np.ndarray:
+        """Calibrated probabilities (n_docs, n_labels), columns in ``self.labels`` order (NaN rows: no tokens)."""
+        return self.analyze(documents, **columns).probs
+
+    def explain(self, document: str, *, top_k: int | None = 5) -> list[WindowExplanation]:
+        """The windows of one document ranked by how much they drove its label (attention weights for the
+        attention and transformer heads; see ``longdoc.heads`` for mean and max)."""
+        if not isinstance(document, str):
+            raise DataError(f"explain takes one document as a str, got {type(document).__name__}")
+        a = self.analyze([document], show_progress_bar=False)
+        order = np.argsort(-a.window_weights, kind="stable")[: top_k or None]
+        out = []
+        for i in order:
+            row = a.windows.table.row(int(i), named=True)
+            out.append(WindowExplanation(
+                window_index=row["window_index"], weight=float(a.window_weights[i]), char_start=row["char_start"],
+                char_end=row["char_end"], text=document[row["char_start"] : row["char_end"]],
+            ))
+        return out
+
+    def calibrate(self, eval_dataset: Any, labels: Sequence[Any] | None = None, **columns: Any) -> None:
+        """Fit the temperature (and, multi-label, the per-label thresholds) on validation documents."""
+        docs = self._documents(eval_dataset, labels, require_labels=True, **columns)
+        y = self._targets(docs)
+        a = self._analyze(docs, show_progress_bar=False)
+        keep = torch.from_numpy(~np.isnan(a.probs).any(1))
+        logits = a.logits[keep]
+        self.temperature = calibration.fit_temperature(logits, y[keep], multi_label=self.multi_label)
+        if self.multi_label:
+            probs = predict_probs(logits, True, self.temperature).numpy()
+            self.thresholds = calibration.tune_thresholds(probs, y[keep].numpy())
+        logger.info("calibrated on %d documents: temperature %.3f", int(keep.sum()), self.temperature)
+
+    def evaluate(
+        self, documents: Any, labels: Sequence[Any] | None = None, *, confusion_png: str | Path | None = None,
+        **columns: Any,
+    ) -> dict[str, Any]:
+        """Accuracy, macro/micro-F1, per-label report, expected calibration error, optional confusion PNG."""
+        docs = self._documents(documents, labels, require_labels=True, **columns)
+        self._targets(docs)  # validates the label names
+        probs = self.analyze(docs).probs
+        keep = ~np.isnan(probs).any(1)
+        y_true = docs["labels"].to_list()
+        y_pred = self._decide(probs)
+        if not self.multi_label:
+            y_true = [r[0] for r in y_true]
+        y_true = [t for t, k in zip(y_true, keep, strict=True) if k]
+        y_pred = [p for p, k in zip(y_pred, keep, strict=True) if k]
+        report = classification_report(y_true, y_pred, self.labels, y_prob=probs[keep], multi_label=self.multi_label)
+        report["n_documents"] = docs.height
+        report["n_without_tokens"] = int((~keep).sum())
+        if confusion_png is not None and not self.multi_label:
+            save_confusion_matrix_png(report["confusion_matrix"], self.labels, confusion_png)
+        return report
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, directory: str | Path) -> Path:
+        """Write ``config.json``, ``encoder/`` (safetensors) and ``head.safetensors``; atomic (temp + rename)."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+        try:
+            self.encoder.save(tmp / "encoder")
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
+                      tmp / "head.safetensors")
+            config = {
+                "format_version": FORMAT_VERSION,
+                "labels": self.labels,
+                "head": self.head.config.to_dict(),
+                "window": self.window.to_dict(),
+                "encoder": {**self.encoder.settings(), "dim": self.encoder.dim},
+                "temperature": self.temperature,
+                "thresholds": None if self.thresholds is None else [float(t) for t in self.thresholds],
+                "history": self.history,
+                "versions": _versions(),
+            }
+            (tmp / "config.json").write_text(json.dumps(config, indent=2))
+            for f in tmp.rglob("*"):
+                if f.is_file():
+                    with open(f, "rb") as fh:
+                        os.fsync(fh.fileno())
+            old = directory.with_name(f".{directory.name}.old")
+            if directory.exists():
+                if old.exists():
+                    shutil.rmtree(old)
+                directory.rename(old)
+            tmp.rename(directory)
+            if old.exists():
+                shutil.rmtree(old)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, *, device: str | None = None) -> LongDocClassifier:
+        """Load a saved classifier. Only JSON and safetensors are read; mismatching parts are refused."""
+        directory = Path(directory)
+        config_path = directory / "config.json"
+        if not config_path.is_file():
+            raise ModelLoadError(f"{directory} is not a longdoc model directory: config.json is missing")
+        try:
+            config = json.loads(config_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ModelLoadError(f"{config_path} is not valid JSON: {exc}") from exc
+        if config.get("format_version") != FORMAT_VERSION:
+            raise ModelLoadError(f"{config_path}: format_version {config.get('format_version')!r}, expected {FORMAT_VERSION}")
+        head_config = HeadConfig.from_dict(config["head"])
+        labels = config["labels"]
+        if len(labels) != head_config.num_labels:
+            raise ModelLoadError(f"{config_path}: {len(labels)} labels but the head has {head_config.num_labels} outputs")
+        window = WindowConfig.from_dict(config["window"])
+        enc_settings = config["encoder"]
+        encoder = WindowEncoder(directory / "encoder", device=device, window=window,
+                                pooling=enc_settings["pooling"], normalize=enc_settings["normalize"])
+        if encoder.dim != head_config.hidden_size:
+            raise ModelLoadError(f"encoder dim {encoder.dim} does not match the head's hidden_size {head_config.hidden_size}")
+        head = DocumentHead(head_config)
+        head_path = directory / "head.safetensors"
+        if not head_path.is_file():
+            raise ModelLoadError(f"{directory}: head.safetensors is missing")
+        try:
+            head.load_state_dict(load_file(head_path))
+        except (RuntimeError, OSError) as exc:
+            raise ModelLoadError(f"{head_path} does not match the head in config.json: {exc}") from exc
+        thresholds = config.get("thresholds")
+        clf = cls(encoder, head.eval(), labels, temperature=config.get("temperature", 1.0),
+                  thresholds=None if thresholds is None else np.asarray(thresholds, dtype=np.float32))
+        clf.history = config.get("history", [])
+        return clf
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _windows_only(encoder: WindowEncoder, docs: pl.DataFrame) -> Windows:
+    from longdoc.windows import make_windows
+
+    return make_windows(docs, encoder.tokenizer, encoder.window)
+
+
+def _pad_ids(windows: Windows, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = windows.lengths[rows] if len(rows) else np.zeros(1, np.int64)
+    width = int(lengths.max()) if len(rows) else 1
+    ids = np.zeros((len(rows), width), dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for b, r in enumerate(rows):
+        seq = windows.ids(int(r))
+        ids[b, : len(seq)] = seq
+        mask[b, : len(seq)] = 1
+    return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+def _versions() -> dict[str, str]:
+    import transformers
+
+    import longdoc
+
+    return {"longdoc": longdoc.__version__, "torch": torch.__version__, "transformers": transformers.__version__}

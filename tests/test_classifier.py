@@ -1,0 +1,143 @@
+"""LongDocClassifier end to end on the tiny BERT: fit, predict, explain, evaluate, save/load, resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from longdoc.classifier import LongDocClassifier
+from longdoc.data import documents_from_texts
+from longdoc.errors import DataError, ModelLoadError
+from longdoc.training import TrainConfig
+from longdoc.windows import WindowConfig
+
+FILLER = "the a of to and in is it for on with as by at from that this be are was or not "
+
+
+def _corpus(n: int, seed: int) -> tuple[list[str], list[str]]:
+    """Long documents whose label is decided by one passage somewhere in the middle."""
+    rng = np.random.default_rng(seed)
+    texts, labels = [], []
+    for i in range(n):
+        label = ["sport", "tech", "news"][i % 3]
+        marker = {"sport": "team player goal win", "tech": "device system library model",
+                  "news": "vote bank market report"}[label]
+        before = FILLER * int(rng.integers(1, 6))
+        after = FILLER * int(rng.integers(1, 6))
+        texts.append(f"{before} {marker} {marker} {after}")
+        labels.append(label)
+    return texts, labels
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir):
+    texts, labels = _corpus(60, 0)
+    clf = LongDocClassifier.from_encoder(tiny_model_dir, labels=["sport", "tech", "news"],
+                                         window=WindowConfig(max_length=32, stride=8), device="cpu")
+    val_texts, val_labels = _corpus(24, 1)
+    clf.fit(texts, labels, eval_dataset=val_texts, eval_labels=val_labels,
+            args=TrainConfig(mode="frozen", epochs=30, head_lr=5e-3, batch_size=8, patience=30))
+    return clf
+
+
+def test_frozen_head_learns_a_mid_document_marker(trained):
+    texts, labels = _corpus(30, 2)
+    assert len(trained.history) > 0
+    report = trained.evaluate(texts, labels)
+    assert report["accuracy"] >= 0.9, report
+    assert "ece" in report and 0 <= report["ece"] <= 1
+
+
+def test_shapes_follow_input(trained):
+    one = trained.predict("team player goal win " + FILLER)
+    many = trained.predict(["team player goal win", "device system library model"])
+    assert isinstance(one, str) and isinstance(many, list) and len(many) == 2
+    probs = trained.predict_proba(["team player goal win", "vote bank"])
+    assert probs.shape == (2, 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
+
+
+def test_empty_document_gets_no_prediction_and_others_survive(trained):
+    labels = trained.predict(["team player goal win", "", "   ", "vote bank market report"])
+    assert labels[1] is None and labels[2] is None
+    assert labels[0] is not None and labels[3] is not None
+
+
+def test_explain_ranks_the_marker_window_first(trained):
+    doc = FILLER * 4 + " device system library model device system library model " + FILLER * 4
+    ranked = trained.explain(doc, top_k=None)
+    assert abs(sum(w.weight for w in ranked) - 1) < 1e-4
+    assert ranked[0].text == doc[ranked[0].char_start : ranked[0].char_end]
+    assert "device" in ranked[0].text
+
+
+def test_save_load_gives_identical_predictions(trained, tmp_path):
+    texts, _ = _corpus(9, 3)
+    trained.save(tmp_path / "model")
+    again = LongDocClassifier.load(tmp_path / "model", device="cpu")
+    assert again.labels == trained.labels and again.temperature == trained.temperature
+    assert np.array_equal(again.predict_proba(texts), trained.predict_proba(texts))
+    trained.save(tmp_path / "model")  # overwrite in place works and leaves no temp dirs
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_load_refuses_mismatching_parts(trained, tmp_path):
+    import json
+
+    trained.save(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    cfg["labels"] = cfg["labels"] + ["extra"]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelLoadError, match="labels"):
+        LongDocClassifier.load(tmp_path / "m")
+    with pytest.raises(ModelLoadError, match="config.json"):
+        LongDocClassifier.load(tmp_path / "nowhere")
+
+
+def test_bad_labels_are_named(tiny_model_dir):
+    clf = LongDocClassifier.from_encoder(tiny_model_dir, labels=["a", "b"], device="cpu")
+    with pytest.raises(DataError, match="not among"):
+        clf.fit(["x y", "y z"], ["a", "c"], args=TrainConfig(epochs=1))
+    with pytest.raises(DataError, match="no label"):
+        clf.fit(documents_from_texts(["x y", "y z"]), args=TrainConfig(epochs=1))
+
+
+@pytest.mark.parametrize("pooling", ["mean", "max", "transformer"])
+def test_every_pooling_trains_and_predicts(tiny_model_dir, pooling):
+    texts, labels = _corpus(12, 4)
+    clf = LongDocClassifier.from_encoder(tiny_model_dir, labels=["sport", "tech", "news"], pooling=pooling,
+                                         window=WindowConfig(max_length=32, stride=8), device="cpu")
+    clf.fit(texts, labels, args=TrainConfig(epochs=2))
+    assert len(clf.predict(texts)) == 12
+
+
+def test_finetune_updates_the_encoder_and_resumes(tiny_model_dir, tmp_path):
+    texts, labels = _corpus(12, 5)
+    df = pl.DataFrame({"text": texts, "label": labels})
+    args = TrainConfig(mode="finetune", epochs=2, batch_size=4, max_train_windows=3, train_top_layers=1,
+                       checkpoint_dir=str(tmp_path / "ckpt"), encoder_lr=1e-3)
+    clf = LongDocClassifier.from_encoder(tiny_model_dir, labels=["sport", "tech", "news"],
+                                         window=WindowConfig(max_length=32, stride=8), device="cpu")
+    before = {k: v.clone() for k, v in clf.encoder.model.state_dict().items()}
+    clf.fit(df, args=args)
+    after = clf.encoder.model.state_dict()
+    changed = [k for k in before if not np.array_equal(before[k].numpy(), after[k].numpy())]
+    assert changed and all(".layer.1." in k for k in changed), "only the top layer trains"
+    assert (tmp_path / "ckpt" / "checkpoint" / "state.json").exists()
+    # a new run with the same checkpoint_dir resumes after the last epoch: nothing left to do
+    again = LongDocClassifier.from_encoder(tiny_model_dir, labels=["sport", "tech", "news"],
+                                           window=WindowConfig(max_length=32, stride=8), device="cpu")
+    again.fit(df, args=args)
+    assert again.history == []
+    assert np.allclose(again.predict_proba(texts), clf.predict_proba(texts), atol=1e-5)
+
+
+def test_multi_label_with_thresholds(tiny_model_dir):
+    texts, labels = _corpus(30, 6)
+    multi = [[x] + (["news"] if i % 4 == 0 and x != "news" else []) for i, x in enumerate(labels)]
+    clf = LongDocClassifier.from_encoder(tiny_model_dir, labels=["sport", "tech", "news"], multi_label=True,
+                                         window=WindowConfig(max_length=32, stride=8), device="cpu")
+    clf.fit(texts, multi, eval_dataset=texts, eval_labels=multi, args=TrainConfig(epochs=3))
+    out = clf.predict(texts[:3])
+    assert all(isinstance(x, list) for x in out)
+    assert clf.thresholds is not None and len(clf.thresholds) == 3
