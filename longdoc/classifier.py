@@ -81,6 +81,17 @@ class Analysis:
     logits: torch.Tensor
 
 
+@dataclass
+class Encoded:
+    """Documents cut into windows and encoded once: pass it to ``fit``/``analyze``/``evaluate`` instead of the
+    documents to reuse the embeddings (valid while the encoder's weights are unchanged)."""
+
+    documents: pl.DataFrame
+    windows: Windows
+    embeddings: np.ndarray
+    fingerprint: str
+
+
 def _doc_offsets(windows: Windows) -> np.ndarray:
     """Window row where each document starts (windows are contiguous per document, in document order)."""
     counts = windows.documents["n_windows"].to_numpy().astype(np.int64)
@@ -175,6 +186,8 @@ class LongDocClassifier:
         label_column: str | None = None, id_column: str | None = None, require_labels: bool = False,
     ) -> pl.DataFrame:
         """A document table from any supported input; column names default to ``load_documents``'s."""
+        if isinstance(data, Encoded):
+            data = data.documents
         if isinstance(data, str):
             data = [data]
         if isinstance(data, pl.DataFrame) and {"doc_id", "text", "labels"} <= set(data.columns):
@@ -210,6 +223,23 @@ class LongDocClassifier:
                             "use multi_label=True for label sets")
         return torch.tensor([index[r[0]] for r in rows], dtype=torch.long)
 
+    # ------------------------------------------------------------------ encoding
+    def encode(self, documents: Any, *, show_progress_bar: bool | None = None, **columns: Any) -> Encoded:
+        """Cut documents into windows and encode them once, for reuse by ``fit``, ``analyze`` and indexing."""
+        if isinstance(documents, Encoded):
+            return self._encoded(documents, show_progress_bar)
+        docs = self._documents(documents, **columns)
+        windows, emb = self.encoder.encode_documents(docs, show_progress_bar=show_progress_bar)
+        return Encoded(docs, windows, emb, self.encoder.fingerprint)
+
+    def _encoded(self, data: Encoded | pl.DataFrame, show_progress_bar: bool | None) -> Encoded:
+        """``data`` encoded with the current weights (re-encoded when the encoder changed since)."""
+        if isinstance(data, Encoded) and data.fingerprint == self.encoder.fingerprint:
+            return data
+        docs = data.documents if isinstance(data, Encoded) else data
+        windows, emb = self.encoder.encode_documents(docs, show_progress_bar=show_progress_bar)
+        return Encoded(docs, windows, emb, self.encoder.fingerprint)
+
     # ------------------------------------------------------------------ training
     def fit(
         self,
@@ -244,6 +274,9 @@ class LongDocClassifier:
         if eval_dataset is not None:
             val_docs = self._documents(eval_dataset, eval_labels, require_labels=True, **cols)
             y_val = self._targets(val_docs)
+        if args.mode == "frozen":  # reuse embeddings the caller already has
+            train_docs = train if isinstance(train, Encoded) else train_docs
+            val_docs = eval_dataset if isinstance(eval_dataset, Encoded) else val_docs
         class_weights = self._class_weights(y_train) if args.class_weights == "balanced" else None
         if args.mode == "frozen":
             self._fit_frozen(train_docs, y_train, val_docs, y_val, args, class_weights, show_progress_bar)
@@ -273,7 +306,7 @@ class LongDocClassifier:
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, linear_schedule(steps_per_epoch * args.epochs, args.warmup_ratio)
         )
-        start_epoch, best, bad_epochs, step = 0, -1.0, 0, 0
+        start_epoch, best, bad_epochs, step = 0, (-np.inf,), 0, 0
         best_head = {k: v.detach().clone() for k, v in self.head.state_dict().items()}
         best_encoder = None
         ckpt_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else None
@@ -281,7 +314,8 @@ class LongDocClassifier:
             meta = load_checkpoint(ckpt_dir, head=self.head, encoder=self.encoder.model if encoder_trains else None,
                                    optimizer=optimizer)
             if meta is not None:
-                start_epoch, best, bad_epochs, step = meta["epoch"] + 1, meta["best_score"], meta["bad_epochs"], meta["step"]
+                start_epoch, bad_epochs, step = meta["epoch"] + 1, meta["bad_epochs"], meta["step"]
+                best = tuple(meta["best_score"])
                 best_head = meta["best_head"]
                 for _ in range(step):
                     scheduler.step()
@@ -318,10 +352,10 @@ class LongDocClassifier:
             record = {"epoch": epoch + 1, "train_loss": total / max(1, batches)}
             score = evaluate_fn()
             if score is not None:
-                record["eval_macro_f1"] = score
+                record["eval_macro_f1"], record["eval_loss"] = score[0], -score[1]
             self.history.append(record)
             logger.info("epoch %d: %s", epoch + 1, record)
-            current = score if score is not None else -record["train_loss"]
+            current = score if score is not None else (-record["train_loss"],)
             if current > best:
                 best, bad_epochs = current, 0
                 best_head = {k: v.detach().clone() for k, v in self.head.state_dict().items()}
@@ -334,7 +368,7 @@ class LongDocClassifier:
                                 best_head=best_head, encoder=self.encoder.model if encoder_trains else None,
                                 optimizer=optimizer, step=step)
             if score is not None and bad_epochs >= args.patience:
-                logger.info("early stop after epoch %d (best eval macro-F1 %.4f)", epoch + 1, best)
+                logger.info("early stop after epoch %d (best eval macro-F1 %.4f)", epoch + 1, best[0])
                 break
         self.head.load_state_dict(best_head)
         if best_encoder is not None:
@@ -344,23 +378,29 @@ class LongDocClassifier:
         if encoder_trains:
             self.encoder.invalidate_fingerprint()
 
-    def _macro_f1(self, probs: np.ndarray, y: torch.Tensor) -> float:
+    def _validation_score(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        """(macro-F1, -loss) on validation data: F1 decides, the loss breaks ties (early epochs often tie)."""
         from sklearn.metrics import f1_score
 
+        logits = torch.nan_to_num(logits.float())
+        loss = float(self.head.loss(logits, y.to(logits.device)))
+        probs = predict_probs(logits, self.multi_label).numpy()
         if self.multi_label:
-            return float(f1_score(y.numpy(), probs >= 0.5, average="macro", zero_division=0))
-        return float(f1_score(y.numpy(), probs.argmax(1), average="macro", labels=range(len(self.labels)),
-                              zero_division=0))
+            f1 = f1_score(y.numpy(), probs >= 0.5, average="macro", zero_division=0)
+        else:
+            f1 = f1_score(y.numpy(), probs.argmax(1), average="macro", labels=range(len(self.labels)), zero_division=0)
+        return float(f1), -loss
 
     def _fit_frozen(self, train_docs, y_train, val_docs, y_val, args, class_weights, show) -> None:
-        logger.info("encoding %d training documents once (frozen encoder)", train_docs.height)
-        train_w, train_emb = self.encoder.encode_documents(train_docs, show_progress_bar=show)
-        emb = torch.from_numpy(train_emb).to(self.encoder.device)
-        offsets = _doc_offsets(train_w)
+        logger.info("encoding the training documents once (frozen encoder)")
+        train_enc = self._encoded(train_docs, show)
+        emb = torch.from_numpy(train_enc.embeddings).to(self.encoder.device)
+        offsets = _doc_offsets(train_enc.windows)
         val = None
         if val_docs is not None:
-            val_w, val_emb = self.encoder.encode_documents(val_docs, show_progress_bar=show)
-            val = (torch.from_numpy(val_emb).to(self.encoder.device), _doc_offsets(val_w))
+            val_enc = self._encoded(val_docs, show)
+            val = (torch.from_numpy(val_enc.embeddings).to(self.encoder.device), _doc_offsets(val_enc.windows))
+        n_train = len(offsets) - 1
         device = self.encoder.device
 
         def step(idx: np.ndarray) -> torch.Tensor:
@@ -370,10 +410,9 @@ class LongDocClassifier:
         def evaluate() -> float | None:
             if val is None:
                 return None
-            logits = self._head_logits(*val)
-            return self._macro_f1(predict_probs(logits, self.multi_label).numpy(), y_val)
+            return self._validation_score(self._head_logits(*val), y_val)
 
-        self._epoch_loop(n_train=train_docs.height, args=args, step_fn=step, evaluate_fn=evaluate,
+        self._epoch_loop(n_train=n_train, args=args, step_fn=step, evaluate_fn=evaluate,
                          encoder_trains=False, show=show)
 
     def _fit_finetune(self, train_docs, y_train, val_docs, y_val, args, class_weights, show) -> None:
@@ -417,9 +456,9 @@ class LongDocClassifier:
             if val_docs is None:
                 return None
             model.eval()
-            probs = self._analyze(val_docs, show_progress_bar=False).probs
+            logits = self._analyze(val_docs, show_progress_bar=False).logits
             model.train()
-            return self._macro_f1(np.nan_to_num(probs), y_val)
+            return self._validation_score(logits, y_val)
 
         try:
             self._epoch_loop(n_train=train_docs.height, args=args, step_fn=step, evaluate_fn=evaluate,
@@ -450,8 +489,9 @@ class LongDocClassifier:
         self._last_weights = weights
         return torch.cat(logits) if logits else torch.zeros((0, len(self.labels)))
 
-    def _analyze(self, docs: pl.DataFrame, *, show_progress_bar: bool | None = None) -> Analysis:
-        windows, emb = self.encoder.encode_documents(docs, show_progress_bar=show_progress_bar)
+    def _analyze(self, data: pl.DataFrame | Encoded, *, show_progress_bar: bool | None = None) -> Analysis:
+        enc = self._encoded(data, show_progress_bar)
+        docs, windows, emb = enc.documents, enc.windows, enc.embeddings
         offsets = _doc_offsets(windows)
         logits = self._head_logits(torch.from_numpy(emb).to(self.encoder.device), offsets)
         probs = predict_probs(logits, self.multi_label, self.temperature).numpy().astype(np.float32)
@@ -460,6 +500,8 @@ class LongDocClassifier:
 
     def analyze(self, documents: Any, *, show_progress_bar: bool | None = None, **columns: Any) -> Analysis:
         """One encoder pass: window embeddings, label probabilities and attributions (label + index at once)."""
+        if isinstance(documents, Encoded):
+            return self._analyze(documents, show_progress_bar=show_progress_bar)
         return self._analyze(self._documents(documents, **columns), show_progress_bar=show_progress_bar)
 
     def _decide(self, probs: np.ndarray) -> list[Any]:
@@ -507,7 +549,7 @@ class LongDocClassifier:
         """Fit the temperature (and, multi-label, the per-label thresholds) on validation documents."""
         docs = self._documents(eval_dataset, labels, require_labels=True, **columns)
         y = self._targets(docs)
-        a = self._analyze(docs, show_progress_bar=False)
+        a = self._analyze(eval_dataset if isinstance(eval_dataset, Encoded) else docs, show_progress_bar=False)
         keep = torch.from_numpy(~np.isnan(a.probs).any(1))
         logits = a.logits[keep]
         self.temperature = calibration.fit_temperature(logits, y[keep], multi_label=self.multi_label)
@@ -523,7 +565,7 @@ class LongDocClassifier:
         """Accuracy, macro/micro-F1, per-label report, expected calibration error, optional confusion PNG."""
         docs = self._documents(documents, labels, require_labels=True, **columns)
         self._targets(docs)  # validates the label names
-        probs = self.analyze(docs).probs
+        probs = self.analyze(documents if isinstance(documents, Encoded) else docs).probs
         keep = ~np.isnan(probs).any(1)
         y_true = docs["labels"].to_list()
         y_pred = self._decide(probs)

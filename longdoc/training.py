@@ -162,7 +162,7 @@ def save_checkpoint(
     directory: Path,
     *,
     epoch: int,
-    best_score: float,
+    best_score: tuple[float, ...],
     bad_epochs: int,
     head: torch.nn.Module,
     best_head: dict[str, torch.Tensor],
@@ -189,7 +189,7 @@ def save_checkpoint(
                 scalars[f"{idx}.{key}"] = value
     save_file(tensors or {"_empty": torch.zeros(1)}, tmp / "optimizer.safetensors")
     meta = {
-        "epoch": epoch, "best_score": best_score, "bad_epochs": bad_epochs, "step": step,
+        "epoch": epoch, "best_score": list(best_score), "bad_epochs": bad_epochs, "step": step,
         "optimizer_scalars": scalars,
         "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in state["param_groups"]],
     }

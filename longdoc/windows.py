@@ -143,6 +143,23 @@ class Windows:
             for d, s, e in zip(self.table["doc_id"], self.table["char_start"], self.table["char_end"], strict=True)
         ]
 
+    def take(self, rows: np.ndarray) -> Windows:
+        """The windows at ``rows`` (window order kept as given); every document stays, with its new count."""
+        rows = np.asarray(rows, dtype=np.int64)
+        lengths = self.lengths[rows]
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        ids = (np.concatenate([self.ids(int(r)) for r in rows]) if len(rows) else np.zeros(0, np.int32))
+        table = self.table[rows.tolist()] if len(rows) else self.table.clear()
+        counts = table.group_by("doc_id").len()
+        documents = (
+            self.documents.drop("n_windows")
+            .join(counts, on="doc_id", how="left", maintain_order="left")
+            .with_columns(pl.col("len").fill_null(0).cast(pl.Int32).alias("n_windows"))
+            .select(self.documents.columns)
+        )
+        return Windows(table=table, input_ids=ids.astype(np.int32, copy=False), offsets=offsets, documents=documents)
+
     @staticmethod
     def concat(parts: Sequence[Windows]) -> Windows:
         """Join window batches (in order) into one."""

@@ -1,0 +1,205 @@
+"""Side-by-side evaluation: the hierarchical classifier against what users do today.
+
+Every method is trained and scored on the same split:
+
+* ``hierarchical``: the classifier as configured (all windows, its pooling head).
+* ``first512``: only the first window of each document (plain truncation), a mean head over it: with the frozen
+  encoder this is a linear model on the first-window embedding; with ``mode="finetune"`` it is the usual
+  first-512 fine-tuning recipe.
+* ``head_tail``: one window made of the first ``(max_length - 2) // 4`` and the last remaining tokens
+  (128 + 382 for 512-token windows), which often beats plain truncation.
+* ``tfidf``: TF-IDF word 1-2 grams + logistic regression on the full text.
+
+The windows are cut and encoded once and shared by every frozen method.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from longdoc.baselines import TfidfLogReg
+from longdoc.classifier import Encoded, LongDocClassifier
+from longdoc.errors import ConfigError
+from longdoc.heads import DocumentHead, HeadConfig
+from longdoc.metrics import classification_report
+from longdoc.training import TrainConfig
+from longdoc.windows import WindowConfig, Windows
+
+logger = logging.getLogger(__name__)
+
+BASELINES = ("first512", "head_tail", "tfidf")
+
+
+@dataclass
+class Comparison:
+    """Results of :func:`compare_with_baselines`.
+
+    Attributes:
+        table: one row per method: method, accuracy, macro_f1, micro_f1, ece, seconds (training + scoring).
+        reports: the full ``classification_report`` of each method.
+        encoded: the shared encodings (``"train"``, ``"test"`` and ``"val"`` when given), reusable for indexing.
+    """
+
+    table: pl.DataFrame
+    reports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    encoded: dict[str, Encoded] = field(default_factory=dict)
+
+
+def first_windows(windows: Windows) -> Windows:
+    """Each document's first window only (plain truncation)."""
+    rows = np.flatnonzero(windows.table["window_index"].to_numpy() == 0)
+    return windows.take(rows)
+
+
+def head_tail_windows(windows: Windows, *, head: int, cls_id: int, sep_id: int) -> Windows:
+    """One window per document: its first ``head`` tokens and as many last tokens as fit the window.
+
+    Built from the first and the (right-aligned) last window, so nothing is re-tokenized. Documents that fit
+    one window keep it unchanged. The char span runs from the head's start to the tail's end.
+    """
+    table = windows.table
+    index = table["window_index"].to_numpy()
+    doc = table["doc_id"].to_numpy()
+    last_rows = np.flatnonzero(np.append(doc[1:] != doc[:-1], True)) if len(doc) else np.zeros(0, np.int64)
+    first_rows = np.flatnonzero(index == 0)
+    ids, lengths = [], []
+    for f, la in zip(first_rows, last_rows, strict=True):
+        if f == la:
+            seq = windows.ids(int(f))
+        else:
+            first, last = windows.ids(int(f))[1:-1], windows.ids(int(la))[1:-1]
+            tail = len(first) - head
+            seq = np.concatenate([[cls_id], first[:head], last[len(last) - tail :], [sep_id]]).astype(np.int32)
+        ids.append(seq)
+        lengths.append(len(seq))
+    offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    new_table = table[first_rows.tolist()].with_columns(
+        pl.Series("char_end", table["char_end"].to_numpy()[last_rows]),
+        pl.Series("n_tokens", np.asarray(lengths, dtype=np.int32)),
+    )
+    documents = windows.documents.with_columns(pl.min_horizontal(pl.col("n_windows"), 1).cast(pl.Int32))
+    flat = np.concatenate(ids).astype(np.int32) if ids else np.zeros(0, np.int32)
+    return Windows(table=new_table, input_ids=flat, offsets=offsets, documents=documents)
+
+
+def _row(method: str, report: dict[str, Any], seconds: float) -> dict[str, Any]:
+    return {"method": method, "accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
+            "micro_f1": report["micro_f1"], "ece": report.get("ece"), "seconds": round(seconds, 2)}
+
+
+def _sibling(clf: LongDocClassifier, pooling: str) -> LongDocClassifier:
+    """A fresh head over the same (frozen) encoder."""
+    cfg = HeadConfig(pooling=pooling, hidden_size=clf.encoder.dim, num_labels=len(clf.labels),
+                     multi_label=clf.multi_label, dropout=clf.head.config.dropout)
+    return LongDocClassifier(clf.encoder, DocumentHead(cfg), clf.labels)
+
+
+def _with_windows(enc: Encoded, clf: LongDocClassifier, windows: Windows, *, reencode: bool) -> Encoded:
+    """``enc`` restricted to other windows: embeddings are looked up when the windows are a subset, else encoded."""
+    if not reencode:
+        keys = enc.windows.table.select("doc_id", "window_index").with_row_index("row")
+        rows = windows.table.select("doc_id", "window_index").join(keys, on=["doc_id", "window_index"],
+                                                                   how="left", maintain_order="left")["row"]
+        return Encoded(enc.documents, windows, enc.embeddings[rows.to_numpy()], enc.fingerprint)
+    return Encoded(enc.documents, windows, clf.encoder.encode_windows(windows, show_progress_bar=False),
+                   enc.fingerprint)
+
+
+def compare_with_baselines(
+    clf: LongDocClassifier,
+    train_docs: Any,
+    test_docs: Any,
+    *,
+    args: TrainConfig | None = None,
+    val_docs: Any = None,
+    baselines: Sequence[str] = BASELINES,
+    show_progress_bar: bool | None = None,
+) -> Comparison:
+    """Train ``clf`` (in place) and the baselines on the same split and score them on ``test_docs``.
+
+    With ``args.mode == "frozen"`` the documents are encoded once and every neural method reuses the
+    embeddings. With ``"finetune"`` each neural baseline fine-tunes its own copy of the pretrained encoder.
+    """
+    args = args or TrainConfig()
+    unknown = sorted(set(baselines) - set(BASELINES))
+    if unknown:
+        raise ConfigError(f"baselines {unknown} are unknown; valid: {list(BASELINES)}")
+    rows, reports = [], {}
+    started = time.perf_counter()
+    pretrained = clf.encoder.model_name_or_path
+    encoded = {"train": clf.encode(train_docs, show_progress_bar=show_progress_bar),
+               "test": clf.encode(test_docs, show_progress_bar=show_progress_bar)}
+    if val_docs is not None:
+        encoded["val"] = clf.encode(val_docs, show_progress_bar=show_progress_bar)
+    encode_seconds = time.perf_counter() - started
+    logger.info("encoded every split once in %.1f s", encode_seconds)
+
+    def run(method: str, model: LongDocClassifier, split: dict[str, Encoded]) -> None:
+        t0 = time.perf_counter()
+        model.fit(split["train"], eval_dataset=split.get("val"), args=args, show_progress_bar=show_progress_bar)
+        reports[method] = model.evaluate(split["test"])
+        rows.append(_row(method, reports[method], time.perf_counter() - t0))
+        logger.info("%s: accuracy %.4f, macro-F1 %.4f", method, reports[method]["accuracy"], reports[method]["macro_f1"])
+
+    frozen = args.mode == "frozen"
+    for method in baselines:
+        if method == "tfidf":
+            t0 = time.perf_counter()
+            train_table, test_table = encoded["train"].documents, encoded["test"].documents
+            multi = clf.multi_label
+            y_train = train_table["labels"].to_list() if multi else [r[0] for r in train_table["labels"].to_list()]
+            y_test = test_table["labels"].to_list() if multi else [r[0] for r in test_table["labels"].to_list()]
+            model = TfidfLogReg(multi_label=multi).fit(train_table["text"].to_list(), y_train)
+            reports[method] = classification_report(
+                y_test, model.predict(test_table["text"].to_list()), clf.labels,
+                y_prob=_align_probs(model, clf.labels, test_table["text"].to_list()), multi_label=multi,
+            )
+            rows.append(_row(method, reports[method], time.perf_counter() - t0))
+            continue
+        if not frozen:
+            if method == "head_tail":
+                logger.warning("head_tail is measured with the frozen encoder only; skipped in fine-tuning mode")
+                continue
+            # the usual first-512 recipe: fine-tune the pretrained encoder on each document's first window
+            window = WindowConfig(clf.window.max_length, clf.window.stride, max_windows=1)
+            model = LongDocClassifier.from_encoder(pretrained, labels=clf.labels, window=window, pooling="mean",
+                                                   multi_label=clf.multi_label, device=str(clf.encoder.device),
+                                                   dtype=clf.encoder.dtype)
+            run(method, model, {name: enc.documents for name, enc in encoded.items()})
+            continue
+        model = _sibling(clf, "mean")
+        tok = clf.encoder.tokenizer
+        split = {}
+        for name, enc in encoded.items():
+            if method == "first512":
+                split[name] = _with_windows(enc, model, first_windows(enc.windows), reencode=False)
+            else:
+                win = head_tail_windows(enc.windows, head=clf.window.content_length // 4,
+                                        cls_id=tok.cls_token_id, sep_id=tok.sep_token_id)
+                split[name] = _with_windows(enc, model, win, reencode=True)
+        run(method, model, split)
+    run("hierarchical", clf, encoded)
+    table = pl.DataFrame(rows)
+    order = ["hierarchical", *[b for b in BASELINES if b in baselines]]
+    table = table.with_columns(pl.col("method").cast(pl.Enum(order))).sort("method").with_columns(
+        pl.col("method").cast(pl.Utf8))
+    return Comparison(table=table, reports=reports, encoded=encoded)
+
+
+def _align_probs(model: TfidfLogReg, labels: Sequence[str], texts: list[str]) -> np.ndarray:
+    """TF-IDF probabilities with columns in ``labels`` order (labels it never saw get 0)."""
+    probs = model.predict_proba(texts)
+    out = np.zeros((len(texts), len(labels)), dtype=np.float64)
+    index = {str(x): j for j, x in enumerate(model.labels_)}
+    for col, label in enumerate(labels):
+        if label in index:
+            out[:, col] = probs[:, index[label]]
+    return out
