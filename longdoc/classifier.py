@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from longdoc import calibration
 from longdoc.data import documents_from_texts, load_documents
 from longdoc.encoder import WindowEncoder, pool
 from longdoc.errors import ConfigError, DataError, ModelLoadError
-from longdoc.heads import DocumentHead, HeadConfig, predict_probs
+from longdoc.heads import DocumentHead, HeadConfig, MultiTaskHead, predict_probs
 from longdoc.metrics import classification_report, save_confusion_matrix_png
 from longdoc.training import (
     TrainConfig,
@@ -60,6 +60,21 @@ class WindowExplanation:
     text: str
 
 
+@dataclass(frozen=True)
+class Task:
+    """An extra label set trained beside the main labels on the same encoder pass (multi-task).
+
+    Args:
+        labels: the task's label names.
+        column: the document-table column holding each document's label(s) for this task (str or list).
+        multi_label: documents may carry any subset of the task's labels.
+    """
+
+    labels: tuple[str, ...]
+    column: str
+    multi_label: bool = False
+
+
 @dataclass
 class Analysis:
     """Everything one encoder pass over documents gives: reusable for labelling and indexing at once.
@@ -71,6 +86,7 @@ class Analysis:
         probs: (n_docs, n_labels) calibrated probabilities; NaN rows for documents without windows.
         window_weights: (n_windows,) each window's attribution within its document (sums to 1 per document).
         logits: (n_docs, n_labels) raw head logits (before temperature).
+        task_probs: probabilities of each extra task (multi-task), same layout as ``probs``.
     """
 
     documents: pl.DataFrame
@@ -79,6 +95,7 @@ class Analysis:
     probs: np.ndarray
     window_weights: np.ndarray
     logits: torch.Tensor
+    task_probs: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -129,12 +146,20 @@ class LongDocClassifier:
         *,
         temperature: float = 1.0,
         thresholds: np.ndarray | None = None,
+        tasks: dict[str, Task] | None = None,
+        task_head: MultiTaskHead | None = None,
     ) -> None:
         self.encoder = encoder
         self.head = head.to(encoder.device)
         self.labels = list(labels)
         self.temperature = float(temperature)
         self.thresholds = thresholds
+        self.tasks: dict[str, Task] = dict(tasks or {})
+        if self.tasks and task_head is None:
+            raise ConfigError("tasks were given without their heads; build multi-task models with from_encoder")
+        self.task_head = task_head.to(encoder.device) if task_head is not None else None
+        self.task_temperature: dict[str, float] = {name: 1.0 for name in self.tasks}
+        self.task_thresholds: dict[str, np.ndarray | None] = {name: None for name in self.tasks}
         self.history: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ construction
@@ -150,6 +175,7 @@ class LongDocClassifier:
         device: str | None = None,
         dtype: torch.dtype | None = None,
         head: dict[str, Any] | None = None,
+        tasks: dict[str, Task] | None = None,
     ) -> LongDocClassifier:
         """A new classifier over a pretrained encoder (default: the packaged MiniLM).
 
@@ -162,6 +188,9 @@ class LongDocClassifier:
             device: ``None`` picks CUDA when present.
             dtype: encoder compute dtype (default bf16 on CUDA, fp32 on CPU).
             head: more ``HeadConfig`` fields (dropout, transformer_layers, ...).
+            tasks: extra label sets trained together on the same encoder, each with its own head, e.g.
+                ``{"sensitivity": Task(labels=("public", "internal"), column="sensitivity")}``; see
+                :meth:`predict_tasks`.
         """
         labels = [str(x) for x in labels]
         if len(set(labels)) != len(labels):
@@ -170,7 +199,14 @@ class LongDocClassifier:
         config = HeadConfig(
             pooling=pooling, hidden_size=encoder.dim, num_labels=len(labels), multi_label=multi_label, **(head or {})
         )
-        return cls(encoder, DocumentHead(config), labels)
+        task_head = None
+        if tasks:
+            task_head = MultiTaskHead({
+                name: HeadConfig(pooling=pooling, hidden_size=encoder.dim, num_labels=len(task.labels),
+                                 multi_label=task.multi_label, **(head or {}))
+                for name, task in tasks.items()
+            })
+        return cls(encoder, DocumentHead(config), labels, tasks=tasks, task_head=task_head)
 
     @property
     def multi_label(self) -> bool:
@@ -223,6 +259,41 @@ class LongDocClassifier:
                             "use multi_label=True for label sets")
         return torch.tensor([index[r[0]] for r in rows], dtype=torch.long)
 
+    def _task_targets(self, docs: pl.DataFrame) -> dict[str, torch.Tensor]:
+        """Targets of every extra task from its column (a str or a list of str per document)."""
+        out = {}
+        for name, task in self.tasks.items():
+            if task.column not in docs.columns:
+                raise DataError(f"task {name!r} reads its labels from column {task.column!r}, which is missing; "
+                                f"found {docs.columns}")
+            index = {label: i for i, label in enumerate(task.labels)}
+            rows = [[] if v is None else [str(v)] if isinstance(v, (str, int)) else [str(x) for x in v]
+                    for v in docs[task.column].to_list()]
+            unknown = sorted({x for r in rows for x in r if x not in index})
+            if unknown:
+                raise DataError(f"task {name!r}: labels {unknown[:10]} are not among {list(task.labels)}")
+            if task.multi_label:
+                y = torch.zeros((len(rows), len(task.labels)))
+                for i, r in enumerate(rows):
+                    y[i, [index[x] for x in r]] = 1.0
+            else:
+                bad = [r for r in rows if len(r) != 1]
+                if bad:
+                    raise DataError(f"task {name!r} is single-label: every document needs exactly one label in "
+                                    f"column {task.column!r}, found {bad[:3]}")
+                y = torch.tensor([index[r[0]] for r in rows], dtype=torch.long)
+            out[name] = y
+        return out
+
+    def _loss(self, x: torch.Tensor, mask: torch.Tensor, y: torch.Tensor, y_tasks: dict[str, torch.Tensor],
+              idx: np.ndarray, class_weights: torch.Tensor | None) -> torch.Tensor:
+        """Main-label loss plus the extra tasks' losses for documents ``idx`` of the batch."""
+        device = x.device
+        loss = self.head(x, mask, labels=y[idx].to(device), class_weights=class_weights).loss
+        if self.task_head is not None:
+            loss = loss + self.task_head(x, mask, labels={k: v[idx].to(device) for k, v in y_tasks.items()}).loss
+        return loss
+
     # ------------------------------------------------------------------ encoding
     def encode(self, documents: Any, *, show_progress_bar: bool | None = None, **columns: Any) -> Encoded:
         """Cut documents into windows and encode them once, for reuse by ``fit``, ``analyze`` and indexing."""
@@ -270,10 +341,12 @@ class LongDocClassifier:
         cols = {"text_column": text_column, "label_column": label_column, "id_column": id_column}
         train_docs = self._documents(train, labels, require_labels=True, **cols)
         y_train = self._targets(train_docs)
+        self._y_tasks = self._task_targets(train_docs)
         val_docs = y_val = None
         if eval_dataset is not None:
             val_docs = self._documents(eval_dataset, eval_labels, require_labels=True, **cols)
             y_val = self._targets(val_docs)
+            self._y_val_tasks = self._task_targets(val_docs)
         if args.mode == "frozen":  # reuse embeddings the caller already has
             train_docs = train if isinstance(train, Encoded) else train_docs
             val_docs = eval_dataset if isinstance(eval_dataset, Encoded) else val_docs
@@ -293,25 +366,39 @@ class LongDocClassifier:
         counts = torch.bincount(y, minlength=len(self.labels)).float().clamp(min=1.0)
         return len(y) / (len(self.labels) * counts)
 
+    def _heads(self) -> torch.nn.ModuleList:
+        """The main head and, multi-task, the extra tasks' heads: what trains besides the encoder."""
+        return torch.nn.ModuleList([self.head] + ([self.task_head] if self.task_head is not None else []))
+
+    def _fit_input_scaling(self, window_embeddings: torch.Tensor) -> None:
+        """Standardise every head's input with statistics of the training windows (before training)."""
+        if len(window_embeddings) < 2:
+            return
+        self.head.fit_input_scaling(window_embeddings)
+        if self.task_head is not None:
+            for head in self.task_head.heads.values():
+                head.fit_input_scaling(window_embeddings)
+
     def _optimizer(self, encoder_trains: bool, args: TrainConfig) -> torch.optim.Optimizer:
-        groups = param_groups(self.head, self.encoder.model if encoder_trains else None, args)
+        groups = param_groups(self._heads(), self.encoder.model if encoder_trains else None, args)
         return torch.optim.AdamW(groups, fused=False)
 
     def _epoch_loop(
         self, *, n_train: int, args: TrainConfig, step_fn, evaluate_fn, encoder_trains: bool, show: bool | None
     ) -> None:
         """Shared epoch logic: shuffling, accumulation, schedule, early stopping, checkpoints, resume."""
+        heads = self._heads()
         optimizer = self._optimizer(encoder_trains, args)
         steps_per_epoch = max(1, -(-n_train // (args.batch_size * args.grad_accum)))
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, linear_schedule(steps_per_epoch * args.epochs, args.warmup_ratio)
         )
         start_epoch, best, bad_epochs, step = 0, (-np.inf,), 0, 0
-        best_head = {k: v.detach().clone() for k, v in self.head.state_dict().items()}
+        best_head = {k: v.detach().clone() for k, v in heads.state_dict().items()}
         best_encoder = None
         ckpt_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else None
         if ckpt_dir is not None:
-            meta = load_checkpoint(ckpt_dir, head=self.head, encoder=self.encoder.model if encoder_trains else None,
+            meta = load_checkpoint(ckpt_dir, head=heads, encoder=self.encoder.model if encoder_trains else None,
                                    optimizer=optimizer)
             if meta is not None:
                 start_epoch, bad_epochs, step = meta["epoch"] + 1, meta["bad_epochs"], meta["step"]
@@ -325,7 +412,7 @@ class LongDocClassifier:
         for _ in range(start_epoch):
             rng.permutation(n_train)  # keep the shuffles of a resumed run identical to an uninterrupted one
         for epoch in range(start_epoch, args.epochs):
-            self.head.train()
+            heads.train()
             if encoder_trains:
                 self.encoder.model.train()
             order = rng.permutation(n_train)
@@ -347,7 +434,7 @@ class LongDocClassifier:
                     step += 1
                 bar.update(len(idx))
             bar.close()
-            self.head.eval()
+            heads.eval()
             self.encoder.model.eval()
             record = {"epoch": epoch + 1, "train_loss": total / max(1, batches)}
             score = evaluate_fn()
@@ -358,38 +445,46 @@ class LongDocClassifier:
             current = score if score is not None else (-record["train_loss"],)
             if current > best:
                 best, bad_epochs = current, 0
-                best_head = {k: v.detach().clone() for k, v in self.head.state_dict().items()}
+                best_head = {k: v.detach().clone() for k, v in heads.state_dict().items()}
                 if encoder_trains and score is not None:
                     best_encoder = {k: v.detach().clone() for k, v in self.encoder.model.state_dict().items()}
             else:
                 bad_epochs += 1
             if ckpt_dir is not None:
-                save_checkpoint(ckpt_dir, epoch=epoch, best_score=best, bad_epochs=bad_epochs, head=self.head,
+                save_checkpoint(ckpt_dir, epoch=epoch, best_score=best, bad_epochs=bad_epochs, head=heads,
                                 best_head=best_head, encoder=self.encoder.model if encoder_trains else None,
                                 optimizer=optimizer, step=step)
             if score is not None and bad_epochs >= args.patience:
                 logger.info("early stop after epoch %d (best eval macro-F1 %.4f)", epoch + 1, best[0])
                 break
-        self.head.load_state_dict(best_head)
+        heads.load_state_dict(best_head)
         if best_encoder is not None:
             self.encoder.model.load_state_dict(best_encoder)
-        self.head.eval()
+        heads.eval()
         self.encoder.model.eval()
         if encoder_trains:
             self.encoder.invalidate_fingerprint()
 
     def _validation_score(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-        """(macro-F1, -loss) on validation data: F1 decides, the loss breaks ties (early epochs often tie)."""
+        """(macro-F1, -loss) on validation data, averaged over the main labels and every extra task (whose
+        logits ``_head_logits`` left on ``_last_task_logits``): F1 decides, the loss breaks ties."""
         from sklearn.metrics import f1_score
 
-        logits = torch.nan_to_num(logits.float())
-        loss = float(self.head.loss(logits, y.to(logits.device)))
-        probs = predict_probs(logits, self.multi_label).numpy()
-        if self.multi_label:
-            f1 = f1_score(y.numpy(), probs >= 0.5, average="macro", zero_division=0)
-        else:
-            f1 = f1_score(y.numpy(), probs.argmax(1), average="macro", labels=range(len(self.labels)), zero_division=0)
-        return float(f1), -loss
+        def score(head: DocumentHead, z: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
+            z = torch.nan_to_num(z.float())
+            loss = float(head.loss(z, target.to(z.device)))
+            probs = predict_probs(z, head.config.multi_label).numpy()
+            if head.config.multi_label:
+                f1 = f1_score(target.numpy(), probs >= 0.5, average="macro", zero_division=0)
+            else:
+                f1 = f1_score(target.numpy(), probs.argmax(1), average="macro",
+                              labels=range(head.config.num_labels), zero_division=0)
+            return float(f1), -loss
+
+        scores = [score(self.head, logits, y)]
+        for name, z in self._last_task_logits.items():
+            scores.append(score(self.task_head.heads[name], z, self._y_val_tasks[name]))
+        return float(np.mean([f for f, _ in scores])), float(np.sum([neg_loss for _, neg_loss in scores]))
 
     def _fit_frozen(self, train_docs, y_train, val_docs, y_val, args, class_weights, show) -> None:
         logger.info("encoding the training documents once (frozen encoder)")
@@ -401,11 +496,11 @@ class LongDocClassifier:
             val_enc = self._encoded(val_docs, show)
             val = (torch.from_numpy(val_enc.embeddings).to(self.encoder.device), _doc_offsets(val_enc.windows))
         n_train = len(offsets) - 1
-        device = self.encoder.device
+        self._fit_input_scaling(emb)
 
         def step(idx: np.ndarray) -> torch.Tensor:
             x, mask = _pad_windows(emb, offsets, idx)
-            return self.head(x, mask, labels=y_train[idx].to(device), class_weights=class_weights).loss
+            return self._loss(x, mask, y_train, self._y_tasks, idx, class_weights)
 
         def evaluate() -> float | None:
             if val is None:
@@ -426,6 +521,8 @@ class LongDocClassifier:
         device = self.encoder.device
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _nullcontext()
         # train in fp32 weights (bf16 autocast on CUDA); inference dtype is restored afterwards
+        sample = np.sort(rng.choice(len(train_w), size=min(512, len(train_w)), replace=False))
+        self._fit_input_scaling(torch.from_numpy(self.encoder.encode_windows(train_w.take(sample))).to(device))
         model.to(torch.float32)
 
         def step(idx: np.ndarray) -> torch.Tensor:
@@ -450,7 +547,7 @@ class LongDocClassifier:
                     local.append(np.arange(pos, pos + len(r)))
                     pos += len(r)
                 x, m = _pad_windows(window_emb, np.zeros(1, np.int64), idx, rows=local)
-                return self.head(x, m, labels=y_train[idx].to(device), class_weights=class_weights).loss
+                return self._loss(x, m, y_train, self._y_tasks, idx, class_weights)
 
         def evaluate() -> float | None:
             if val_docs is None:
@@ -473,20 +570,29 @@ class LongDocClassifier:
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def _head_logits(self, emb: torch.Tensor, offsets: np.ndarray, batch: int = 64) -> torch.Tensor:
-        """Logits (n_docs, L) from window embeddings; the attribution is stored on ``self._last_weights``."""
+        """Logits (n_docs, L) from window embeddings; the attribution is stored on ``self._last_weights`` and
+        the extra tasks' logits on ``self._last_task_logits``."""
         n_docs = len(offsets) - 1
         logits, weights = [], np.zeros(len(emb), dtype=np.float32)
-        self.head.eval()
+        task_logits: dict[str, list[torch.Tensor]] = {name: [] for name in self.tasks}
+        self._heads().eval()
         for start in range(0, n_docs, batch):
             idx = list(range(start, min(n_docs, start + batch)))
             x, mask = _pad_windows(emb, offsets, idx)
             out = self.head(x, mask)
             logits.append(out.logits.float().cpu())
+            if self.task_head is not None:
+                for name, task_out in self.task_head(x, mask).tasks.items():
+                    task_logits[name].append(task_out.logits.float().cpu())
             w = out.window_weights.float().cpu().numpy()
             for b, i in enumerate(idx):
                 k = offsets[i + 1] - offsets[i]
                 weights[offsets[i] : offsets[i + 1]] = w[b, :k]
         self._last_weights = weights
+        self._last_task_logits = {
+            name: torch.cat(parts) if parts else torch.zeros((0, len(self.tasks[name].labels)))
+            for name, parts in task_logits.items()
+        }
         return torch.cat(logits) if logits else torch.zeros((0, len(self.labels)))
 
     def _analyze(self, data: pl.DataFrame | Encoded, *, show_progress_bar: bool | None = None) -> Analysis:
@@ -495,8 +601,15 @@ class LongDocClassifier:
         offsets = _doc_offsets(windows)
         logits = self._head_logits(torch.from_numpy(emb).to(self.encoder.device), offsets)
         probs = predict_probs(logits, self.multi_label, self.temperature).numpy().astype(np.float32)
-        probs[np.diff(offsets) == 0] = np.nan
-        return Analysis(docs, windows, emb, probs, self._last_weights, logits)
+        empty = np.diff(offsets) == 0
+        probs[empty] = np.nan
+        task_probs = {}
+        for name, task_logits in self._last_task_logits.items():
+            p = predict_probs(task_logits, self.tasks[name].multi_label, self.task_temperature[name]).numpy()
+            p = p.astype(np.float32)
+            p[empty] = np.nan
+            task_probs[name] = p
+        return Analysis(docs, windows, emb, probs, self._last_weights, logits, task_probs)
 
     def analyze(self, documents: Any, *, show_progress_bar: bool | None = None, **columns: Any) -> Analysis:
         """One encoder pass: window embeddings, label probabilities and attributions (label + index at once)."""
@@ -504,16 +617,21 @@ class LongDocClassifier:
             return self._analyze(documents, show_progress_bar=show_progress_bar)
         return self._analyze(self._documents(documents, **columns), show_progress_bar=show_progress_bar)
 
-    def _decide(self, probs: np.ndarray) -> list[Any]:
+    def _decide(self, probs: np.ndarray, task: str | None = None) -> list[Any]:
+        """Label decisions from probabilities, for the main labels or an extra ``task``."""
+        labels = self.labels if task is None else list(self.tasks[task].labels)
+        multi = self.multi_label if task is None else self.tasks[task].multi_label
+        thresholds = self.thresholds if task is None else self.task_thresholds[task]
+        if thresholds is None:
+            thresholds = np.full(len(labels), 0.5)
         out: list[Any] = []
         for row in probs:
             if np.isnan(row).any():
                 out.append(None)
-            elif self.multi_label:
-                thresholds = self.thresholds if self.thresholds is not None else np.full(len(self.labels), 0.5)
-                out.append([self.labels[j] for j in np.flatnonzero(row >= thresholds)])
+            elif multi:
+                out.append([labels[j] for j in np.flatnonzero(row >= thresholds)])
             else:
-                out.append(self.labels[int(row.argmax())])
+                out.append(labels[int(row.argmax())])
         return out
 
     def predict(self, documents: str | Sequence[str] | Any, **columns: Any) -> Any:
@@ -528,6 +646,16 @@ class LongDocClassifier:
     def predict_proba(self, documents: str | Sequence[str] | Any, **columns: Any) -> np.ndarray:
         """Calibrated probabilities (n_docs, n_labels), columns in ``self.labels`` order (NaN rows: no tokens)."""
         return self.analyze(documents, **columns).probs
+
+    def predict_tasks(self, documents: str | Sequence[str] | Any, **columns: Any) -> Any:
+        """Every label set from one encoder pass: ``{"label": ..., "<task>": ...}`` per document (a str gives one
+        dict, a list gives a list of dicts). The main labels are under ``"label"``."""
+        single = isinstance(documents, str)
+        a = self.analyze(documents, **columns)
+        decided = {"label": self._decide(a.probs)}
+        decided.update({name: self._decide(p, name) for name, p in a.task_probs.items()})
+        rows = [dict(zip(decided, values, strict=True)) for values in zip(*decided.values(), strict=True)]
+        return rows[0] if single else rows
 
     def explain(self, document: str, *, top_k: int | None = 5) -> list[WindowExplanation]:
         """The windows of one document ranked by how much they drove its label (attention weights for the
@@ -556,6 +684,15 @@ class LongDocClassifier:
         if self.multi_label:
             probs = predict_probs(logits, True, self.temperature).numpy()
             self.thresholds = calibration.tune_thresholds(probs, y[keep].numpy())
+        if self.tasks:
+            y_tasks = self._task_targets(docs)
+            for name, task_logits in self._last_task_logits.items():
+                task = self.tasks[name]
+                self.task_temperature[name] = calibration.fit_temperature(
+                    task_logits[keep], y_tasks[name][keep], multi_label=task.multi_label)
+                if task.multi_label:
+                    p = predict_probs(task_logits[keep], True, self.task_temperature[name]).numpy()
+                    self.task_thresholds[name] = calibration.tune_thresholds(p, y_tasks[name][keep].numpy())
         logger.info("calibrated on %d documents: temperature %.3f", int(keep.sum()), self.temperature)
 
     def evaluate(
@@ -565,7 +702,8 @@ class LongDocClassifier:
         """Accuracy, macro/micro-F1, per-label report, expected calibration error, optional confusion PNG."""
         docs = self._documents(documents, labels, require_labels=True, **columns)
         self._targets(docs)  # validates the label names
-        probs = self.analyze(documents if isinstance(documents, Encoded) else docs).probs
+        self._last_analysis = self.analyze(documents if isinstance(documents, Encoded) else docs)
+        probs = self._last_analysis.probs
         keep = ~np.isnan(probs).any(1)
         y_true = docs["labels"].to_list()
         y_pred = self._decide(probs)
@@ -576,6 +714,20 @@ class LongDocClassifier:
         report = classification_report(y_true, y_pred, self.labels, y_prob=probs[keep], multi_label=self.multi_label)
         report["n_documents"] = docs.height
         report["n_without_tokens"] = int((~keep).sum())
+        if self.tasks:
+            a = self._last_analysis
+            report["tasks"] = {}
+            for name, task in self.tasks.items():
+                if task.column not in docs.columns:
+                    continue
+                truth = [[] if v is None else [str(v)] if isinstance(v, (str, int)) else [str(x) for x in v]
+                         for v in docs[task.column].to_list()]
+                t_true = truth if task.multi_label else [r[0] if r else None for r in truth]
+                t_pred = self._decide(a.task_probs[name], name)
+                pairs = [(t, p) for t, p, k in zip(t_true, t_pred, keep, strict=True) if k]
+                report["tasks"][name] = classification_report(
+                    [t for t, _ in pairs], [p for _, p in pairs], list(task.labels),
+                    y_prob=a.task_probs[name][keep], multi_label=task.multi_label)
         if confusion_png is not None and not self.multi_label:
             save_confusion_matrix_png(report["confusion_matrix"], self.labels, confusion_png)
         return report
@@ -590,6 +742,9 @@ class LongDocClassifier:
             self.encoder.save(tmp / "encoder")
             save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
                       tmp / "head.safetensors")
+            if self.task_head is not None:
+                save_file({k: v.detach().cpu().contiguous() for k, v in self.task_head.state_dict().items()},
+                          tmp / "task_heads.safetensors")
             config = {
                 "format_version": FORMAT_VERSION,
                 "labels": self.labels,
@@ -598,6 +753,14 @@ class LongDocClassifier:
                 "encoder": {**self.encoder.settings(), "dim": self.encoder.dim},
                 "temperature": self.temperature,
                 "thresholds": None if self.thresholds is None else [float(t) for t in self.thresholds],
+                "tasks": {
+                    name: {"labels": list(task.labels), "column": task.column, "multi_label": task.multi_label,
+                           "head": self.task_head.heads[name].config.to_dict(),
+                           "temperature": self.task_temperature[name],
+                           "thresholds": None if self.task_thresholds[name] is None
+                           else [float(t) for t in self.task_thresholds[name]]}
+                    for name, task in self.tasks.items()
+                },
                 "history": self.history,
                 "versions": _versions(),
             }
@@ -650,9 +813,30 @@ class LongDocClassifier:
             head.load_state_dict(load_file(head_path))
         except (RuntimeError, OSError) as exc:
             raise ModelLoadError(f"{head_path} does not match the head in config.json: {exc}") from exc
+        tasks, task_head = {}, None
+        task_configs = config.get("tasks") or {}
+        if task_configs:
+            try:
+                tasks = {name: Task(tuple(t["labels"]), t["column"], bool(t["multi_label"]))
+                         for name, t in task_configs.items()}
+                task_head = MultiTaskHead({name: HeadConfig.from_dict(t["head"]) for name, t in task_configs.items()})
+            except (KeyError, TypeError) as exc:
+                raise ModelLoadError(f"{config_path}: malformed 'tasks' entry: {exc}") from exc
+            task_path = directory / "task_heads.safetensors"
+            if not task_path.is_file():
+                raise ModelLoadError(f"{directory}: task_heads.safetensors is missing for tasks {sorted(tasks)}")
+            try:
+                task_head.load_state_dict(load_file(task_path))
+            except (RuntimeError, OSError) as exc:
+                raise ModelLoadError(f"{task_path} does not match the tasks in config.json: {exc}") from exc
         thresholds = config.get("thresholds")
         clf = cls(encoder, head.eval(), labels, temperature=config.get("temperature", 1.0),
-                  thresholds=None if thresholds is None else np.asarray(thresholds, dtype=np.float32))
+                  thresholds=None if thresholds is None else np.asarray(thresholds, dtype=np.float32),
+                  tasks=tasks, task_head=task_head)
+        for name, t in task_configs.items():
+            clf.task_temperature[name] = float(t.get("temperature", 1.0))
+            if t.get("thresholds") is not None:
+                clf.task_thresholds[name] = np.asarray(t["thresholds"], dtype=np.float32)
         clf.history = config.get("history", [])
         return clf
 

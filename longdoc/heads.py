@@ -201,13 +201,28 @@ class DocumentHead(nn.Module):
             self.attention = AttentionPooling(d)
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(d, config.num_labels)
+        # Per-dimension standardisation of the input window embeddings (identity until fitted). Sentence
+        # encoders put every window in a narrow cone; centring and scaling it makes the head train fast.
+        self.register_buffer("input_shift", torch.zeros(d))
+        self.register_buffer("input_scale", torch.ones(d))
+
+    @torch.no_grad()
+    def fit_input_scaling(self, embeddings: Tensor) -> None:
+        """Set the input standardisation from (n, d) training window embeddings (mean 0, unit variance)."""
+        if embeddings.dim() != 2 or embeddings.shape[1] != self.config.hidden_size or len(embeddings) < 2:
+            raise ValueError(
+                f"embeddings must have shape (n >= 2, {self.config.hidden_size}), got {tuple(embeddings.shape)}"
+            )
+        x = embeddings.detach().float()
+        self.input_shift.copy_(x.mean(0))
+        self.input_scale.copy_(1.0 / x.std(0).clamp_min(1e-6))
 
     def pool(self, windows: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """Pool (B, W, d) windows under a (B, W) bool mask into ((B, d) pooled, (B, W) window weights)."""
         pooling = self.config.pooling
         m = mask.unsqueeze(-1)  # (B, W, 1)
-        # Zero the padding so garbage there (even NaN) can never leak into a sum.
-        h = windows.masked_fill(~m, 0.0)  # (B, W, d)
+        # Standardise, then zero the padding so garbage there (even NaN) can never leak into a sum.
+        h = ((windows - self.input_shift) * self.input_scale).masked_fill(~m, 0.0)  # (B, W, d)
         count = mask.sum(dim=1, keepdim=True)  # (B, 1)
         has_any = count > 0  # (B, 1)
 

@@ -141,3 +141,26 @@ def test_multi_label_with_thresholds(tiny_model_dir):
     out = clf.predict(texts[:3])
     assert all(isinstance(x, list) for x in out)
     assert clf.thresholds is not None and len(clf.thresholds) == 3
+
+
+def test_multi_task_trains_together_and_round_trips(tiny_model_dir, tmp_path):
+    from longdoc.classifier import Task
+
+    texts, labels = _corpus(45, 7)
+    sensitivity = ["internal" if "device" in t else "public" for t in texts]
+    df = pl.DataFrame({"text": texts, "label": labels, "sensitivity": sensitivity})
+    clf = LongDocClassifier.from_encoder(
+        tiny_model_dir, labels=["sport", "tech", "news"], window=WindowConfig(max_length=32, stride=8),
+        device="cpu", tasks={"sensitivity": Task(labels=("public", "internal"), column="sensitivity")})
+    clf.fit(df, eval_dataset=df, args=TrainConfig(epochs=40, head_lr=2e-2, batch_size=8, patience=40))
+    out = clf.predict_tasks(texts[:6])
+    assert [set(o) for o in out] == [{"label", "sensitivity"}] * 6
+    report = clf.evaluate(df)
+    assert report["tasks"]["sensitivity"]["accuracy"] >= 0.9, report["tasks"]
+    clf.save(tmp_path / "mt")
+    again = LongDocClassifier.load(tmp_path / "mt", device="cpu")
+    assert again.predict_tasks(texts[:6]) == out
+    a, b = clf.analyze(texts[:6]), again.analyze(texts[:6])
+    assert np.array_equal(a.task_probs["sensitivity"], b.task_probs["sensitivity"])
+    with pytest.raises(DataError, match="sensitivity"):
+        clf.fit(pl.DataFrame({"text": texts, "label": labels}), args=TrainConfig(epochs=1))
