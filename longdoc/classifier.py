@@ -108,6 +108,15 @@ class Encoded:
     embeddings: np.ndarray
     fingerprint: str
 
+    def select(self, doc_indices: Sequence[int] | np.ndarray) -> Encoded:
+        """The documents at ``doc_indices`` (in that order) with their windows and embeddings."""
+        idx = np.asarray(doc_indices, dtype=np.int64)
+        offsets = _doc_offsets(self.windows)
+        rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in idx]) if len(idx) else np.zeros(0, np.int64)
+        windows = self.windows.take(rows)
+        windows.documents = self.windows.documents[idx.tolist()]
+        return Encoded(self.documents[idx.tolist()], windows, self.embeddings[rows], self.fingerprint)
+
 
 def _doc_offsets(windows: Windows) -> np.ndarray:
     """Window row where each document starts (windows are contiguous per document, in document order)."""
