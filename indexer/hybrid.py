@@ -1,0 +1,77 @@
+"""Lexical retrieval (BM25 through ``bm25s``) and reciprocal rank fusion with the dense ranking.
+
+The BM25 index is derived from the passage table's ``text`` column (same row order), built on the first hybrid
+search and rebuilt after any change; it is never saved, so it can never disagree with the saved table.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import bm25s
+import numpy as np
+
+__all__ = ["RRF_K", "Bm25Index", "reciprocal_rank_fusion"]
+
+logger = logging.getLogger(__name__)
+
+#: The constant of reciprocal rank fusion (Cormack et al., 2009): score = sum over rankings of 1 / (60 + rank).
+RRF_K = 60
+
+
+def _tokenize(texts: list[str]) -> list[list[str]]:
+    return bm25s.tokenize(texts, return_ids=False, show_progress=False, stopwords="en")
+
+
+class Bm25Index:
+    """BM25 over a list of texts; ``scores`` returns one score per text (row order kept)."""
+
+    def __init__(self, texts: Sequence[str]) -> None:
+        self.size = len(texts)
+        self._retriever: bm25s.BM25 | None = None
+        if self.size:
+            tokens = bm25s.tokenize(list(texts), show_progress=False, stopwords="en")
+            retriever = bm25s.BM25()
+            retriever.index(tokens, show_progress=False)
+            self._retriever = retriever
+        logger.debug("built BM25 over %d windows", self.size)
+
+    def scores(self, query: str) -> np.ndarray:
+        """BM25 score of every text for ``query`` (zeros when no query term is in the vocabulary)."""
+        out = np.zeros(self.size, dtype=np.float32)
+        if self._retriever is None:
+            return out
+        vocab = self._retriever.vocab_dict
+        ids = [vocab[t] for t in _tokenize([query])[0] if t in vocab]
+        if not ids:
+            return out
+        return np.asarray(self._retriever.get_scores(ids), dtype=np.float32)
+
+    def top(self, query: str, depth: int, allowed: np.ndarray | None = None) -> np.ndarray:
+        """Row positions of the best ``depth`` texts with a positive score, best first.
+
+        ``allowed`` is a boolean mask over rows: other rows are never candidates.
+        """
+        scores = self.scores(query)
+        if allowed is not None:
+            scores = np.where(allowed, scores, 0.0)
+        candidates = np.flatnonzero(scores > 0)
+        if len(candidates) > depth:
+            part = np.argpartition(-scores[candidates], depth - 1)[:depth]
+            candidates = candidates[part]
+        # best first; ties broken by row position so results are deterministic
+        order = np.lexsort((candidates, -scores[candidates]))
+        return candidates[order]
+
+
+def reciprocal_rank_fusion(rankings: Sequence[Sequence[int]], *, k: int = RRF_K) -> list[tuple[int, float]]:
+    """Fuse ranked lists of row positions: score(row) = sum of 1 / (k + rank), rank starting at 1.
+
+    Returns (row, fused score) best first; ties broken by row position.
+    """
+    fused: dict[int, float] = {}
+    for ranking in rankings:
+        for rank, row in enumerate(ranking, start=1):
+            fused[int(row)] = fused.get(int(row), 0.0) + 1.0 / (k + rank)
+    return sorted(fused.items(), key=lambda item: (-item[1], item[0]))

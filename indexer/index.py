@@ -1,0 +1,842 @@
+"""``PassageIndex``: window embeddings plus their passage table, searchable by vector or text.
+
+Vectors live in one faiss index (inner product; L2-normalised by default, so scores are cosine similarities),
+keyed by a ``row_id`` the index assigns (increasing, never reused). The passage table is a polars DataFrame
+holding each window's document id, window index, exact character span, text, labels and user metadata.
+The two never diverge: every change is validated in full before either is touched.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import platform
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal, Protocol, overload, runtime_checkable
+
+import numpy as np
+import polars as pl
+
+from indexer import storage
+from indexer.backend import AUTO_IVF_THRESHOLD, FaissBackend, faiss_version
+from indexer.errors import IndexInputError, IndexLoadError
+from indexer.hybrid import RRF_K, Bm25Index, reciprocal_rank_fusion
+from indexer.passages import empty_table, metadata_columns, validate_passages, validate_stored_table
+
+__all__ = ["FORMAT_VERSION", "Hit", "PassageIndex", "QueryEncoder"]
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+METRIC = "inner_product"
+#: How many candidates each ranking contributes to reciprocal rank fusion, at least.
+HYBRID_MIN_DEPTH = 50
+
+Query = str | Sequence[str] | np.ndarray
+
+
+@runtime_checkable
+class QueryEncoder(Protocol):
+    """What a text query needs: ``encode(texts) -> float32 array (len(texts), dim)`` and ``dim``.
+
+    An optional ``fingerprint: str`` attribute identifies the model; it is recorded in the index manifest and
+    checked when the index is loaded with an encoder.
+    """
+
+    dim: int
+
+    def encode(self, texts: list[str]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: a window of a document.
+
+    ``score`` is the inner product of query and window vectors (cosine similarity with ``normalize=True``), or
+    the reciprocal-rank-fusion score in hybrid mode. ``rank`` starts at 1. ``labels`` are the document's gold
+    labels when the passage table has them for this window, else its predicted labels (the labels the
+    ``labels=`` filter matches); ``pred_labels`` are always the predicted ones. ``metadata`` holds the passage
+    table's extra columns.
+    """
+
+    score: float
+    rank: int
+    doc_id: str
+    window_index: int
+    text: str
+    char_start: int
+    char_end: int
+    labels: tuple[str, ...]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    pred_labels: tuple[str, ...] = ()
+    weight: float | None = None
+
+
+# -- input checks ------------------------------------------------------------------------------------------------
+def _as_matrix(x: Any, *, name: str, dim: int | None, allow_1d: bool = False) -> tuple[np.ndarray, bool]:
+    """``x`` as a C-contiguous float32 (n, dim) array, and whether it came in 1-D. Raises IndexInputError."""
+    if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor, without importing torch
+        x = x.detach().cpu().float().numpy()
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:
+        raise IndexInputError(f"{name} must be a float array, got {type(x).__name__} ({exc})") from None
+    if arr.dtype.kind != "f":
+        raise IndexInputError(f"{name} must be a float array (float32 preferred), got dtype {arr.dtype}")
+    was_1d = arr.ndim == 1
+    if was_1d and allow_1d:
+        arr = arr[None, :]
+    if arr.ndim != 2:
+        shape = "1-D or 2-D (n, dim)" if allow_1d else "2-D (n, dim)"
+        raise IndexInputError(f"{name} must be {shape}, got shape {arr.shape}")
+    if dim is not None and arr.shape[1] != dim:
+        raise IndexInputError(f"{name} has dimension {arr.shape[1]}, the index has dim={dim}")
+    if arr.shape[1] == 0:
+        raise IndexInputError(f"{name} has dimension 0")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    finite = np.isfinite(arr).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise IndexInputError(
+            f"{name} has NaN or Inf in {len(bad)} row(s) (first: row {int(bad[0])}); every value must be finite"
+        )
+    return arr, was_1d
+
+
+def _normalized(arr: np.ndarray, *, name: str) -> np.ndarray:
+    norms = np.linalg.norm(arr, axis=1, keepdims=True)
+    zero = np.flatnonzero(norms[:, 0] == 0)
+    if len(zero):
+        raise IndexInputError(
+            f"{name} row {int(zero[0])} is all zeros and cannot be L2-normalised ({len(zero)} such row(s)); "
+            "drop it or build the index with normalize=False"
+        )
+    return np.ascontiguousarray(arr / norms, dtype=np.float32)
+
+
+def _str_list(value: Any, *, name: str) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Iterable) and not isinstance(value, bytes | dict):
+        items = list(value)
+        bad = [v for v in items if not isinstance(v, str)]
+        if not bad:
+            return items
+        raise IndexInputError(f"{name} must hold str values, found {bad[0]!r} ({type(bad[0]).__name__})")
+    raise IndexInputError(f"{name} must be a str or a list of str, got {type(value).__name__}")
+
+
+def _check_positive_int(value: Any, *, name: str, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
+        valid = "a positive int or None" if allow_none else "a positive int"
+        raise IndexInputError(f"{name} must be {valid}, got {value!r}")
+    return int(value)
+
+
+def _fingerprint(encoder: Any) -> str | None:
+    value = getattr(encoder, "fingerprint", None)
+    if callable(value):
+        value = value()
+    return None if value is None else str(value)
+
+
+def _check_encoder(encoder: Any, dim: int) -> None:
+    if encoder is None:
+        return
+    if not callable(getattr(encoder, "encode", None)) or not hasattr(encoder, "dim"):
+        raise IndexInputError(
+            f"encoder must have encode(texts) -> array and a dim attribute, got {type(encoder).__name__}"
+        )
+    if int(encoder.dim) != dim:
+        raise IndexInputError(f"encoder.dim={encoder.dim} does not match the index dim={dim}")
+
+
+class _Caches:
+    """Lookups derived from one version of the passage table."""
+
+    def __init__(self, table: pl.DataFrame) -> None:
+        self.doc_ids = table["doc_id"].to_numpy()
+        effective = pl.coalesce("labels", "pred_labels")
+        exploded = (
+            table.select(pl.col("row_id"), effective.alias("label"))
+            .explode("label")
+            .drop_nulls("label")
+            .group_by("label")
+            .agg(pl.col("row_id"))
+        )
+        self.label_rows = {lab: np.asarray(ids, dtype=np.int64) for lab, ids in exploded.iter_rows()}
+        grouped = table.group_by("doc_id").agg(pl.col("row_id"))
+        self.doc_rows = {doc: np.asarray(ids, dtype=np.int64) for doc, ids in grouped.iter_rows()}
+        self.bm25: Bm25Index | None = None
+
+
+class PassageIndex:
+    """A searchable collection of document windows (vectors + passage table), saved as an open-format directory.
+
+    Build one with ``PassageIndex.build(embeddings, passages)`` or ``PassageIndex(dim).add(...)``; search with a
+    vector, a text (needs ``encoder``), or a batch of either. ``factory=None`` picks exact flat search below
+    ``ivf_threshold`` vectors (default 50,000) and IVF above it; any faiss ``index_factory`` string may be given
+    instead (HNSW layouts cannot remove or upsert). ``fp16=True`` stores vectors as float16 (automatic layout).
+
+    Thread-safe: one internal lock serialises changes, searches and saves of the same object. The directory
+    lock (``save`` / ``load(lock=True)``) keeps other writers, in this process or others, off the directory
+    until ``close()``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        encoder: QueryEncoder | None = None,
+        factory: str | None = None,
+        normalize: bool = True,
+        fp16: bool = False,
+        nprobe: int | None = None,
+        ivf_threshold: int = AUTO_IVF_THRESHOLD,
+    ) -> None:
+        dim = _check_positive_int(dim, name="dim")
+        ivf_threshold = _check_positive_int(ivf_threshold, name="ivf_threshold")
+        backend = FaissBackend(dim, factory=factory, fp16=bool(fp16), ivf_threshold=ivf_threshold, nprobe=nprobe)
+        self._setup(backend, empty_table(), 0, normalize=bool(normalize), encoder=encoder,
+                    fingerprint=_fingerprint(encoder) if encoder is not None else None)
+
+    def _setup(
+        self,
+        backend: FaissBackend,
+        table: pl.DataFrame,
+        next_row_id: int,
+        *,
+        normalize: bool,
+        encoder: QueryEncoder | None,
+        fingerprint: str | None,
+    ) -> None:
+        _check_encoder(encoder, backend.dim)
+        self._backend = backend
+        self._table = table
+        self._row_ids = table["row_id"].to_numpy().astype(np.int64, copy=True)
+        self._next_row_id = int(next_row_id)
+        self._normalize = normalize
+        self._encoder = encoder
+        self._fingerprint = fingerprint
+        self._mutex = threading.RLock()
+        self._dir_locks: dict[Path, storage.DirectoryLock] = {}
+        self._version = 0
+        self._caches: tuple[int, _Caches] | None = None
+
+    @classmethod
+    def build(
+        cls,
+        embeddings: Any,
+        passages: Any,
+        *,
+        encoder: QueryEncoder | None = None,
+        factory: str | None = None,
+        normalize: bool = True,
+        fp16: bool = False,
+        nprobe: int | None = None,
+        ivf_threshold: int = AUTO_IVF_THRESHOLD,
+    ) -> PassageIndex:
+        """A new index over ``embeddings`` (float (n, dim)) and ``passages`` (n rows, see ``indexer.passages``)."""
+        arr, _ = _as_matrix(embeddings, name="embeddings", dim=None)
+        index = cls(arr.shape[1], encoder=encoder, factory=factory, normalize=normalize, fp16=fp16, nprobe=nprobe,
+                    ivf_threshold=ivf_threshold)
+        index.add(arr, passages)
+        return index
+
+    # -- properties --------------------------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return self._backend.dim
+
+    @property
+    def normalize(self) -> bool:
+        return self._normalize
+
+    @property
+    def factory(self) -> str | None:
+        """The ``factory=`` string given, or None for the automatic layout."""
+        return self._backend.factory
+
+    @property
+    def layout(self) -> str:
+        """The layout in use, e.g. 'Flat', 'SQfp16', 'IVF894,Flat', or the factory string."""
+        return self._backend.layout
+
+    @property
+    def nprobe(self) -> int | None:
+        """IVF cells visited per query (None for layouts without cells). Settable."""
+        return self._backend.nprobe
+
+    @nprobe.setter
+    def nprobe(self, value: int) -> None:
+        with self._mutex:
+            self._backend.nprobe = value
+
+    @property
+    def encoder(self) -> QueryEncoder | None:
+        return self._encoder
+
+    @encoder.setter
+    def encoder(self, encoder: QueryEncoder | None) -> None:
+        _check_encoder(encoder, self.dim)
+        with self._mutex:
+            self._encoder = encoder
+            if encoder is not None:
+                self._fingerprint = _fingerprint(encoder)
+
+    @property
+    def encoder_fingerprint(self) -> str | None:
+        return self._fingerprint
+
+    @property
+    def passages(self) -> pl.DataFrame:
+        """The passage table (with the index's ``row_id`` column), in insertion order."""
+        return self._table
+
+    @property
+    def doc_ids(self) -> list[str]:
+        """Sorted ids of the documents in the index."""
+        return sorted(self._caches_now().doc_rows)
+
+    @property
+    def labels(self) -> list[str]:
+        """Sorted labels the ``labels=`` filter knows (gold labels, or predicted where gold are absent)."""
+        return sorted(self._caches_now().label_rows)
+
+    @property
+    def ntotal(self) -> int:
+        """Vectors in the faiss index; always equal to ``len(self)``."""
+        return self._backend.ntotal
+
+    def __len__(self) -> int:
+        return self._table.height
+
+    def __repr__(self) -> str:
+        return (f"PassageIndex(dim={self.dim}, windows={len(self)}, documents={len(self.doc_ids)}, "
+                f"layout={self.layout!r}, normalize={self._normalize})")
+
+    def _caches_now(self) -> _Caches:
+        with self._mutex:
+            if self._caches is None or self._caches[0] != self._version:
+                self._caches = (self._version, _Caches(self._table))
+            return self._caches[1]
+
+    # -- changes ---------------------------------------------------------------------------------------------
+    def _prepare(self, embeddings: Any, passages: Any) -> tuple[np.ndarray, pl.DataFrame]:
+        arr, _ = _as_matrix(embeddings, name="embeddings", dim=self.dim)
+        table = validate_passages(passages, n_rows=arr.shape[0])
+        if self._normalize and len(arr):
+            arr = _normalized(arr, name="embeddings")
+        return arr, table
+
+    def _concat(self, kept: pl.DataFrame, new: pl.DataFrame) -> pl.DataFrame:
+        try:
+            return pl.concat([kept, new], how="diagonal_relaxed")
+        except Exception as exc:  # metadata columns with irreconcilable dtypes
+            raise IndexInputError(
+                f"passages metadata columns do not match the index's: {exc}; index metadata columns are "
+                f"{metadata_columns(kept)}"
+            ) from None
+
+    def add(self, embeddings: Any, passages: Any) -> None:
+        """Add windows: ``embeddings`` float (n, dim), ``passages`` a table of n rows.
+
+        Rejects NaN/Inf, a wrong dimension, misaligned rows and (doc_id, window_index) pairs already present,
+        before anything changes. To replace documents, use ``upsert``.
+        """
+        with self._mutex:
+            arr, new = self._prepare(embeddings, passages)
+            if new.height == 0:
+                return
+            clash = self._table.select("doc_id", "window_index").join(
+                new.select("doc_id", "window_index"), on=["doc_id", "window_index"], how="inner"
+            )
+            if clash.height:
+                pairs = [tuple(r) for r in clash.head(5).iter_rows()]
+                raise IndexInputError(
+                    f"passages has {clash.height} (doc_id, window_index) pair(s) already in the index, e.g. "
+                    f"{pairs}; use upsert() to replace documents"
+                )
+            self._commit_add(arr, new, kept=self._table)
+
+    def _commit_add(self, arr: np.ndarray, new: pl.DataFrame, *, kept: pl.DataFrame,
+                    remove_ids: np.ndarray | None = None) -> None:
+        ids = np.arange(self._next_row_id, self._next_row_id + new.height, dtype=np.int64)
+        table = self._concat(kept, new.with_columns(pl.Series("row_id", ids)).select(["row_id", *new.columns]))
+        self._backend.check_can_add(len(ids))
+        if remove_ids is not None and len(remove_ids):
+            self._backend.check_can_remove()
+            removed = self._backend.remove(remove_ids)
+            if removed != len(remove_ids):  # cannot happen unless faiss and the table had already diverged
+                raise RuntimeError(f"faiss removed {removed} vectors, expected {len(remove_ids)}")
+        self._backend.add(arr, ids)
+        self._set_table(table)
+        self._next_row_id += len(ids)
+
+    def _set_table(self, table: pl.DataFrame) -> None:
+        self._table = table
+        self._row_ids = table["row_id"].to_numpy().astype(np.int64, copy=True)
+        self._version += 1
+        if self._backend.ntotal != table.height:  # the invariant every operation keeps
+            raise RuntimeError(f"faiss holds {self._backend.ntotal} vectors but the table {table.height} rows")
+
+    def upsert(self, embeddings: Any, passages: Any) -> None:
+        """Add windows, first removing ALL existing windows of every doc_id present in ``passages``."""
+        with self._mutex:
+            arr, new = self._prepare(embeddings, passages)
+            if new.height == 0:
+                return
+            docs = new["doc_id"].unique()
+            replaced = self._table["doc_id"].is_in(docs.implode())
+            old_ids = self._table.filter(replaced)["row_id"].to_numpy()
+            if len(old_ids):
+                self._backend.check_can_remove()
+            self._commit_add(arr, new, kept=self._table.filter(~replaced), remove_ids=old_ids)
+
+    def remove(self, *, doc_ids: str | Iterable[str]) -> int:
+        """Remove every window of the given documents; returns how many windows were removed.
+
+        Unknown document ids are ignored.
+        """
+        docs = _str_list(doc_ids, name="doc_ids")
+        with self._mutex:
+            gone = self._table["doc_id"].is_in(pl.Series(docs, dtype=pl.String).implode())
+            ids = self._table.filter(gone)["row_id"].to_numpy()
+            if len(ids) == 0:
+                return 0
+            removed = self._backend.remove(ids)
+            if removed != len(ids):
+                raise RuntimeError(f"faiss removed {removed} vectors, expected {len(ids)}")
+            self._set_table(self._table.filter(~gone))
+            return int(len(ids))
+
+    # -- search ------------------------------------------------------------------------------------------------
+    @overload
+    def search(self, query: str, *, k: int = ..., labels: str | Iterable[str] | None = ...,
+               doc_ids: str | Iterable[str] | None = ..., min_score: float | None = ...,
+               per_doc: int | None = ..., mode: Literal["dense", "hybrid"] = ...) -> list[Hit]: ...
+
+    @overload
+    def search(self, query: Sequence[str] | np.ndarray, *, k: int = ...,
+               labels: str | Iterable[str] | None = ..., doc_ids: str | Iterable[str] | None = ...,
+               min_score: float | None = ..., per_doc: int | None = ...,
+               mode: Literal["dense", "hybrid"] = ...) -> list[Hit] | list[list[Hit]]: ...
+
+    def search(
+        self,
+        query: Query,
+        *,
+        k: int = 5,
+        labels: str | Iterable[str] | None = None,
+        doc_ids: str | Iterable[str] | None = None,
+        min_score: float | None = None,
+        per_doc: int | None = 1,
+        mode: Literal["dense", "hybrid"] = "dense",
+    ) -> list[Hit] | list[list[Hit]]:
+        """Find the windows closest to ``query``.
+
+        ``query``: a str or a 1-D vector gives ``list[Hit]``; a list of str or a 2-D array (one row per query)
+        gives ``list[list[Hit]]``. Text needs ``encoder``.
+
+        ``k``: hits per query; fewer come back when fewer windows match (the collection or the filter is
+        smaller than ``k``, ``min_score`` cuts, or an IVF probe finds fewer). An empty index gives [].
+        ``labels``: keep windows whose document has one of these labels (gold ``labels`` where present, else
+        ``pred_labels``); an unknown label is an error listing the known ones. ``doc_ids``: keep windows of
+        these documents (unknown ids match nothing). Both filters run inside faiss (an ``IDSelector``), so the
+        hits are the exact top-k among the allowed windows for an exact layout.
+        ``per_doc``: at most this many windows per document (default 1: the best window of each document);
+        None for no limit. ``min_score``: drop hits scoring below it.
+        ``mode="hybrid"``: BM25 over the window texts and the dense ranking fused by reciprocal rank fusion
+        (k=60; each ranking contributes its top max(50, 4 * k * per_doc) candidates); ``Hit.score`` is then
+        the fused score. Needs text queries and an encoder.
+        """
+        k = _check_positive_int(k, name="k")
+        per_doc = _check_positive_int(per_doc, name="per_doc", allow_none=True)
+        if mode not in ("dense", "hybrid"):
+            raise IndexInputError(f"mode must be 'dense' or 'hybrid', got {mode!r}")
+        if min_score is not None:
+            if isinstance(min_score, bool) or not isinstance(min_score, int | float | np.floating) or math.isnan(min_score):
+                raise IndexInputError(f"min_score must be a number or None, got {min_score!r}")
+            min_score = float(min_score)
+        single, texts, vectors = self._parse_query(query, mode)
+        n_queries = 1 if single else (len(texts) if texts is not None else len(vectors))
+        with self._mutex:
+            allowed = self._allowed(labels, doc_ids)
+            if n_queries == 0:
+                return []
+            if len(self) == 0 or (allowed is not None and len(allowed) == 0):
+                results: list[list[tuple[int, float]]] = [[] for _ in range(n_queries)]
+            else:
+                if texts is not None:
+                    vectors = self._encode(texts)
+                if self._normalize:
+                    vectors = _normalized(vectors, name="query")
+                if mode == "dense":
+                    results = self._dense(vectors, k, allowed, per_doc, min_score)
+                else:
+                    results = self._hybrid(texts, vectors, k, allowed, per_doc, min_score)
+            hits = self._hits(results)
+        return hits[0] if single else hits
+
+    def _parse_query(self, query: Any, mode: str) -> tuple[bool, list[str] | None, np.ndarray | None]:
+        if isinstance(query, str):
+            single, texts, vectors = True, [query], None
+        elif isinstance(query, list | tuple) and all(isinstance(q, str) for q in query):
+            single, texts, vectors = False, list(query), None
+        elif isinstance(query, np.ndarray) or (hasattr(query, "detach") and hasattr(query, "cpu")):
+            vectors, was_1d = _as_matrix(query, name="query", dim=self.dim, allow_1d=True)
+            single, texts = was_1d, None
+        else:
+            raise IndexInputError(
+                "query must be a str, a list of str, or a numpy array (1-D for one query, 2-D for a batch); "
+                f"got {type(query).__name__}"
+                + (" holding non-str items; pass vectors as np.asarray(...)" if isinstance(query, list | tuple) else "")
+            )
+        if mode == "hybrid" and texts is None:
+            raise IndexInputError("mode='hybrid' needs text queries (BM25 reads the words), got a vector")
+        if texts is not None and self._encoder is None:
+            raise IndexInputError(
+                "text queries need an encoder: pass encoder= to PassageIndex(...), build(...) or load(...), "
+                "or search with a query vector"
+            )
+        return single, texts, vectors
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        out = self._encoder.encode(list(texts))
+        arr, _ = _as_matrix(out, name="encoder.encode(...) output", dim=self.dim)
+        if arr.shape[0] != len(texts):
+            raise IndexInputError(f"encoder.encode returned {arr.shape[0]} rows for {len(texts)} texts")
+        return arr
+
+    def _allowed(self, labels: Any, doc_ids: Any) -> np.ndarray | None:
+        """Sorted row ids passing the filters, or None when there is no filter."""
+        if labels is None and doc_ids is None:
+            return None
+        caches = self._caches_now()
+        allowed: np.ndarray | None = None
+        if labels is not None:
+            wanted = _str_list(labels, name="labels")
+            unknown = [lab for lab in wanted if lab not in caches.label_rows]
+            if unknown and len(self):
+                raise IndexInputError(
+                    f"labels={wanted!r}: unknown label(s) {unknown}; known labels: {sorted(caches.label_rows)}"
+                )
+            parts = [caches.label_rows[lab] for lab in wanted if lab in caches.label_rows]
+            allowed = np.unique(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
+        if doc_ids is not None:
+            docs = _str_list(doc_ids, name="doc_ids")
+            parts = [caches.doc_rows[d] for d in docs if d in caches.doc_rows]
+            rows = np.unique(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
+            allowed = rows if allowed is None else np.intersect1d(allowed, rows, assume_unique=True)
+        return allowed
+
+    def _positions(self, ids: np.ndarray) -> np.ndarray:
+        pos = np.searchsorted(self._row_ids, ids)
+        ok = (pos < len(self._row_ids)) & (self._row_ids[np.minimum(pos, len(self._row_ids) - 1)] == ids)
+        if not ok.all():
+            raise RuntimeError(f"faiss returned row ids not in the passage table: {ids[~ok][:5].tolist()}")
+        return pos
+
+    @staticmethod
+    def _select(
+        candidates: Iterable[tuple[int, float]],
+        doc_ids: np.ndarray,
+        k: int,
+        per_doc: int | None,
+        min_score: float | None,
+    ) -> tuple[list[tuple[int, float]], bool]:
+        """Walk (position, score) best first; keep at most per_doc per document. Returns (picked, complete)."""
+        picked: list[tuple[int, float]] = []
+        seen: dict[str, int] = {}
+        for pos, score in candidates:
+            if min_score is not None and score < min_score:
+                return picked, True
+            if per_doc is not None:
+                doc = doc_ids[pos]
+                count = seen.get(doc, 0)
+                if count >= per_doc:
+                    continue
+                seen[doc] = count + 1
+            picked.append((int(pos), float(score)))
+            if len(picked) == k:
+                return picked, True
+        return picked, False
+
+    def _dense(
+        self,
+        queries: np.ndarray,
+        k: int,
+        allowed: np.ndarray | None,
+        per_doc: int | None,
+        min_score: float | None,
+    ) -> list[list[tuple[int, float]]]:
+        """Exact top-k windows per query under the per-document cap.
+
+        The filter is applied inside faiss. The per-document cap needs more than k candidates when a document
+        has many good windows: the fetch doubles until k windows pass the cap or the candidates run out.
+        """
+        available = len(allowed) if allowed is not None else len(self)
+        doc_ids = self._caches_now().doc_ids
+        fetch = min(available, k if per_doc is None else 4 * k)
+        results: list[list[tuple[int, float]]] = [[] for _ in range(len(queries))]
+        pending = np.arange(len(queries))
+        while len(pending):
+            scores, ids = self._backend.search(queries[pending], fetch, allowed=allowed, id_bound=self._next_row_id)
+            valid = ids >= 0  # faiss pads with -1: never mapped to a row
+            positions = np.full(ids.shape, -1, dtype=np.int64)
+            positions[valid] = self._positions(ids[valid])
+            still = []
+            for row, q in enumerate(pending):
+                mask = valid[row]
+                found = positions[row][mask].tolist()
+                found_scores = scores[row][mask].tolist()
+                if per_doc is None and min_score is None:
+                    picked = list(zip(found[:k], found_scores[:k], strict=True))
+                    complete = len(picked) == k
+                else:
+                    picked, complete = self._select(zip(found, found_scores, strict=True), doc_ids, k, per_doc,
+                                                    min_score)
+                exhausted = len(found) < fetch or fetch >= available
+                results[q] = picked
+                if not (complete or exhausted):
+                    still.append(q)
+            pending = np.asarray(still, dtype=np.int64)
+            fetch = min(available, fetch * 2)
+        return results
+
+    def _bm25(self) -> Bm25Index:
+        caches = self._caches_now()
+        if caches.bm25 is None:
+            caches.bm25 = Bm25Index(self._table["text"].to_list())
+        return caches.bm25
+
+    def _hybrid(
+        self,
+        texts: list[str],
+        queries: np.ndarray,
+        k: int,
+        allowed: np.ndarray | None,
+        per_doc: int | None,
+        min_score: float | None,
+    ) -> list[list[tuple[int, float]]]:
+        depth = max(HYBRID_MIN_DEPTH, 4 * k * (per_doc or 1))
+        dense = self._dense(queries, depth, allowed, None, None)
+        bm25 = self._bm25()
+        mask = None if allowed is None else np.isin(self._row_ids, allowed, assume_unique=True)
+        doc_ids = self._caches_now().doc_ids
+        results = []
+        for text, dense_hits in zip(texts, dense, strict=True):
+            lexical = bm25.top(text, depth, mask)
+            fused = reciprocal_rank_fusion([[pos for pos, _ in dense_hits], lexical.tolist()], k=RRF_K)
+            picked, _ = self._select(fused, doc_ids, k, per_doc, min_score)
+            results.append(picked)
+        return results
+
+    def _hits(self, results: list[list[tuple[int, float]]]) -> list[list[Hit]]:
+        """Hit objects for every query's (position, score) list, from one gather over the passage table."""
+        positions = [pos for picked in results for pos, _ in picked]
+        if not positions:
+            return [[] for _ in results]
+        rows = self._table.select(pl.all().gather(positions))
+        meta = metadata_columns(self._table)
+        col = {name: rows[name].to_list() for name in ("doc_id", "window_index", "text", "char_start", "char_end",
+                                                        "labels", "pred_labels", "weight", *meta)}
+        out: list[list[Hit]] = []
+        i = 0
+        for picked in results:
+            hits = []
+            for rank, (_, score) in enumerate(picked, start=1):
+                pred = tuple(col["pred_labels"][i] or ())
+                gold = col["labels"][i]
+                hits.append(Hit(
+                    score=score,
+                    rank=rank,
+                    doc_id=col["doc_id"][i],
+                    window_index=col["window_index"][i],
+                    text=col["text"][i],
+                    char_start=col["char_start"][i],
+                    char_end=col["char_end"][i],
+                    labels=tuple(gold) if gold is not None else pred,
+                    metadata={name: col[name][i] for name in meta},
+                    pred_labels=pred,
+                    weight=col["weight"][i],
+                ))
+                i += 1
+            out.append(hits)
+        return out
+
+    # -- persistence -----------------------------------------------------------------------------------------
+    def _lock_directory(self, target: Path) -> None:
+        lock = self._dir_locks.get(target)
+        if lock is None or not lock.held:
+            self._dir_locks[target] = storage.DirectoryLock(target)
+
+    def _manifest(self) -> dict[str, Any]:
+        import bm25s
+
+        return {
+            "format_version": FORMAT_VERSION,
+            "dim": self.dim,
+            "metric": METRIC,
+            "factory": self._backend.factory,
+            "layout": self._backend.layout,
+            "index_description": self._backend.description,
+            "normalize": self._normalize,
+            "fp16": self._backend.fp16,
+            "ivf_threshold": self._backend.ivf_threshold,
+            "count": len(self),
+            "next_row_id": self._next_row_id,
+            "encoder_fingerprint": self._fingerprint,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),  # noqa: UP017 (py3.10)
+            "library_versions": {
+                "python": platform.python_version(),
+                "faiss": faiss_version(),
+                "numpy": np.__version__,
+                "polars": pl.__version__,
+                "bm25s": getattr(bm25s, "__version__", "unknown"),
+            },
+        }
+
+    def save(self, directory: str | os.PathLike[str]) -> None:
+        """Save to ``directory`` atomically (write a temporary sibling, fsync, swap it in).
+
+        A crash at any moment leaves the previous save loadable. The first save to a directory takes its writer
+        lock and keeps it until ``close()``; another writer then gets ``IndexLockedError``. A directory that
+        exists, is not empty and is not an index is never replaced.
+        """
+        target = Path(os.path.abspath(directory))
+        with self._mutex:
+            self._lock_directory(target)
+            table = self._table
+            storage.atomic_save(
+                target,
+                {"faiss.index": self._backend.write, "passages.parquet": lambda p: table.write_parquet(p)},
+                self._manifest(),
+            )
+            logger.info("saved %d windows to %s", len(self), target)
+
+    @classmethod
+    def load(
+        cls,
+        directory: str | os.PathLike[str],
+        *,
+        mmap: bool = False,
+        encoder: QueryEncoder | None = None,
+        lock: bool = False,
+    ) -> PassageIndex:
+        """Load an index saved by ``save``; every part is checked against the manifest first.
+
+        ``mmap=True`` maps the vectors from the file instead of reading them (flat and IVF layouts; others are
+        read into memory, with a log line); the first change copies them into memory. ``encoder`` must have the
+        index's dim and, when both record one, the same fingerprint. ``lock=True`` takes the directory's writer
+        lock (``IndexLockedError`` if another writer holds it); readers need no lock.
+        Raises ``IndexLoadError`` naming what is missing, corrupt or mismatched.
+        """
+        target = Path(os.path.abspath(directory))
+        dir_lock = storage.DirectoryLock(target) if lock else None
+        try:
+            index = cls._load(target, mmap=mmap, encoder=encoder)
+        except BaseException:
+            if dir_lock is not None:
+                dir_lock.release()
+            raise
+        if dir_lock is not None:
+            index._dir_locks[target] = dir_lock
+        return index
+
+    @classmethod
+    def _load(cls, target: Path, *, mmap: bool, encoder: QueryEncoder | None) -> PassageIndex:
+        def fail(what: str) -> IndexLoadError:
+            return IndexLoadError(f"index at {target}: {what}")
+
+        def validate(m: dict[str, Any]) -> None:
+            version = m.get("format_version")
+            if version != FORMAT_VERSION:
+                raise fail(f"format_version {version!r} is not readable by this version (reads {FORMAT_VERSION})")
+            expected: dict[str, tuple[type, ...]] = {
+                "dim": (int,), "metric": (str,), "factory": (str, type(None)), "layout": (str,),
+                "index_description": (str,), "normalize": (bool,), "fp16": (bool,), "ivf_threshold": (int,),
+                "count": (int,), "next_row_id": (int,), "encoder_fingerprint": (str, type(None)),
+            }
+            for key, types in expected.items():
+                if key not in m:
+                    raise fail(f"manifest.json lacks {key!r}")
+                value = m[key]
+                if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+                    raise fail(f"manifest.json {key}={value!r} has the wrong type")
+            if m["metric"] != METRIC:
+                raise fail(f"metric {m['metric']!r} is not {METRIC!r}")
+            if m["dim"] <= 0 or m["count"] < 0 or m["next_row_id"] < m["count"] or m["ivf_threshold"] <= 0:
+                raise fail(f"manifest.json has impossible sizes (dim={m['dim']}, count={m['count']}, "
+                           f"next_row_id={m['next_row_id']})")
+
+        with storage.open_snapshot(target, validate) as snap:
+            m = snap.manifest
+            raw = snap.read_bytes("passages.parquet")
+            snap.verify_bytes("passages.parquet", raw)
+            snap.verify("faiss.index")
+            try:
+                table = pl.read_parquet(io.BytesIO(raw))
+            except Exception as exc:
+                raise fail(f"passages.parquet cannot be read ({type(exc).__name__}: {exc})") from None
+            problem = validate_stored_table(table)
+            if problem:
+                raise fail(f"passages.parquet: {problem}")
+            try:
+                backend = FaissBackend.read(snap.fd_path("faiss.index"), mmap=mmap, factory=m["factory"],
+                                            fp16=m["fp16"], ivf_threshold=m["ivf_threshold"])
+            except (IndexLoadError, IndexInputError) as exc:
+                raise fail(str(exc)) from None
+        checks = [
+            ("dim", m["dim"], backend.dim),
+            ("metric", METRIC, METRIC if backend.metric_is_inner_product else "not inner product"),
+            ("index_description", m["index_description"], backend.description),
+            ("count (faiss.index)", m["count"], backend.ntotal),
+            ("count (passages.parquet)", m["count"], table.height),
+        ]
+        for what, expected, found in checks:
+            if expected != found:
+                raise fail(f"{what} mismatch: manifest.json says {expected!r}, found {found!r}")
+        if table.height and int(table["row_id"].max()) >= m["next_row_id"]:
+            raise fail("passages.parquet has row ids at or above the manifest's next_row_id")
+        if not np.array_equal(np.sort(backend.ids()), table["row_id"].to_numpy()):
+            raise fail("the ids in faiss.index differ from the row ids in passages.parquet")
+        if encoder is not None:
+            if int(getattr(encoder, "dim", -1)) != m["dim"]:
+                raise fail(f"encoder dim {getattr(encoder, 'dim', None)!r} does not match the index dim {m['dim']}")
+            given = _fingerprint(encoder)
+            if m["encoder_fingerprint"] is not None and given is not None and given != m["encoder_fingerprint"]:
+                raise fail(
+                    f"encoder fingerprint {given!r} differs from the one the index was built with "
+                    f"({m['encoder_fingerprint']!r}): its query vectors would not match the stored ones"
+                )
+            if m["encoder_fingerprint"] is not None and given is None:
+                logger.warning("the index was built with encoder %r; the given encoder has no fingerprint to check",
+                               m["encoder_fingerprint"])
+        index = cls.__new__(cls)
+        index._setup(backend, table, m["next_row_id"], normalize=m["normalize"], encoder=encoder,
+                     fingerprint=m["encoder_fingerprint"] if encoder is None or _fingerprint(encoder) is None
+                     else _fingerprint(encoder))
+        logger.info("loaded %d windows from %s (%s%s)", len(index), target, backend.layout, ", mmap" if backend.mmapped else "")
+        return index
+
+    def close(self) -> None:
+        """Release the directory writer lock(s) this object holds. The index stays searchable in memory."""
+        with self._mutex:
+            for lock in self._dir_locks.values():
+                lock.release()
+            self._dir_locks.clear()
+
+    def __enter__(self) -> PassageIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,130 @@
+"""Hybrid search (BM25 + dense, reciprocal rank fusion) and the retrieval metrics."""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import polars as pl
+import pytest
+
+from indexer import IndexInputError, PassageIndex, evaluate, mrr, ndcg_at_k, recall_at_k
+from indexer.hybrid import Bm25Index, reciprocal_rank_fusion
+
+DIM = 32
+WORDS = "file mode bits change user group read write run command option system call library device".split()
+
+
+class RandomEncoder:
+    """A real encoder object whose vectors carry no meaning: a seeded random vector per text."""
+
+    dim = DIM
+    fingerprint = "random-32"
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return np.stack([np.random.default_rng(zlib.crc32(t.encode())).standard_normal(DIM) for t in texts]).astype(
+            np.float32
+        )
+
+
+def corpus(n_docs: int = 60, per_doc: int = 4) -> pl.DataFrame:
+    rng = np.random.default_rng(0)
+    rows = []
+    for d in range(n_docs):
+        for w in range(per_doc):
+            text = " ".join(rng.choice(WORDS, 12))
+            rows.append({"doc_id": f"doc{d}", "window_index": w, "char_start": w * 100,
+                         "char_end": w * 100 + len(text), "text": text,
+                         "labels": ["man1" if d % 2 else "man8"]})
+    return pl.DataFrame(rows)
+
+
+@pytest.fixture
+def flagged():
+    table = corpus()
+    # one window (of a man1 document) mentions a made-up flag; dense vectors know nothing about it
+    target = 2 * 4 + 1 * 4 + 2  # doc3, window 2
+    text = table["text"][target] + " use --frobnicate-xyz to enable it"
+    table = table.with_columns(
+        pl.when(pl.int_range(pl.len()) == target).then(pl.lit(text)).otherwise(pl.col("text")).alias("text"),
+        pl.when(pl.int_range(pl.len()) == target).then(pl.col("char_start") + len(text)).otherwise(pl.col("char_end"))
+        .alias("char_end"),
+    )
+    encoder = RandomEncoder()
+    index = PassageIndex.build(encoder.encode(table["text"].to_list()), table, encoder=encoder)
+    return index, ("doc3", 2)
+
+
+def test_hybrid_finds_an_identifier_that_dense_search_misses(flagged):
+    index, target = flagged
+    dense = index.search("--frobnicate-xyz", k=5)
+    assert target not in [(h.doc_id, h.window_index) for h in dense]
+    hybrid = index.search("--frobnicate-xyz", k=5, mode="hybrid")
+    assert (hybrid[0].doc_id, hybrid[0].window_index) == target
+    assert 1 / 61 <= hybrid[0].score <= 2 / 61  # a fused score, not a cosine
+    assert all(h.score <= hybrid[0].score for h in hybrid)
+    batch = index.search(["--frobnicate-xyz", "frobnicate"], k=3, mode="hybrid")
+    assert len(batch) == 2 and all((r[0].doc_id, r[0].window_index) == target for r in batch)
+
+
+def test_hybrid_applies_the_filters_to_bm25_too(flagged):
+    index, target = flagged
+    hits = index.search("--frobnicate-xyz", k=10, mode="hybrid", labels="man8")
+    assert hits and all(h.labels == ("man8",) for h in hits)
+    assert target not in [(h.doc_id, h.window_index) for h in hits]
+    only = index.search("--frobnicate-xyz", k=10, mode="hybrid", doc_ids=["doc3"], per_doc=None)
+    assert {h.doc_id for h in only} == {"doc3"} and (only[0].doc_id, only[0].window_index) == target
+
+
+def test_hybrid_follows_changes(flagged):
+    index, target = flagged
+    assert index.search("frobnicate", k=1, mode="hybrid")[0].doc_id == "doc3"
+    index.remove(doc_ids=["doc3"])
+    assert all(h.doc_id != "doc3" for h in index.search("frobnicate", k=5, mode="hybrid"))
+    row = {"doc_id": "new", "window_index": 0, "char_start": 0, "char_end": 15, "text": "frobnicate here"}
+    index.add(index.encoder.encode([row["text"]]), pl.DataFrame([row]))
+    assert index.search("frobnicate", k=1, mode="hybrid")[0].doc_id == "new"
+
+
+def test_hybrid_needs_text_and_an_encoder():
+    index = PassageIndex.build(np.eye(4, DIM, dtype=np.float32), corpus(1))
+    with pytest.raises(IndexInputError, match="need an encoder"):
+        index.search("flag", mode="hybrid")
+
+
+def test_bm25_and_rrf_units():
+    bm25 = Bm25Index(["the cat sat", "a dog ran", "cat and dog"])
+    assert bm25.top("cat", 5).tolist() == [0, 2] or bm25.top("cat", 5).tolist() == [2, 0]
+    assert bm25.top("cat", 5, np.array([False, True, True])).tolist() == [2]
+    assert bm25.top("zebra", 5).tolist() == [] and Bm25Index([]).top("x", 3).tolist() == []
+    fused = reciprocal_rank_fusion([[1, 2, 3], [3, 1]])
+    assert [row for row, _ in fused] == [1, 3, 2]
+    assert fused[0][1] == pytest.approx(1 / 61 + 1 / 62)
+
+
+# -- metrics ------------------------------------------------------------------------------------------------------
+def test_metrics_by_hand():
+    rankings = [["a", "b", "c"], ["x", "y", "z"], ["q"]]
+    relevant = [{"b"}, {"z", "w"}, set()]  # the last query has no relevant document: left out
+    assert recall_at_k(rankings, relevant, 2) == pytest.approx((1 + 0) / 2)
+    assert recall_at_k(rankings, relevant, 3) == pytest.approx((1 + 0.5) / 2)
+    assert mrr(rankings, relevant) == pytest.approx((1 / 2 + 1 / 3) / 2)
+    assert mrr(rankings, relevant, k=2) == pytest.approx((1 / 2 + 0) / 2)
+    ideal2 = 1 + 1 / np.log2(3)
+    assert ndcg_at_k(rankings, relevant, 3) == pytest.approx(((1 / np.log2(3)) / 1 + (1 / np.log2(4)) / ideal2) / 2)
+    assert ndcg_at_k([["a"]], [{"a"}], 5) == pytest.approx(1.0)
+    with pytest.raises(IndexInputError, match="must align"):
+        recall_at_k([["a"]], [], 1)
+    with pytest.raises(IndexInputError, match="undefined"):
+        mrr([["a"]], [set()])
+    with pytest.raises(IndexInputError, match="k must be"):
+        ndcg_at_k([["a"]], [{"a"}], 0)
+
+
+def test_evaluate_an_index(flagged):
+    index, _ = flagged
+    result = evaluate(index, ["--frobnicate-xyz", "frobnicate"], [{"doc3"}, {"doc3"}], k=5, mode="hybrid")
+    assert result == {"recall@5": 1.0, "mrr@5": 1.0, "ndcg@5": 1.0, "queries": 2.0}
+    # hits count a document once, at its best window
+    hits = index.search("frobnicate", k=5, mode="hybrid", per_doc=None)
+    assert recall_at_k([hits], [{"doc3"}], 1) == 1.0
