@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -798,6 +799,7 @@ class LongDocClassifier:
         config_path = directory / "config.json"
         if not config_path.is_file():
             raise ModelLoadError(f"{directory} is not a longdoc model directory: config.json is missing")
+        _refuse_links_out_of(directory)
         try:
             config = json.loads(config_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -820,7 +822,7 @@ class LongDocClassifier:
             raise ModelLoadError(f"{directory}: head.safetensors is missing")
         try:
             head.load_state_dict(load_file(head_path))
-        except (RuntimeError, OSError) as exc:
+        except (RuntimeError, OSError, SafetensorError) as exc:
             raise ModelLoadError(f"{head_path} does not match the head in config.json: {exc}") from exc
         tasks, task_head = {}, None
         task_configs = config.get("tasks") or {}
@@ -836,7 +838,7 @@ class LongDocClassifier:
                 raise ModelLoadError(f"{directory}: task_heads.safetensors is missing for tasks {sorted(tasks)}")
             try:
                 task_head.load_state_dict(load_file(task_path))
-            except (RuntimeError, OSError) as exc:
+            except (RuntimeError, OSError, SafetensorError) as exc:
                 raise ModelLoadError(f"{task_path} does not match the tasks in config.json: {exc}") from exc
         thresholds = config.get("thresholds")
         clf = cls(encoder, head.eval(), labels, temperature=config.get("temperature", 1.0),
@@ -848,6 +850,16 @@ class LongDocClassifier:
                 clf.task_thresholds[name] = np.asarray(t["thresholds"], dtype=np.float32)
         clf.history = config.get("history", [])
         return clf
+
+
+def _refuse_links_out_of(directory: Path) -> None:
+    """A model directory made by someone else must not make us read files outside it (symlinks)."""
+    root = directory.resolve()
+    for path in directory.rglob("*"):
+        if path.is_symlink():
+            target = path.resolve()
+            if root != target and root not in target.parents:
+                raise ModelLoadError(f"{path} is a symlink pointing outside the model directory ({target}); refused")
 
 
 class _nullcontext:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import torch
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from longdoc.errors import ConfigError, ModelLoadError
@@ -132,7 +133,7 @@ class WindowEncoder:
                 use_safetensors=True,
                 trust_remote_code=False,
             )
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
             raise ModelLoadError(f"could not load an encoder from {self.model_name_or_path!r}: {exc}") from exc
         max_positions = int(getattr(self.model.config, "max_position_embeddings", 512))
         if self.window.max_length > max_positions:
