@@ -1,0 +1,594 @@
+"""``longdoc``: the command line.
+
+    longdoc train docs.jsonl --out model/ [--eval val.jsonl | --eval-fraction 0.1] [--mode frozen|finetune] ...
+    longdoc label model/ docs.jsonl --out labels/         # resumable: run it again after a crash
+    longdoc index model/ docs.jsonl --out index/          # updates index/ when it exists (--prune drops gone docs)
+    longdoc search index/ "change file permissions" --model model/ --k 5 --label 2 [--mode hybrid]
+    longdoc eval model/ test.jsonl [--baselines --train train.jsonl] [--confusion-png cm.png]
+    longdoc demo                                          # man pages end to end, in minutes on a CPU
+
+Every subcommand takes ``--json`` (machine-readable output on stdout), ``--quiet`` (no progress, warnings only)
+and ``--debug`` (tracebacks). Exit codes: 0 ok, 2 bad input (unreadable or malformed documents, bad option
+values), 3 a model or index that cannot be loaded, 1 any other failure; the reason is one line on stderr.
+Passage text printed for a terminal is escaped with :func:`safe_text` (control characters, ANSI escapes and
+bidi controls are shown as ``\\x1b``-style escapes), so a document cannot drive the terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+import time
+import unicodedata
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger("longdoc.cli")
+
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_LOAD = 0, 1, 2, 3
+
+_UNSAFE = {"Cc", "Cf", "Co", "Cs", "Cn", "Zl", "Zp"}
+
+
+# --------------------------------------------------------------------------------------------------- output helpers
+
+
+def safe_text(text: str, *, max_chars: int | None = None, one_line: bool = True) -> str:
+    """Text made safe for a terminal: control, format (bidi, zero-width) and private-use characters become
+    visible escapes (``\\x1b``, ``\\u202e``); with ``one_line`` runs of spaces, tabs and newlines become one
+    space. ``max_chars`` cuts the (unescaped) text and appends ``...``."""
+    text = str(text)
+    if one_line:
+        text = re.sub(r"[ \t\r\n]+", " ", text).strip()
+    if max_chars is not None and len(text) > max_chars:
+        text = text[: max(0, max_chars - 3)].rstrip() + "..."
+    out = []
+    for ch in text:
+        if unicodedata.category(ch) in _UNSAFE and not (not one_line and ch in "\n\t"):
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False, default=_json_default))
+
+
+def _json_default(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return str(obj)
+
+
+def hit_to_dict(hit: Any) -> dict[str, Any]:
+    """A search hit as plain JSON-ready data."""
+    return {
+        "rank": hit.rank, "score": float(hit.score), "doc_id": hit.doc_id, "window_index": hit.window_index,
+        "char_start": hit.char_start, "char_end": hit.char_end, "labels": list(hit.labels),
+        "pred_labels": list(hit.pred_labels), "weight": hit.weight, "text": hit.text,
+        "metadata": {k: v for k, v in hit.metadata.items() if k != "content_hash"},
+    }
+
+
+def format_hit(hit: Any, *, snippet_chars: int = 160) -> str:
+    """Two lines for a terminal: rank, score, document, labels, span; then an escaped snippet."""
+    labels = ",".join(hit.labels) or "-"
+    head = (f"  {hit.rank:>2}. {hit.score:7.4f}  {safe_text(hit.doc_id)}  [{safe_text(labels)}]  "
+            f"window {hit.window_index}, chars {hit.char_start}-{hit.char_end}")
+    return f"{head}\n      {safe_text(hit.text, max_chars=snippet_chars)}"
+
+
+# --------------------------------------------------------------------------------------------------- setup
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit code 2
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return n
+
+
+def _fraction(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {value!r}") from None
+    if not 0 < x < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {value!r}")
+    return x
+
+
+def _setup_logging(quiet: bool, debug: bool) -> list[tuple[logging.Logger | None, int, bool, logging.Handler]]:
+    """Log the ``longdoc`` and ``indexer`` loggers to stderr (INFO, or WARNING with --quiet); progress bars
+    follow. Returns what to restore, so that ``main`` leaves the logging of its host process as it found it."""
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    saved = []
+    for name in ("longdoc", "indexer"):
+        log = logging.getLogger(name)
+        saved.append((log, log.level, log.propagate, handler))
+        log.setLevel(level)
+        log.addHandler(handler)
+        log.propagate = False
+    if quiet and not debug:
+        try:  # transformers' own bars ("Loading weights", "Writing model shards")
+            from transformers.utils import logging as hf_logging
+
+            if hf_logging.is_progress_bar_enabled():
+                hf_logging.disable_progress_bar()
+                saved.append((None, 0, True, handler))  # marker: enable them again afterwards
+        except ImportError:
+            pass
+    return saved
+
+
+def _restore_logging(saved: list[tuple[logging.Logger | None, int, bool, logging.Handler]]) -> None:
+    for log, level, propagate, handler in saved:
+        if log is None:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.enable_progress_bar()
+            continue
+        log.removeHandler(handler)
+        log.setLevel(level)
+        log.propagate = propagate
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("output")
+    g.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+    g.add_argument("--quiet", action="store_true", help="no progress bars or info logs, warnings only")
+    g.add_argument("--debug", action="store_true", help="debug logs and full tracebacks")
+
+
+def _device_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: CUDA when present)")
+    parser.add_argument("--bf16", action="store_true", help="run the encoder in bfloat16 (fast on GPUs and CPUs "
+                        "with avx512_bf16/amx; embeddings stay float32)")
+
+
+def _reader_options(parser: argparse.ArgumentParser, *, labels: bool = True) -> None:
+    g = parser.add_argument_group("document columns")
+    g.add_argument("--text-column", default="text", help="column holding the text (default: text)")
+    if labels:
+        g.add_argument("--label-column", default=None, help="column holding the label(s) (default: label or labels)")
+    g.add_argument("--id-column", default=None, help="column holding unique ids (default: id, doc_id or row numbers)")
+
+
+def _reader_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    kw: dict[str, Any] = {"text_column": args.text_column}
+    if getattr(args, "label_column", None) is not None:
+        kw["label_column"] = args.label_column
+    if args.id_column is not None:
+        kw["id_column"] = args.id_column
+    return kw
+
+
+def _load_documents(path: str, args: argparse.Namespace) -> Any:
+    from longdoc.data import load_documents
+    from longdoc.errors import DataError
+
+    if not Path(path).exists():
+        raise DataError(f"documents not found: {path!r}")
+    return load_documents(path, **_reader_kwargs(args))
+
+
+def _use_bf16(encoder: Any) -> None:
+    import torch
+
+    _ = encoder.fingerprint  # fingerprint the stored weights, before they are rounded to bf16
+    encoder.model.to(torch.bfloat16)
+    encoder.dtype = torch.bfloat16
+
+
+def load_classifier(path: str, *, device: str | None = None, bf16: bool = False) -> Any:
+    """``LongDocClassifier.load`` with every load failure reported as ``ModelLoadError`` (exit code 3)."""
+    from longdoc.classifier import LongDocClassifier
+    from longdoc.errors import ConfigError, ModelLoadError
+
+    try:
+        clf = LongDocClassifier.load(path, device=device)
+    except (ModelLoadError, ConfigError):
+        raise
+    except Exception as exc:  # a damaged directory: safetensors, JSON or tokenizer errors
+        raise ModelLoadError(f"cannot load the model at {path!r}: {type(exc).__name__}: {exc}") from exc
+    if bf16:
+        _use_bf16(clf.encoder)
+    return clf
+
+
+def load_query_encoder(path: str | None, *, device: str | None = None, bf16: bool = False) -> Any:
+    """The encoder of a saved classifier (a directory with ``config.json`` and ``encoder/``), or any encoder
+    checkpoint, or (``None``) the packaged MiniLM."""
+    from longdoc.encoder import WindowEncoder
+    from longdoc.errors import ModelLoadError
+
+    settings: dict[str, Any] = {}
+    if path is not None and (Path(path) / "config.json").is_file() and (Path(path) / "encoder").is_dir():
+        try:  # a classifier directory: only its encoder is needed (the head is never read)
+            config = json.loads((Path(path) / "config.json").read_text())
+            enc = config["encoder"]
+            settings = {"pooling": enc["pooling"], "normalize": enc["normalize"]}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ModelLoadError(f"{path}/config.json is not a longdoc model config: {exc}") from exc
+        path = str(Path(path) / "encoder")
+    elif path is not None and not Path(path).exists():
+        raise ModelLoadError(f"model not found: {path!r}")
+    try:
+        encoder = WindowEncoder(path, device=device, **settings)
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load an encoder from {path!r}: {type(exc).__name__}: {exc}") from exc
+    if bf16:
+        _use_bf16(encoder)
+    return encoder
+
+
+# --------------------------------------------------------------------------------------------------- train
+
+
+def _train_config(args: argparse.Namespace) -> Any:
+    from longdoc.training import TrainConfig
+
+    return TrainConfig(
+        mode=args.mode, epochs=args.epochs, batch_size=args.batch_size, encoder_lr=args.encoder_lr,
+        head_lr=args.head_lr, max_train_windows=args.max_train_windows, train_top_layers=args.train_top_layers,
+        patience=args.patience, seed=args.seed, checkpoint_dir=args.checkpoint_dir,
+    )
+
+
+def _window_config(args: argparse.Namespace) -> Any:
+    from longdoc.windows import WindowConfig
+
+    return WindowConfig(max_length=args.max_length, stride=args.stride, max_windows=args.max_windows)
+
+
+def _labels_of(docs: Any) -> list[str]:
+    return sorted({label for row in docs["labels"].to_list() for label in row})
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from longdoc.classifier import LongDocClassifier
+    from longdoc.corpora import stratified_split
+    from longdoc.errors import ConfigError, DataError
+
+    started = time.perf_counter()
+    config = _train_config(args)
+    window = _window_config(args)
+    docs = _load_documents(args.documents, args)
+    val = None
+    if args.eval is not None:
+        val = _load_documents(args.eval, args)
+    elif args.eval_fraction is not None:
+        if args.multi_label:
+            shuffled = docs.sample(fraction=1.0, shuffle=True, seed=args.seed)
+            n_val = max(1, round(docs.height * args.eval_fraction))
+            val, docs = shuffled.head(n_val), shuffled.slice(n_val)
+        else:
+            docs, val = stratified_split(docs, test_size=args.eval_fraction, seed=args.seed)
+    labels = _labels_of(docs)
+    if not labels:
+        raise DataError(f"no labels found in {args.documents!r}; pass --label-column")
+    if not args.multi_label and len(labels) < 2:
+        raise ConfigError(f"training needs at least two labels, found {labels}")
+    clf = LongDocClassifier.from_encoder(
+        args.model, labels=labels, window=window, pooling=args.pooling, multi_label=args.multi_label,
+        device=args.device, dtype=torch.bfloat16 if args.bf16 else None,
+    )
+    logger.info("training on %d documents (%d labels: %s), %s mode", docs.height, len(labels), labels, config.mode)
+    clf.fit(docs, eval_dataset=val, args=config, show_progress_bar=None if not args.quiet else False)
+    out = clf.save(args.out)
+    result = {"model": str(out), "labels": labels, "n_train": docs.height, "n_eval": 0 if val is None else val.height,
+              "history": clf.history, "temperature": clf.temperature, "seconds": round(time.perf_counter() - started, 2)}
+    if args.json:
+        _print_json(result)
+    else:
+        last = clf.history[-1] if clf.history else {}
+        print(f"trained on {docs.height} documents, {len(labels)} labels, {len(clf.history)} epochs "
+              f"(last: {json.dumps(last)}); saved to {out}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------------- label
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    from longdoc.errors import DataError
+    from longdoc.labeling import label_documents
+
+    if not Path(args.documents).exists():
+        raise DataError(f"documents not found: {args.documents!r}")
+    clf = load_classifier(args.model, device=args.device, bf16=args.bf16)
+    summary = label_documents(clf, args.documents, args.out, chunk_size=args.chunk_size,
+                              top_passages=args.top_passages, show_progress_bar=False if args.quiet else None,
+                              **_reader_kwargs(args))
+    if args.json:
+        _print_json(summary.to_dict())
+    else:
+        print(f"labelled {summary.n_labelled} documents ({summary.n_skipped} already done, {summary.n_errors} "
+              f"error rows) into {summary.output} in {summary.seconds:.1f}s")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------------- index
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from indexer import PassageIndex
+    from longdoc.indexing import index_documents
+
+    started = time.perf_counter()
+    clf = load_classifier(args.model, device=args.device, bf16=args.bf16)
+    docs = _load_documents(args.documents, args)
+    out = Path(args.out)
+    existing = None
+    if (out / "manifest.json").is_file():
+        existing = PassageIndex.load(out, encoder=clf.encoder)
+        logger.info("updating the index at %s (%d windows)", out, len(existing))
+    index, _ = result = index_documents(clf, docs, index=existing, prune=args.prune,
+                                        show_progress_bar=False if args.quiet else None)
+    index.save(out)
+    index.close()
+    data = {"index": str(out), **result.counts.to_dict(), "windows": len(index), "documents": len(index.doc_ids),
+            "seconds": round(time.perf_counter() - started, 2)}
+    if args.json:
+        _print_json(data)
+    else:
+        c = result.counts
+        print(f"{'updated' if existing is not None else 'built'} {out}: {c.added} added, {c.updated} updated, "
+              f"{c.unchanged} unchanged, {c.removed} removed ({c.encoded} documents encoded); "
+              f"{len(index)} windows of {len(index.doc_ids)} documents")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------------- search
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from indexer import IndexLoadError, PassageIndex
+    from longdoc.errors import ModelLoadError
+
+    if not (Path(args.index) / "manifest.json").is_file():
+        raise ModelLoadError(f"{args.index!r} is not an index directory (manifest.json is missing)")
+    encoder = load_query_encoder(args.model, device=args.device, bf16=args.bf16)
+    try:
+        index = PassageIndex.load(args.index, encoder=encoder)
+    except IndexLoadError as exc:
+        if args.model is None and "fingerprint" in str(exc):
+            raise IndexLoadError(f"{exc}; pass --model with the model directory the index was built with") from exc
+        raise
+    quiet_encoder = logging.getLogger("longdoc.encoder")
+    level = quiet_encoder.level
+    quiet_encoder.setLevel(logging.WARNING)  # no progress bar for a few short queries
+    try:
+        results = index.search(list(args.queries), k=args.k, labels=args.label or None, mode=args.mode,
+                               per_doc=args.per_doc)
+    finally:
+        quiet_encoder.setLevel(level)
+    if args.json:
+        _print_json([{"query": q, "hits": [hit_to_dict(h) for h in hits]}
+                     for q, hits in zip(args.queries, results, strict=True)])
+    else:
+        for q, hits in zip(args.queries, results, strict=True):
+            print(f"query: {safe_text(q)}" + (f"  (labels: {', '.join(args.label)})" if args.label else ""))
+            if not hits:
+                print("  (no hits)")
+            for h in hits:
+                print(format_hit(h))
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------------- eval
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from longdoc.errors import ConfigError
+    from longdoc.metrics import format_report
+
+    clf = load_classifier(args.model, device=args.device, bf16=args.bf16)
+    docs = _load_documents(args.documents, args)
+    report = clf.evaluate(docs, confusion_png=args.confusion_png)
+    data: dict[str, Any] = {"model": args.model, "report": report}
+    table = None
+    if args.baselines is not None:
+        if args.train is None:
+            raise ConfigError("--baselines needs --train FILE (the baselines are trained on it)")
+        from longdoc.evaluation import compare_with_baselines
+
+        train = _load_documents(args.train, args)
+        fresh = load_classifier(args.model, device=args.device, bf16=args.bf16)  # retrained in place on --train
+        comparison = compare_with_baselines(fresh, train, docs, baselines=tuple(args.baselines),
+                                            show_progress_bar=False if args.quiet else None)
+        table = comparison.table
+        data["comparison"] = table.to_dicts()
+    if args.json:
+        _print_json(data)
+    else:
+        print(format_report(report))
+        if args.confusion_png:
+            print(f"confusion matrix: {args.confusion_png}")
+        if table is not None:
+            print("\nbaselines (trained on --train):")
+            print(format_table(table))
+    return EXIT_OK
+
+
+def format_table(table: Any) -> str:
+    """A plain-text rendering of a small polars table (floats to 4 places)."""
+    import polars as pl
+
+    cols = table.columns
+    rows = [[(f"{v:.4f}" if isinstance(v, float) else safe_text(str(v))) for v in row] for row in table.iter_rows()]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
+    numeric = [table.schema[c].is_numeric() if isinstance(table, pl.DataFrame) else False for c in cols]
+    fmt = lambda vals: "  ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in zip(vals, widths, numeric, strict=True))  # noqa: E731
+    lines = [fmt(cols), "  ".join("-" * w for w in widths)]
+    lines += [fmt(r) for r in rows]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from longdoc import demo
+
+    parser = _Parser(prog="longdoc", description="Long-document classification and retrieval over BERT windows.")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("train", help="train a classifier: documents in, model directory out")
+    p.add_argument("documents", help="labelled documents (.jsonl, .parquet, .csv, folder of .txt...)")
+    p.add_argument("-o", "--out", required=True, help="model directory to write")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--eval", default=None, help="validation documents (early stopping, calibration)")
+    g.add_argument("--eval-fraction", type=_fraction, default=None, help="hold out this fraction for validation")
+    p.add_argument("--model", default=None, help="encoder checkpoint (default: the packaged MiniLM)")
+    p.add_argument("--multi-label", action="store_true", help="documents carry any number of labels")
+    p.add_argument("--pooling", default="attention", choices=["mean", "max", "attention", "transformer"])
+    p.add_argument("--max-length", type=_positive_int, default=512, help="tokens per window (default 512)")
+    p.add_argument("--stride", type=int, default=128, help="tokens shared by consecutive windows (default 128)")
+    p.add_argument("--max-windows", type=_positive_int, default=None, help="cap windows per document (head+tail)")
+    p.add_argument("--mode", default="frozen", choices=["frozen", "finetune"])
+    p.add_argument("--epochs", type=_positive_int, default=20)
+    p.add_argument("--batch-size", type=_positive_int, default=16)
+    p.add_argument("--encoder-lr", type=float, default=2e-5)
+    p.add_argument("--head-lr", type=float, default=1e-3)
+    p.add_argument("--max-train-windows", type=_positive_int, default=8)
+    p.add_argument("--train-top-layers", type=int, default=None)
+    p.add_argument("--patience", type=_positive_int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-dir", default=None, help="checkpoint every epoch here; resume from it")
+    _reader_options(p)
+    _device_options(p)
+    _common(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("label", help="label documents into a Parquet directory (resumable)")
+    p.add_argument("model", help="model directory (from `longdoc train`)")
+    p.add_argument("documents", help="documents to label")
+    p.add_argument("-o", "--out", required=True, help="output directory of part-NNNNN.parquet files")
+    p.add_argument("--chunk-size", type=_positive_int, default=256, help="documents per part file")
+    p.add_argument("--top-passages", type=int, default=3, help="most influential windows kept per document")
+    _reader_options(p)
+    _device_options(p)
+    _common(p)
+    p.set_defaults(func=cmd_label)
+
+    p = sub.add_parser("index", help="label documents and index their windows (updates an existing index)")
+    p.add_argument("model", help="model directory (from `longdoc train`)")
+    p.add_argument("documents", help="documents to index")
+    p.add_argument("-o", "--out", required=True, help="index directory (created, or updated when it exists)")
+    p.add_argument("--prune", action="store_true", help="remove indexed documents that are not in DOCUMENTS")
+    _reader_options(p)
+    _device_options(p)
+    _common(p)
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", help="search an index with text queries")
+    p.add_argument("index", help="index directory (from `longdoc index`)")
+    p.add_argument("queries", nargs="+", metavar="QUERY")
+    p.add_argument("--model", default=None, help="model directory or encoder checkpoint that encodes the queries "
+                   "(default: the packaged MiniLM, which frozen-mode indexes were built with)")
+    p.add_argument("-k", "--k", type=_positive_int, default=5, help="hits per query")
+    p.add_argument("--label", action="append", default=[], help="only documents with this label (repeatable)")
+    p.add_argument("--mode", default="dense", choices=["dense", "hybrid"])
+    p.add_argument("--per-doc", type=_positive_int, default=1, help="hits per document (default 1)")
+    _device_options(p)
+    _common(p)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("eval", help="evaluate a model on labelled documents")
+    p.add_argument("model", help="model directory")
+    p.add_argument("documents", help="labelled test documents")
+    p.add_argument("--confusion-png", default=None, help="write the confusion matrix here")
+    p.add_argument("--baselines", nargs="*", default=None, choices=["first512", "head_tail", "tfidf"],
+                   help="also train these baselines on --train (no value: all three) and compare")
+    p.add_argument("--train", default=None, help="training documents for --baselines")
+    _reader_options(p)
+    _device_options(p)
+    _common(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("demo", help="man pages end to end: train, compare with baselines, index, search")
+    demo.add_arguments(p)
+    _common(p)
+    p.set_defaults(func=demo.cmd_demo)
+    return parser
+
+
+def _version() -> str:
+    import longdoc
+
+    return f"longdoc {longdoc.__version__}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (see the module docstring)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error (code 2)
+        return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_BAD_INPUT
+    if args.command == "eval" and args.baselines is not None and not args.baselines:
+        args.baselines = ["first512", "head_tail", "tfidf"]
+    saved = _setup_logging(args.quiet, args.debug)
+    try:
+        return _run(args)
+    finally:
+        _restore_logging(saved)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from indexer.errors import IndexInputError, IndexLoadError
+    from longdoc.errors import ConfigError, DataError, ModelLoadError
+
+    try:
+        return int(args.func(args) or 0)
+    except (DataError, ConfigError, IndexInputError) as exc:
+        code, error = EXIT_BAD_INPUT, exc
+    except (ModelLoadError, IndexLoadError) as exc:
+        code, error = EXIT_LOAD, exc
+    except KeyboardInterrupt:
+        print("longdoc: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # anything else: exit code 1, one line (a traceback with --debug)
+        code, error = EXIT_FAILURE, exc
+    if args.debug:
+        import traceback
+
+        traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
+    message = " ".join(str(error).split()) or type(error).__name__
+    print(f"longdoc {args.command}: error: {safe_text(message)}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

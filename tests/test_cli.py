@@ -1,0 +1,167 @@
+"""The command line on the tiny BERT: train -> label -> index -> search -> eval, JSON output, exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from longdoc.cli import main, safe_text
+
+FILLER = "the a of to and in is it for on with as by at from that this be are was or not "
+TOPICS = {"sport": "team player goal win", "tech": "device system library model", "news": "vote bank market report"}
+
+
+def _write(path: Path, n: int, seed: int, extra: list[dict] | None = None) -> Path:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        label = list(TOPICS)[i % 3]
+        text = f"{FILLER * int(rng.integers(1, 4))} {TOPICS[label]} {FILLER * int(rng.integers(1, 4))}"
+        rows.append({"id": f"{path.stem}-{i}", "text": text, "label": label})
+    rows += extra or []
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, tiny_model_dir) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("cli")
+    ansi = {"id": "ansi", "label": "tech", "text": "device system \x1b[31mRED\x1b[0m library model \u202eevil"}
+    paths = {
+        "root": root,
+        "train": _write(root / "train.jsonl", 30, 0),
+        "test": _write(root / "test.jsonl", 12, 1, extra=[ansi]),
+        "model": root / "model",
+    }
+    code = main(["train", str(paths["train"]), "--out", str(paths["model"]), "--model", str(tiny_model_dir),
+                 "--max-length", "32", "--stride", "8", "--epochs", "3", "--batch-size", "8", "--eval-fraction",
+                 "0.2", "--device", "cpu", "--quiet"])
+    assert code == 0
+    return paths
+
+
+def test_train_json_output(workspace, tiny_model_dir, capsys, tmp_path):
+    code, out, _ = _run(capsys, "train", str(workspace["train"]), "--out", str(tmp_path / "m"), "--model",
+                        str(tiny_model_dir), "--max-length", "32", "--stride", "8", "--epochs", "1",
+                        "--max-windows", "3", "--pooling", "mean", "--device", "cpu", "--quiet", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["labels"] == sorted(TOPICS) and data["n_train"] == 30 and len(data["history"]) == 1
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["window"] == {"max_length": 32, "stride": 8, "max_windows": 3}
+    assert config["head"]["pooling"] == "mean"
+
+
+def test_label_index_search_eval(workspace, capsys):
+    model, test, root = str(workspace["model"]), str(workspace["test"]), workspace["root"]
+
+    code, out, _ = _run(capsys, "label", model, test, "--out", str(root / "labels"), "--chunk-size", "5", "--quiet",
+                        "--json")
+    assert code == 0
+    summary = json.loads(out)
+    assert summary["n_labelled"] == 13 and summary["n_parts"] == 3
+
+    code, out, _ = _run(capsys, "index", model, test, "--out", str(root / "index"), "--quiet", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["added"] == 13 and data["encoded"] == 13 and data["documents"] == 13
+    code, out, _ = _run(capsys, "index", model, test, "--out", str(root / "index"), "--quiet", "--json")
+    assert code == 0 and json.loads(out)["unchanged"] == 13 and json.loads(out)["encoded"] == 0
+
+    code, out, _ = _run(capsys, "search", str(root / "index"), "team player goal", "vote bank", "--model", model,
+                        "--k", "2", "--label", "sport", "--label", "news", "--quiet", "--json")
+    assert code == 0
+    results = json.loads(out)
+    assert [r["query"] for r in results] == ["team player goal", "vote bank"]
+    assert all(1 <= len(r["hits"]) <= 2 for r in results)
+    assert all(set(h["labels"]) & {"sport", "news"} for r in results for h in r["hits"])
+    assert {"score", "doc_id", "char_start", "char_end", "text", "rank"} <= set(results[0]["hits"][0])
+
+    code, out, _ = _run(capsys, "search", str(root / "index"), "RED library", "--model", model, "--k", "13",
+                        "--mode", "hybrid", "--quiet")
+    assert code == 0
+    assert "ansi" in out and "\x1b" not in out and "\u202e" not in out
+    assert "\\x1b[31mRED\\x1b[0m" in out and "\\u202e" in out
+    code, out, _ = _run(capsys, "search", str(root / "index"), "RED library", "--model", model, "--k", "13",
+                        "--mode", "hybrid", "--quiet", "--json")
+    texts = [h["text"] for h in json.loads(out)[0]["hits"]]
+    assert any("\x1b[31mRED" in t for t in texts)  # JSON carries the data itself, escaped by JSON
+
+    png = root / "cm.png"
+    code, out, _ = _run(capsys, "eval", model, test, "--confusion-png", str(png), "--quiet")
+    assert code == 0 and "accuracy" in out and "macro avg" in out and png.is_file()
+    code, out, _ = _run(capsys, "eval", model, test, "--baselines", "first512", "tfidf", "--train",
+                        str(workspace["train"]), "--quiet", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert 0 <= data["report"]["accuracy"] <= 1
+    assert {r["method"] for r in data["comparison"]} == {"hierarchical", "first512", "tfidf"}
+
+
+def test_bad_input_exits_2(workspace, capsys, tmp_path):
+    model, train = str(workspace["model"]), str(workspace["train"])
+    code, _, err = _run(capsys, "label", model, train, "--out", str(tmp_path / "l"), "--text-column", "body", "--quiet")
+    assert code == 2 and "body" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    code, _, err = _run(capsys, "train", train, "--out", str(tmp_path / "m"), "--epochs", "zero")
+    assert code == 2 and "--epochs" in err
+    code, _, err = _run(capsys, "train", train, "--out", str(tmp_path / "m"), "--max-length", "64", "--stride", "70",
+                        "--quiet")
+    assert code == 2 and "stride" in err
+    code, _, _ = _run(capsys, "search", "x", "q", "--k", "0")
+    assert code == 2
+    code, _, err = _run(capsys, "index", model, str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "i"), "--quiet")
+    assert code == 2 and "not found" in err
+    code, _, _ = _run(capsys, "nonsense")
+    assert code == 2
+    code, _, err = _run(capsys, "eval", model, train, "--baselines", "--quiet")
+    assert code == 2 and "--train" in err
+
+
+def test_load_errors_exit_3(workspace, capsys, tmp_path):
+    bad = tmp_path / "bad_model"
+    bad.mkdir()
+    code, _, err = _run(capsys, "eval", str(bad), str(workspace["train"]), "--quiet")
+    assert code == 3 and "config.json" in err and "Traceback" not in err
+    (bad / "config.json").write_text("{not json")
+    code, _, err = _run(capsys, "label", str(bad), str(workspace["train"]), "--out", str(tmp_path / "l"), "--quiet")
+    assert code == 3
+    code, _, err = _run(capsys, "search", str(tmp_path), "query", "--model", str(workspace["model"]), "--quiet")
+    assert code == 3 and "manifest.json" in err
+
+
+def test_debug_prints_a_traceback(workspace, capsys, tmp_path):
+    code, _, err = _run(capsys, "eval", str(tmp_path), str(workspace["train"]), "--debug")
+    assert code == 3 and "Traceback" in err
+
+
+def test_safe_text():
+    assert safe_text("a\x1b[2Jb") == "a\\x1b[2Jb"
+    assert safe_text("line1\nline2\t x") == "line1 line2 x"
+    assert safe_text("bidi\u202eX\u200b") == "bidi\\u202eX\\u200b"
+    assert safe_text("keep\nlines", one_line=False) == "keep\nlines"
+    assert safe_text("x" * 50, max_chars=10) == "xxxxxxx..."
+    assert safe_text("\x7f\x9b") == "\\x7f\\x9b"
+
+
+@pytest.mark.slow
+def test_demo_quick_runs_end_to_end(tiny_model_dir, capsys, tmp_path):
+    if not Path("/usr/share/man/man1").is_dir():
+        pytest.skip("the demo reads the machine's man pages; /usr/share/man/man1 is absent")
+    code, out, err = _run(capsys, "demo", "--quick", "--model", str(tiny_model_dir), "--out", str(tmp_path / "demo"),
+                          "--baselines", "tfidf", "--no-bf16", "--device", "cpu", "--quiet", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert {r["method"] for r in data["table"]} == {"hierarchical", "tfidf"}
+    assert data["answers"] and data["explain"]["windows"]
+    assert (tmp_path / "demo" / "model" / "config.json").is_file()
+    assert (tmp_path / "demo" / "index" / "manifest.json").is_file()
+    assert "index" in err and "total" in err  # the narration went to stderr
