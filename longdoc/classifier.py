@@ -793,8 +793,14 @@ class LongDocClassifier:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path, *, device: str | None = None) -> LongDocClassifier:
-        """Load a saved classifier. Only JSON and safetensors are read; mismatching parts are refused."""
+    def load(
+        cls, directory: str | Path, *, device: str | None = None, dtype: torch.dtype | None = None
+    ) -> LongDocClassifier:
+        """Load a saved classifier. Only JSON and safetensors are read; mismatching parts are refused.
+
+        ``device=None`` picks CUDA when present; ``dtype`` is the encoder's compute dtype (default bf16 on CUDA,
+        fp32 on CPU; ``torch.bfloat16`` is also fast on CPUs with avx512_bf16/AMX).
+        """
         directory = Path(directory)
         config_path = directory / "config.json"
         if not config_path.is_file():
@@ -812,7 +818,7 @@ class LongDocClassifier:
             raise ModelLoadError(f"{config_path}: {len(labels)} labels but the head has {head_config.num_labels} outputs")
         window = WindowConfig.from_dict(config["window"])
         enc_settings = config["encoder"]
-        encoder = WindowEncoder(directory / "encoder", device=device, window=window,
+        encoder = WindowEncoder(directory / "encoder", device=device, window=window, dtype=dtype,
                                 pooling=enc_settings["pooling"], normalize=enc_settings["normalize"])
         if encoder.dim != head_config.hidden_size:
             raise ModelLoadError(f"encoder dim {encoder.dim} does not match the head's hidden_size {head_config.hidden_size}")

@@ -196,12 +196,10 @@ def _load_documents(path: str, args: argparse.Namespace) -> Any:
     return load_documents(path, **_reader_kwargs(args))
 
 
-def _use_bf16(encoder: Any) -> None:
+def _dtype(bf16: bool) -> Any:
     import torch
 
-    _ = encoder.fingerprint  # fingerprint the stored weights, before they are rounded to bf16
-    encoder.model.to(torch.bfloat16)
-    encoder.dtype = torch.bfloat16
+    return torch.bfloat16 if bf16 else None
 
 
 def load_classifier(path: str, *, device: str | None = None, bf16: bool = False) -> Any:
@@ -210,13 +208,11 @@ def load_classifier(path: str, *, device: str | None = None, bf16: bool = False)
     from longdoc.errors import ConfigError, ModelLoadError
 
     try:
-        clf = LongDocClassifier.load(path, device=device)
+        clf = LongDocClassifier.load(path, device=device, dtype=_dtype(bf16))
     except (ModelLoadError, ConfigError):
         raise
     except Exception as exc:  # a damaged directory: safetensors, JSON or tokenizer errors
         raise ModelLoadError(f"cannot load the model at {path!r}: {type(exc).__name__}: {exc}") from exc
-    if bf16:
-        _use_bf16(clf.encoder)
     return clf
 
 
@@ -238,13 +234,11 @@ def load_query_encoder(path: str | None, *, device: str | None = None, bf16: boo
     elif path is not None and not Path(path).exists():
         raise ModelLoadError(f"model not found: {path!r}")
     try:
-        encoder = WindowEncoder(path, device=device, **settings)
+        encoder = WindowEncoder(path, device=device, dtype=_dtype(bf16), **settings)
     except ModelLoadError:
         raise
     except Exception as exc:
         raise ModelLoadError(f"cannot load an encoder from {path!r}: {type(exc).__name__}: {exc}") from exc
-    if bf16:
-        _use_bf16(encoder)
     return encoder
 
 

@@ -151,13 +151,20 @@ class WindowEncoder:
 
     @property
     def fingerprint(self) -> str:
-        """A hash of the weights, pooling and normalisation: an index records it and refuses another encoder."""
+        """A hash of the weights, pooling and normalisation: an index records it and refuses another encoder.
+
+        The weights are hashed at bfloat16 precision, so the same model loaded in fp32 or bf16 has one
+        fingerprint (their embeddings agree to a cosine of 0.9999).
+        """
         if self._fingerprint is None:
             h = hashlib.blake2b(digest_size=16)
             h.update(json.dumps({"pooling": self.pooling, "normalize": self.normalize, "dim": self.dim}).encode())
             for name, tensor in sorted(self.model.state_dict().items()):
                 h.update(name.encode())
-                h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+                canonical = tensor.detach().to("cpu")
+                if canonical.is_floating_point():
+                    canonical = canonical.to(torch.bfloat16).view(torch.int16)
+                h.update(canonical.contiguous().numpy().tobytes())
             self._fingerprint = h.hexdigest()
         return self._fingerprint
 
@@ -190,9 +197,10 @@ class WindowEncoder:
         out = self.encode_ids([np.asarray(x, dtype=np.int32) for x in enc["input_ids"]], show_progress_bar=show_progress_bar)
         return out[0] if single else out
 
-    def encode_windows(self, windows: Windows, *, show_progress_bar: bool | None = None) -> np.ndarray:
+    def encode_windows(self, windows: Windows, *, show_progress_bar: bool | None = None, _nested: bool = False) -> np.ndarray:
         """Embeddings (n_windows, d), float32, in the order of ``windows.table``."""
-        return self._encode_flat(windows.input_ids, windows.offsets, show_progress_bar=show_progress_bar)
+        return self._encode_flat(windows.input_ids, windows.offsets, show_progress_bar=show_progress_bar,
+                                 leave=not _nested)
 
     def encode_ids(self, sequences: Sequence[np.ndarray], *, show_progress_bar: bool | None = None) -> np.ndarray:
         """Embeddings of ready token-id sequences (each with its special tokens), in input order."""
@@ -232,9 +240,10 @@ class WindowEncoder:
             )
         parts: list[Windows] = []
         embeddings: list[np.ndarray] = []
-        bar = tqdm(total=n, desc="encode documents", unit="doc", disable=not _progress(show_progress_bar))
+        bar = tqdm(total=n, desc="encode documents", unit="doc", disable=not _progress(show_progress_bar),
+                   delay=_BAR_DELAY)
         for win in _prefetch((make_windows(c, self.tokenizer, window) for c in chunks), depth=2):
-            embeddings.append(self.encode_windows(win, show_progress_bar=False))
+            embeddings.append(self.encode_windows(win, show_progress_bar=show_progress_bar, _nested=True))
             parts.append(win)
             bar.update(win.documents.height)
         bar.close()
@@ -260,7 +269,9 @@ class WindowEncoder:
             yield _Batch(positions, ids_t, mask_t)
 
     @torch.inference_mode()
-    def _encode_flat(self, flat: np.ndarray, offsets: np.ndarray, *, show_progress_bar: bool | None) -> np.ndarray:
+    def _encode_flat(
+        self, flat: np.ndarray, offsets: np.ndarray, *, show_progress_bar: bool | None, leave: bool = True
+    ) -> np.ndarray:
         n = len(offsets) - 1
         out = np.zeros((n, self.dim), dtype=np.float32)
         if n == 0:
@@ -273,7 +284,8 @@ class WindowEncoder:
             )
         budget = self.max_tokens_per_batch
         pending = _token_budget_batches(np.arange(n), lengths, budget)
-        bar = tqdm(total=n, desc="encode windows", unit="win", disable=not _progress(show_progress_bar))
+        bar = tqdm(total=n, desc="encode windows", unit="win", disable=not _progress(show_progress_bar),
+                   delay=_BAR_DELAY, leave=leave)
         in_flight: deque[tuple[np.ndarray, torch.Tensor, torch.cuda.Event | None]] = deque()
 
         def collect(keep: int) -> None:
@@ -321,12 +333,19 @@ class WindowEncoder:
         """Write the encoder as a Hugging Face checkpoint (safetensors) plus ``longdoc_encoder.json``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(directory, safe_serialization=True)
+        if self.dtype == torch.float32:
+            self.model.save_pretrained(directory, safe_serialization=True)
+        else:  # always write float32 weights, whatever the compute dtype
+            self.model.to(torch.float32).save_pretrained(directory, safe_serialization=True)
+            self.model.to(self.dtype)
         self.tokenizer.save_pretrained(directory)
         (directory / "longdoc_encoder.json").write_text(json.dumps(self.settings(), indent=2))
 
     def settings(self) -> dict[str, Any]:
         return {"pooling": self.pooling, "normalize": self.normalize, "window": self.window.to_dict()}
+
+
+_BAR_DELAY = 2.0  # seconds: short calls (a query, a small batch) never draw a bar
 
 
 def _progress(show: bool | None) -> bool:

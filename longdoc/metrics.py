@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 from longdoc.calibration import expected_calibration_error
 from longdoc.errors import DataError
@@ -65,6 +64,12 @@ def classification_report(
         rows = true, columns = predicted, nested lists) and ``ece`` when ``y_prob`` is given (15 bins; on the max
         probability for single-label, over every (document, label) pair for multi-label).
     """
+    from sklearn.metrics import (  # slow import
+        accuracy_score,
+        confusion_matrix,
+        precision_recall_fscore_support,
+    )
+
     labels = list(labels)
     if not labels:
         raise DataError("labels is empty; pass every label name in report order")

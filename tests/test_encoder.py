@@ -145,3 +145,17 @@ def test_minilm_queries_match_sentence_transformers(minilm_dir):
     st = SentenceTransformer(str(minilm_dir), device="cpu")
     texts = ["change file mode bits", "list directory contents", "the quick brown fox"]
     assert np.abs(enc.encode(texts) - st.encode(texts, normalize_embeddings=True)).max() < 1e-5
+
+
+def test_bf16_encoder_shares_the_fingerprint_and_saves_float32(tiny_model_dir, tmp_path, encoder):
+    from safetensors import safe_open
+
+    bf16 = WindowEncoder(tiny_model_dir, device="cpu", dtype=torch.bfloat16, window=encoder.window)
+    assert bf16.fingerprint == encoder.fingerprint
+    windows, ref = encoder.encode_documents(DOCS)
+    got = bf16.encode_windows(windows)
+    assert got.dtype == np.float32 and (got * ref).sum(1).min() > 0.99
+    bf16.save(tmp_path / "enc")
+    with safe_open(str(tmp_path / "enc" / "model.safetensors"), framework="pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
+    assert next(bf16.model.parameters()).dtype == torch.bfloat16  # still computing in bf16 after saving
