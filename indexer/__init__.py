@@ -14,6 +14,7 @@ from indexer.errors import (
 from indexer.evaluation import evaluate, mrr, ndcg_at_k, recall_at_k
 from indexer.index import FORMAT_VERSION, Hit, PassageIndex, QueryEncoder
 from indexer.rag import Context, build_contexts, format_contexts
+from indexer.sharded import ShardedPassageIndex, export_vectors_parquet
 
 __all__ = [
     "FORMAT_VERSION",
@@ -26,8 +27,10 @@ __all__ = [
     "IndexerError",
     "PassageIndex",
     "QueryEncoder",
+    "ShardedPassageIndex",
     "build_contexts",
     "evaluate",
+    "export_vectors_parquet",
     "format_contexts",
     "mrr",
     "ndcg_at_k",

@@ -316,6 +316,8 @@ def cmd_label(args: argparse.Namespace) -> int:
     from longdoc.errors import DataError
     from longdoc.labeling import label_documents
 
+    if args.engine == "ray":
+        return cmd_label_ray(args)
     if not Path(args.documents).exists():
         raise DataError(f"documents not found: {args.documents!r}")
     clf = load_classifier(args.model, device=args.device, bf16=args.bf16)
@@ -334,16 +336,18 @@ def cmd_label(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from indexer import PassageIndex
+    from indexer.sharded import load_index
     from longdoc.indexing import index_documents
 
+    if args.engine == "ray":
+        return cmd_index_ray(args)
     started = time.perf_counter()
     clf = load_classifier(args.model, device=args.device, bf16=args.bf16)
     docs = _load_documents(args.documents, args)
     out = Path(args.out)
     existing = None
     if (out / "manifest.json").is_file():
-        existing = PassageIndex.load(out, encoder=clf.encoder)
+        existing = load_index(out, encoder=clf.encoder)  # a PassageIndex or a ShardedPassageIndex
         logger.info("updating the index at %s (%d windows)", out, len(existing))
     index, _ = result = index_documents(clf, docs, index=existing, prune=args.prune,
                                         show_progress_bar=False if args.quiet else None)
@@ -361,18 +365,66 @@ def cmd_index(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --------------------------------------------------------------------------------------------------- --engine ray
+# `longdoc label/index --engine ray`: the same outputs through Ray Data (longdoc.distributed; pip install
+# 'longdoc[ray]'). Kept apart from the single-machine commands above, which only branch here.
+
+
+def _engine_options(parser: argparse.ArgumentParser, *, index: bool = False) -> None:
+    g = parser.add_argument_group("engine (--engine ray: Ray Data, pip install 'longdoc[ray]')")
+    g.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="local: this process (default); ray: Ray Data on the cluster `ray.init()` finds, or a local one")
+    g.add_argument("--concurrency", type=_positive_int, default=2, help="ray: model actors (default 2)")
+    g.add_argument("--num-gpus", type=float, default=0, help="ray: GPUs per model actor (default 0: CPU)")
+    g.add_argument("--batch-size", type=_positive_int, default=64, help="ray: documents per batch (default 64)")
+    if index:
+        g.add_argument("--shards", type=_positive_int, default=4,
+                       help="ray: index shards (default 4); the index is built anew, not updated")
+
+
+def cmd_label_ray(args: argparse.Namespace) -> int:
+    from longdoc.distributed import label_with_ray
+
+    summary = label_with_ray(args.model, args.documents, args.out, concurrency=args.concurrency,
+                             num_gpus=args.num_gpus, batch_size=args.batch_size, top_passages=args.top_passages,
+                             **_reader_kwargs(args))
+    if args.json:
+        _print_json(summary.to_dict())
+    else:
+        print(f"labelled {summary.n_labelled} documents with Ray ({summary.n_skipped} already done, "
+              f"{summary.n_errors} error rows) into {summary.output} in {summary.seconds:.1f}s")
+    return EXIT_OK
+
+
+def cmd_index_ray(args: argparse.Namespace) -> int:
+    from longdoc.distributed import index_with_ray
+    from longdoc.errors import ConfigError
+
+    if args.prune:
+        raise ConfigError("--prune updates an existing index; --engine ray builds a new one (drop --prune)")
+    result = index_with_ray(args.model, args.documents, args.out, shards=args.shards, concurrency=args.concurrency,
+                            num_gpus=args.num_gpus, batch_size=args.batch_size, **_reader_kwargs(args))
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"built {result['index']} with Ray: {result['windows']} windows in {result['shards']} shards "
+              f"in {result['seconds']:.1f}s")
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------------------------------- search
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from indexer import IndexLoadError, PassageIndex
+    from indexer import IndexLoadError
+    from indexer.sharded import load_index
     from longdoc.errors import ModelLoadError
 
     if not (Path(args.index) / "manifest.json").is_file():
         raise ModelLoadError(f"{args.index!r} is not an index directory (manifest.json is missing)")
     encoder = load_query_encoder(args.model, device=args.device, bf16=args.bf16)
     try:
-        index = PassageIndex.load(args.index, encoder=encoder)
+        index = load_index(args.index, encoder=encoder)  # a PassageIndex or a ShardedPassageIndex
     except IndexLoadError as exc:
         if args.model is None and "fingerprint" in str(exc):
             raise IndexLoadError(f"{exc}; pass --model with the model directory the index was built with") from exc
@@ -493,6 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-passages", type=int, default=3, help="most influential windows kept per document")
     _reader_options(p)
     _device_options(p)
+    _engine_options(p)
     _common(p)
     p.set_defaults(func=cmd_label)
 
@@ -503,6 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune", action="store_true", help="remove indexed documents that are not in DOCUMENTS")
     _reader_options(p)
     _device_options(p)
+    _engine_options(p, index=True)
     _common(p)
     p.set_defaults(func=cmd_index)
 

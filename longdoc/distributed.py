@@ -639,7 +639,8 @@ def index_with_ray(
 
         builder = functools.partial(_build_shard, paths=[str(p) for p in paths], dim=dim, fingerprint=fingerprint,
                                     index_options=index_options)
-        built = ds.groupby("shard").map_groups(builder, batch_format="pyarrow").take_all()
+        grouping = {"num_partitions": shards} if "num_partitions" in inspect.signature(ds.groupby).parameters else {}
+        built = ds.groupby("shard", **grouping).map_groups(builder, batch_format="pyarrow").take_all()
         counts.update({int(r["shard"]): int(r["count"]) for r in built})
         for i, path in enumerate(paths):
             if i not in counts:  # no document hashed here: an empty shard
