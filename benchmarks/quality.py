@@ -74,7 +74,9 @@ def load_corpus(name: str, args: argparse.Namespace) -> tuple[pl.DataFrame, list
     raise SystemExit(f"unknown corpus {name!r}")
 
 
-def cached_encoding(clf: LongDocClassifier, docs: pl.DataFrame, key: str) -> tuple[Encoded, Encoded]:
+def cached_encoding(
+    clf: LongDocClassifier, docs: pl.DataFrame, key: str, *, head_tail: bool = True
+) -> tuple[Encoded, Encoded | None]:
     """All windows and the head+tail windows of every document, encoded once and cached on disk."""
     CACHE.mkdir(parents=True, exist_ok=True)
     path = CACHE / key
@@ -84,7 +86,6 @@ def cached_encoding(clf: LongDocClassifier, docs: pl.DataFrame, key: str) -> tup
 
         windows = make_windows(docs, tok, clf.window)
         emb = np.load(path / "emb.npy")
-        ht_emb = np.load(path / "ht_emb.npy")
         logger.info("loaded cached embeddings from %s", path)
     else:
         t0 = time.perf_counter()
@@ -93,15 +94,18 @@ def cached_encoding(clf: LongDocClassifier, docs: pl.DataFrame, key: str) -> tup
         n_tokens = int(windows.lengths.sum())
         emit({"bench": "quality", "what": "encode", "key": key, "windows": len(windows), "tokens": n_tokens,
               "seconds": round(seconds, 1), "tokens_per_s": round(n_tokens / seconds)})
-        ht = head_tail_windows(windows, head=clf.window.content_length // 4, cls_id=tok.cls_token_id,
-                               sep_id=tok.sep_token_id)
-        ht_emb = clf.encoder.encode_windows(ht, show_progress_bar=True)
         path.mkdir(exist_ok=True)
         np.save(path / "emb.npy", emb)
-        np.save(path / "ht_emb.npy", ht_emb)
+    fp = clf.encoder.fingerprint
+    if not head_tail:
+        return Encoded(docs, windows, emb, fp), None
     ht = head_tail_windows(windows, head=clf.window.content_length // 4, cls_id=tok.cls_token_id,
                            sep_id=tok.sep_token_id)
-    fp = clf.encoder.fingerprint
+    if (path / "ht_emb.npy").exists():
+        ht_emb = np.load(path / "ht_emb.npy")
+    else:
+        ht_emb = clf.encoder.encode_windows(ht, show_progress_bar=True)
+        np.save(path / "ht_emb.npy", ht_emb)
     return Encoded(docs, windows, emb, fp), Encoded(docs, ht, ht_emb, fp)
 
 
@@ -151,7 +155,7 @@ def main() -> None:
     parser.add_argument("--pages-per-section", type=int, default=100)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--stride", type=int, default=128)
-    parser.add_argument("--max-windows", type=int, default=16)
+    parser.add_argument("--max-windows", type=int, default=16, help="0 keeps every window")
     parser.add_argument("--poolings", default="attention,mean,max,transformer")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--head-lr", type=float, default=1e-3)
@@ -159,19 +163,22 @@ def main() -> None:
     parser.add_argument("--patience", type=int, default=6)
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="bf16")
     parser.add_argument("--no-retrieval", action="store_true")
+    parser.add_argument("--no-classification", action="store_true")
     args = parser.parse_args()
     setup_logging()
     emit({"bench": "quality", "what": "machine", **machine(), "args": vars(args)})
     docs, folds = load_corpus(args.corpus, args)
     labels = sorted({x for row in docs["labels"].to_list() for x in row})
-    window = WindowConfig(args.max_length, args.stride, args.max_windows)
+    window = WindowConfig(args.max_length, args.stride, args.max_windows or None)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     clf = LongDocClassifier.from_encoder(labels=labels, window=window, dtype=dtype)
     key = hashlib.sha1(json.dumps([args.corpus, args.limit, args.pages_per_section, window.to_dict(), args.dtype,
                                    docs["doc_id"].to_list()]).encode()).hexdigest()[:16]
-    enc, ht = cached_encoding(clf, docs, f"{args.corpus}-{key}")
+    enc, ht = cached_encoding(clf, docs, f"{args.corpus}-{key}", head_tail=not args.no_classification)
     if args.corpus == "manpages" and not args.no_retrieval:
         retrieval(clf, enc)
+    if args.no_classification:
+        return
     results: dict[str, list[dict]] = {}
     for f, (train_idx, test_idx) in enumerate(folds):
         train, test = enc.select(train_idx), enc.select(test_idx)
