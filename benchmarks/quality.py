@@ -37,7 +37,7 @@ from _common import emit, machine, setup_logging  # noqa: E402
 
 from longdoc.baselines import TfidfLogReg  # noqa: E402
 from longdoc.classifier import Encoded, LongDocClassifier  # noqa: E402
-from longdoc.evaluation import _sibling, first_windows, head_tail_windows  # noqa: E402
+from longdoc.evaluation import _sibling, first_windows, head_tail_windows, head_tokens  # noqa: E402
 from longdoc.metrics import classification_report  # noqa: E402
 from longdoc.training import TrainConfig  # noqa: E402
 from longdoc.windows import WindowConfig, Windows  # noqa: E402
@@ -99,7 +99,7 @@ def cached_encoding(
     fp = clf.encoder.fingerprint
     if not head_tail:
         return Encoded(docs, windows, emb, fp), None
-    ht = head_tail_windows(windows, head=clf.window.content_length // 4, cls_id=tok.cls_token_id,
+    ht = head_tail_windows(windows, head=head_tokens(clf.window), cls_id=tok.cls_token_id,
                            sep_id=tok.sep_token_id)
     if (path / "ht_emb.npy").exists():
         ht_emb = np.load(path / "ht_emb.npy")

@@ -148,6 +148,18 @@ def _fingerprint(encoder: Any) -> str | None:
     return None if value is None else str(value)
 
 
+def check_fingerprint(recorded: str | None, encoder: Any, *, dim: int) -> str | None:
+    """The fingerprint to record for ``encoder``; ``IndexInputError`` when the index already records another
+    one (its vectors came from a different encoder, so text queries would be encoded wrongly)."""
+    new = _fingerprint(encoder)
+    if recorded is not None and new is not None and new != recorded:
+        raise IndexInputError(
+            f"encoder fingerprint {new} differs from the index's {recorded}: the stored vectors come from "
+            "another encoder; use that encoder, or rebuild the index"
+        )
+    return new if new is not None else recorded
+
+
 def _check_encoder(encoder: Any, dim: int) -> None:
     if encoder is None:
         return
@@ -288,9 +300,9 @@ class PassageIndex:
     def encoder(self, encoder: QueryEncoder | None) -> None:
         _check_encoder(encoder, self.dim)
         with self._mutex:
-            self._encoder = encoder
             if encoder is not None:
-                self._fingerprint = _fingerprint(encoder)
+                self._fingerprint = check_fingerprint(self._fingerprint, encoder, dim=self.dim)
+            self._encoder = encoder
 
     @property
     def encoder_fingerprint(self) -> str | None:
@@ -674,6 +686,11 @@ class PassageIndex:
         return out
 
     # -- persistence -----------------------------------------------------------------------------------------
+    def lock(self, directory: str | os.PathLike[str]) -> None:
+        """Take the writer lock of ``directory`` now, before long work that ends in ``save(directory)``, so a
+        second writer fails at once with ``IndexLockedError``. Held until ``close()``."""
+        self._lock_directory(Path(os.path.abspath(directory)))
+
     def _lock_directory(self, target: Path) -> None:
         lock = self._dir_locks.get(target)
         if lock is None or not lock.held:

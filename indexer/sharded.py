@@ -59,6 +59,7 @@ from indexer.index import (
     _fingerprint,
     _normalized,
     _str_list,
+    check_fingerprint,
 )
 from indexer.passages import validate_passages
 
@@ -375,11 +376,11 @@ class ShardedPassageIndex:
     def encoder(self, encoder: QueryEncoder | None) -> None:
         _check_encoder(encoder, self.dim)
         with self._mutex:
+            if encoder is not None:
+                self._fingerprint = check_fingerprint(self._fingerprint, encoder, dim=self.dim)
             for s in self._shards:
                 s.encoder = encoder
             self._encoder = encoder
-            if encoder is not None:
-                self._fingerprint = _fingerprint(encoder)
 
     @property
     def encoder_fingerprint(self) -> str | None:
@@ -580,6 +581,13 @@ class ShardedPassageIndex:
         )
 
     # -- persistence -----------------------------------------------------------------------------------------
+    def lock(self, directory: str | os.PathLike[str]) -> None:
+        """Take the writer lock of ``directory`` now (see ``PassageIndex.lock``); held until ``close()``."""
+        target = Path(os.path.abspath(directory))
+        lock = self._dir_locks.get(target)
+        if lock is None or not lock.held:
+            self._dir_locks[target] = storage.DirectoryLock(target)
+
     def save(self, directory: str | os.PathLike[str]) -> None:
         """Save to ``directory`` atomically: every shard into a temporary sibling (in parallel), the top-level
         ``manifest.json`` last, then one swap. A crash at any moment leaves the previous save loadable.
@@ -589,9 +597,7 @@ class ShardedPassageIndex:
         """
         target = Path(os.path.abspath(directory))
         with self._mutex:
-            lock = self._dir_locks.get(target)
-            if lock is None or not lock.held:
-                self._dir_locks[target] = storage.DirectoryLock(target)
+            self.lock(target)
 
             def write_shards(paths: list[Path]) -> None:
                 def save_one(i: int) -> None:

@@ -139,6 +139,26 @@ def _swap_into_place(tmp: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def replace_directory(tmp: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Make the fully written directory ``tmp`` appear at ``target`` in one step, durably.
+
+    Every file under ``tmp`` and ``tmp`` itself are fsynced first; then ``tmp`` is swapped into place
+    (an atomic exchange where the kernel offers one) and the parent directory fsynced. A crash leaves either
+    the old or the new directory at ``target``. Call ``recover_stale(target)`` before creating ``tmp`` (named
+    ``.<target name>.tmp-...`` beside ``target``): it clears what an interrupted save left and brings the old
+    copy back after the rare two-rename fallback. Used for indexes, models and checkpoints.
+    """
+    tmp, target = Path(os.path.abspath(tmp)), Path(os.path.abspath(target))
+    for path in sorted(tmp.rglob("*"), reverse=True):
+        if path.is_file() and not path.is_symlink():
+            _fsync_path(path)
+        elif path.is_dir():
+            _fsync_path(path, directory=True)
+    _fsync_path(tmp, directory=True)
+    _swap_into_place(tmp, target)
+    _fsync_path(target.parent, directory=True)
+
+
 def _stale_siblings(target: Path) -> list[Path]:
     prefixes = (f".{target.name}.tmp-", f".{target.name}.old-")
     try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -27,8 +26,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from indexer.storage import recover_stale, replace_directory
 from longdoc import calibration
-from longdoc.data import documents_from_texts, load_documents
+from longdoc.data import check_unique_ids, documents_from_texts, load_documents
 from longdoc.encoder import WindowEncoder, pool
 from longdoc.errors import ConfigError, DataError, ModelLoadError
 from longdoc.heads import DocumentHead, HeadConfig, MultiTaskHead, predict_probs
@@ -238,6 +238,7 @@ class LongDocClassifier:
             data = [data]
         if isinstance(data, pl.DataFrame) and {"doc_id", "text", "labels"} <= set(data.columns):
             docs = data  # already a document table
+            check_unique_ids(docs)
         elif isinstance(data, (list, tuple)) and (not data or isinstance(data[0], str)):
             docs = documents_from_texts(list(data), labels=labels)
         else:
@@ -414,6 +415,7 @@ class LongDocClassifier:
                 start_epoch, bad_epochs, step = meta["epoch"] + 1, meta["bad_epochs"], meta["step"]
                 best = tuple(meta["best_score"])
                 best_head = meta["best_head"]
+                best_encoder = meta["best_encoder"]
                 for _ in range(step):
                     scheduler.step()
                 if bad_epochs >= args.patience:
@@ -456,14 +458,14 @@ class LongDocClassifier:
             if current > best:
                 best, bad_epochs = current, 0
                 best_head = {k: v.detach().clone() for k, v in heads.state_dict().items()}
-                if encoder_trains and score is not None:
+                if encoder_trains:  # the head and the encoder of the best epoch always travel together
                     best_encoder = {k: v.detach().clone() for k, v in self.encoder.model.state_dict().items()}
             else:
                 bad_epochs += 1
             if ckpt_dir is not None:
                 save_checkpoint(ckpt_dir, epoch=epoch, best_score=best, bad_epochs=bad_epochs, head=heads,
                                 best_head=best_head, encoder=self.encoder.model if encoder_trains else None,
-                                optimizer=optimizer, step=step)
+                                best_encoder=best_encoder, optimizer=optimizer, step=step)
             if score is not None and bad_epochs >= args.patience:
                 logger.info("early stop after epoch %d (best eval macro-F1 %.4f)", epoch + 1, best[0])
                 break
@@ -649,13 +651,14 @@ class LongDocClassifier:
 
         A document without tokens (empty or whitespace only) gets ``None``.
         """
-        single = isinstance(documents, str)
-        labels = self._decide(self.predict_proba(documents, **columns))
-        return labels[0] if single else labels
+        labels = self._decide(self.analyze(documents, **columns).probs)
+        return labels[0] if isinstance(documents, str) else labels
 
     def predict_proba(self, documents: str | Sequence[str] | Any, **columns: Any) -> np.ndarray:
-        """Calibrated probabilities (n_docs, n_labels), columns in ``self.labels`` order (NaN rows: no tokens)."""
-        return self.analyze(documents, **columns).probs
+        """Calibrated probabilities, columns in ``self.labels`` order: a str gives (n_labels,), a list
+        (n_docs, n_labels). A document without tokens gets a row of NaN."""
+        probs = self.analyze(documents, **columns).probs
+        return probs[0] if isinstance(documents, str) else probs
 
     def predict_tasks(self, documents: str | Sequence[str] | Any, **columns: Any) -> Any:
         """Every label set from one encoder pass: ``{"label": ..., "<task>": ...}`` per document (a str gives one
@@ -747,6 +750,7 @@ class LongDocClassifier:
         """Write ``config.json``, ``encoder/`` (safetensors) and ``head.safetensors``; atomic (temp + rename)."""
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
+        recover_stale(directory)
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
         try:
             self.encoder.save(tmp / "encoder")
@@ -775,18 +779,7 @@ class LongDocClassifier:
                 "versions": _versions(),
             }
             (tmp / "config.json").write_text(json.dumps(config, indent=2))
-            for f in tmp.rglob("*"):
-                if f.is_file():
-                    with open(f, "rb") as fh:
-                        os.fsync(fh.fileno())
-            old = directory.with_name(f".{directory.name}.old")
-            if directory.exists():
-                if old.exists():
-                    shutil.rmtree(old)
-                directory.rename(old)
-            tmp.rename(directory)
-            if old.exists():
-                shutil.rmtree(old)
+            replace_directory(tmp, directory)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -810,16 +803,20 @@ class LongDocClassifier:
             config = json.loads(config_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ModelLoadError(f"{config_path} is not valid JSON: {exc}") from exc
+        if not isinstance(config, dict):
+            raise ModelLoadError(f"{config_path} must hold a JSON object, got {type(config).__name__}")
         if config.get("format_version") != FORMAT_VERSION:
             raise ModelLoadError(f"{config_path}: format_version {config.get('format_version')!r}, expected {FORMAT_VERSION}")
-        head_config = HeadConfig.from_dict(config["head"])
-        labels = config["labels"]
+        try:
+            head_config = HeadConfig.from_dict(config["head"])
+            labels = [str(x) for x in config["labels"]]
+            window = WindowConfig.from_dict(config["window"])
+            enc_settings = {"pooling": config["encoder"]["pooling"], "normalize": bool(config["encoder"]["normalize"])}
+        except (KeyError, TypeError, ConfigError) as exc:
+            raise ModelLoadError(f"{config_path} is not a valid longdoc model config: {exc!r}") from exc
         if len(labels) != head_config.num_labels:
             raise ModelLoadError(f"{config_path}: {len(labels)} labels but the head has {head_config.num_labels} outputs")
-        window = WindowConfig.from_dict(config["window"])
-        enc_settings = config["encoder"]
-        encoder = WindowEncoder(directory / "encoder", device=device, window=window, dtype=dtype,
-                                pooling=enc_settings["pooling"], normalize=enc_settings["normalize"])
+        encoder = WindowEncoder(directory / "encoder", device=device, window=window, dtype=dtype, **enc_settings)
         if encoder.dim != head_config.hidden_size:
             raise ModelLoadError(f"encoder dim {encoder.dim} does not match the head's hidden_size {head_config.hidden_size}")
         head = DocumentHead(head_config)

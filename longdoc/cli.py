@@ -17,6 +17,7 @@ bidi controls are shown as ``\\x1b``-style escapes), so a document cannot drive 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import re
@@ -248,11 +249,51 @@ def load_query_encoder(path: str | None, *, device: str | None = None, bf16: boo
 def _train_config(args: argparse.Namespace) -> Any:
     from longdoc.training import TrainConfig
 
-    return TrainConfig(
-        mode=args.mode, epochs=args.epochs, batch_size=args.batch_size, encoder_lr=args.encoder_lr,
-        head_lr=args.head_lr, max_train_windows=args.max_train_windows, train_top_layers=args.train_top_layers,
-        patience=args.patience, seed=args.seed, checkpoint_dir=args.checkpoint_dir,
-    )
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+
+
+_TRAIN_HELP = {
+    "mode": "frozen: cache window embeddings, train the head (fast on CPU); finetune: train end to end",
+    "epochs": "maximum passes over the training documents",
+    "batch_size": "documents per optimizer micro-step",
+    "grad_accum": "micro-steps accumulated per optimizer step",
+    "encoder_lr": "learning rate of the encoder (finetune)",
+    "head_lr": "learning rate of the head",
+    "weight_decay": "AdamW weight decay (not on biases and norms)",
+    "warmup_ratio": "fraction of the steps with a linear warmup",
+    "max_train_windows": "windows per document per training step in finetune (a random ordered subset)",
+    "train_top_layers": "finetune only the top N encoder layers (default: all)",
+    "gradient_checkpointing": "trade compute for memory in finetune",
+    "class_weights": "'balanced' weights classes by inverse frequency",
+    "patience": "stop after this many epochs without a better validation macro-F1",
+    "calibrate": "fit the temperature (and multi-label thresholds) on the eval set",
+    "seed": "seed for repeatable runs",
+    "checkpoint_dir": "checkpoint every epoch here and resume from it",
+}
+
+
+def _train_config_options(p: argparse.ArgumentParser) -> None:
+    """One flag per ``TrainConfig`` field (the CLI mirrors the config; defaults come from it)."""
+    from longdoc.training import MODES, TrainConfig
+
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        flag, default = "--" + f.name.replace("_", "-"), getattr(defaults, f.name)
+        help_text = _TRAIN_HELP.get(f.name, "") + f" (default: {default})"
+        if isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        elif f.name == "mode":
+            p.add_argument(flag, default=default, choices=list(MODES), help=help_text)
+        elif f.name == "class_weights":
+            p.add_argument(flag, default=default, choices=["balanced"], help=help_text)
+        elif f.name in ("seed", "train_top_layers"):
+            p.add_argument(flag, type=int, default=default, help=help_text)
+        elif isinstance(default, int):
+            p.add_argument(flag, type=_positive_int, default=default, help=help_text)
+        elif isinstance(default, float):
+            p.add_argument(flag, type=float, default=default, help=help_text)
+        else:
+            p.add_argument(flag, default=default, help=help_text)
 
 
 def _window_config(args: argparse.Namespace) -> Any:
@@ -347,8 +388,14 @@ def cmd_index(args: argparse.Namespace) -> int:
     out = Path(args.out)
     existing = None
     if (out / "manifest.json").is_file():
-        existing = load_index(out, encoder=clf.encoder)  # a PassageIndex or a ShardedPassageIndex
+        # lock=True: a second `longdoc index` on the same directory fails now, not after its encoding
+        existing = load_index(out, encoder=clf.encoder, lock=True)  # a PassageIndex or a ShardedPassageIndex
         logger.info("updating the index at %s (%d windows)", out, len(existing))
+    else:
+        from indexer import PassageIndex
+
+        existing = PassageIndex(clf.encoder.dim, encoder=clf.encoder)
+        existing.lock(out)
     index, _ = result = index_documents(clf, docs, index=existing, prune=args.prune,
                                         show_progress_bar=False if args.quiet else None)
     index.save(out)
@@ -522,16 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=_positive_int, default=512, help="tokens per window (default 512)")
     p.add_argument("--stride", type=int, default=128, help="tokens shared by consecutive windows (default 128)")
     p.add_argument("--max-windows", type=_positive_int, default=None, help="cap windows per document (head+tail)")
-    p.add_argument("--mode", default="frozen", choices=["frozen", "finetune"])
-    p.add_argument("--epochs", type=_positive_int, default=20)
-    p.add_argument("--batch-size", type=_positive_int, default=16)
-    p.add_argument("--encoder-lr", type=float, default=2e-5)
-    p.add_argument("--head-lr", type=float, default=1e-3)
-    p.add_argument("--max-train-windows", type=_positive_int, default=8)
-    p.add_argument("--train-top-layers", type=int, default=None)
-    p.add_argument("--patience", type=_positive_int, default=4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-dir", default=None, help="checkpoint every epoch here; resume from it")
+    _train_config_options(p)
     _reader_options(p)
     _device_options(p)
     _common(p)

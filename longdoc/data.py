@@ -798,6 +798,11 @@ def _labels_expr(frame: pl.DataFrame, column: str) -> pl.Expr:
     return col.map_elements(_labels_from_value, return_dtype=_LABELS_DTYPE)
 
 
+def check_unique_ids(documents: pl.DataFrame) -> None:
+    """Raise ``DataError`` listing a few duplicated ``doc_id`` values of a document table."""
+    _check_unique(documents["doc_id"], "doc_id")
+
+
 def _check_unique(ids: pl.Series, id_column: str | None) -> None:
     if ids.is_unique().all():
         return

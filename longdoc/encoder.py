@@ -356,24 +356,31 @@ _DONE = object()
 
 
 def _prefetch(items: Iterator[Any], depth: int) -> Iterator[Any]:
-    """Run an iterator in a background thread, ``depth`` items ahead (tokenizers and numpy release the GIL)."""
+    """Run an iterator in a background thread, ``depth`` items ahead (tokenizers and numpy release the GIL).
+
+    Closing the generator early (an exception in the consumer) stops the thread promptly: every put is
+    stop-aware and the queue is drained, so no thread (and no pinned batch) is left behind.
+    """
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def worker() -> None:
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(item):
                     return
-            q.put(_DONE)
+            put(_DONE)
         except BaseException as exc:  # handed to the consumer
-            q.put(exc)
+            put(exc)
 
     thread = threading.Thread(target=worker, daemon=True, name="longdoc-prefetch")
     thread.start()
@@ -387,4 +394,9 @@ def _prefetch(items: Iterator[Any], depth: int) -> Iterator[Any]:
             yield item
     finally:
         stop.set()
-        thread.join(timeout=5)
+        while True:
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                break
+        thread.join()

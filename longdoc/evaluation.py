@@ -6,8 +6,8 @@ Every method is trained and scored on the same split:
 * ``first512``: only the first window of each document (plain truncation), a mean head over it: with the frozen
   encoder this is a linear model on the first-window embedding; with ``mode="finetune"`` it is the usual
   first-512 fine-tuning recipe.
-* ``head_tail``: one window made of the first ``(max_length - 2) // 4`` and the last remaining tokens
-  (128 + 382 for 512-token windows), which often beats plain truncation.
+* ``head_tail``: one window made of the first quarter of the window's tokens and the last ones (exactly
+  128 + 382 for 512-token windows), which often beats plain truncation.
 * ``tfidf``: TF-IDF word 1-2 grams + logistic regression on the full text.
 
 The windows are cut and encoded once and shared by every frozen method.
@@ -50,6 +50,11 @@ class Comparison:
     table: pl.DataFrame
     reports: dict[str, dict[str, Any]] = field(default_factory=dict)
     encoded: dict[str, Encoded] = field(default_factory=dict)
+
+
+def head_tokens(window: WindowConfig) -> int:
+    """Head length of the head+tail baseline: 128 of the 510 document tokens of a 512 window, scaled."""
+    return window.content_length * 128 // 510
 
 
 def first_windows(windows: Windows) -> Windows:
@@ -182,7 +187,7 @@ def compare_with_baselines(
             if method == "first512":
                 split[name] = _with_windows(enc, model, first_windows(enc.windows), reencode=False)
             else:
-                win = head_tail_windows(enc.windows, head=clf.window.content_length // 4,
+                win = head_tail_windows(enc.windows, head=head_tokens(clf.window),
                                         cls_id=tok.cls_token_id, sep_id=tok.sep_token_id)
                 split[name] = _with_windows(enc, model, win, reencode=True)
         run(method, model, split)

@@ -20,8 +20,9 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import random
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from indexer.storage import recover_stale, replace_directory
 from longdoc.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -169,15 +171,33 @@ def save_checkpoint(
     encoder: torch.nn.Module | None,
     optimizer: torch.optim.Optimizer,
     step: int,
+    best_encoder: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Write a resumable checkpoint atomically (temporary sibling, then rename)."""
+    """Write a resumable checkpoint atomically (a temporary directory swapped into place)."""
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / "checkpoint.tmp"
-    tmp.mkdir(exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, tmp / "head.safetensors")
-    save_file({k: v.detach().cpu().contiguous() for k, v in best_head.items()}, tmp / "best_head.safetensors")
+    recover_stale(directory / "checkpoint")
+    tmp = Path(tempfile.mkdtemp(prefix=".checkpoint.tmp-", dir=directory))
+    try:
+        _write_checkpoint(tmp, epoch=epoch, best_score=best_score, bad_epochs=bad_epochs, head=head,
+                          best_head=best_head, encoder=encoder, best_encoder=best_encoder, optimizer=optimizer,
+                          step=step)
+        replace_directory(tmp, directory / "checkpoint")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def _write_checkpoint(tmp: Path, *, epoch, best_score, bad_epochs, head, best_head, encoder, best_encoder,
+                      optimizer, step) -> None:
+    save_file(_tensors(head.state_dict()), tmp / "head.safetensors")
+    save_file(_tensors(best_head), tmp / "best_head.safetensors")
     if encoder is not None:
-        save_file({k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}, tmp / "encoder.safetensors")
+        save_file(_tensors(encoder.state_dict()), tmp / "encoder.safetensors")
+    if best_encoder is not None:
+        save_file(_tensors(best_encoder), tmp / "best_encoder.safetensors")
     state = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, Any] = {}
@@ -194,18 +214,6 @@ def save_checkpoint(
         "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in state["param_groups"]],
     }
     (tmp / "state.json").write_text(json.dumps(meta))
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    final = directory / "checkpoint"
-    old = directory / "checkpoint.old"
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    if old.exists():
-        for f in old.iterdir():
-            f.unlink()
-        old.rmdir()
 
 
 def load_checkpoint(
@@ -217,11 +225,9 @@ def load_checkpoint(
 ) -> dict[str, Any] | None:
     """Restore a checkpoint written by ``save_checkpoint``; ``None`` when there is none."""
     path = directory / "checkpoint"
+    recover_stale(path)
     if not (path / "state.json").exists():
-        old = directory / "checkpoint.old"  # a crash between the two renames
-        if not (old / "state.json").exists():
-            return None
-        path = old
+        return None
     meta = json.loads((path / "state.json").read_text())
     head.load_state_dict(load_file(path / "head.safetensors"))
     if encoder is not None and (path / "encoder.safetensors").exists():
@@ -240,5 +246,7 @@ def load_checkpoint(
     groups = [{**saved, "params": g["params"]} for saved, g in zip(meta["param_groups"], current["param_groups"], strict=True)]
     optimizer.load_state_dict({"state": state, "param_groups": groups})
     meta["best_head"] = load_file(path / "best_head.safetensors")
+    best_encoder = path / "best_encoder.safetensors"
+    meta["best_encoder"] = load_file(best_encoder) if best_encoder.exists() else None
     logger.info("resumed from %s after epoch %d", path, meta["epoch"])
     return meta

@@ -259,7 +259,6 @@ def _cut(doc_ids: list[str], texts: list[str], spec: _TokenizerSpec, config: Win
         doc_rows["warning"].append(None if n else EMPTY_DOCUMENT)
         if not n:
             continue
-        offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(n, 2)
         width = min(config.content_length, n)
         ends = starts + width
         grid = starts[:, None] + np.arange(width)[None, :]  # (n_windows, width) token positions
@@ -272,8 +271,9 @@ def _cut(doc_ids: list[str], texts: list[str], spec: _TokenizerSpec, config: Win
         table_cols["window_index"].append(np.arange(len(starts), dtype=np.int32))
         table_cols["token_start"].append(starts)
         table_cols["token_end"].append(ends)
-        table_cols["char_start"].append(offsets[starts, 0])
-        table_cols["char_end"].append(offsets[ends - 1, 1])
+        # only the window boundaries need character offsets: no per-token Python tuples
+        table_cols["char_start"].append(np.array([enc.token_to_chars(int(t))[0] for t in starts], dtype=np.int64))
+        table_cols["char_end"].append(np.array([enc.token_to_chars(int(t) - 1)[1] for t in ends], dtype=np.int64))
         table_cols["n_tokens"].append(np.full(len(starts), width + 2, dtype=np.int32))
     if not table_doc:
         empty = _empty_windows()
@@ -291,6 +291,17 @@ def _cut(doc_ids: list[str], texts: list[str], spec: _TokenizerSpec, config: Win
         offsets=offsets_out,
         documents=pl.DataFrame(doc_rows, schema=_DOCS_SCHEMA),
     )
+
+
+_WORKER_SPEC: list[_TokenizerSpec] = []
+
+
+def _init_worker(spec: _TokenizerSpec) -> None:
+    _WORKER_SPEC[:] = [spec]
+
+
+def _cut_in_worker(doc_ids: list[str], texts: list[str], config: WindowConfig) -> Windows:
+    return _cut(doc_ids, texts, _WORKER_SPEC[0], config)
 
 
 def _as_ids_and_texts(documents: pl.DataFrame | Sequence[str]) -> tuple[list[str], list[str]]:
@@ -355,8 +366,10 @@ def make_windows(
         env_before = os.environ.get("TOKENIZERS_PARALLELISM")
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
         try:
-            with ProcessPoolExecutor(max_workers=processes, mp_context=ctx) as pool:
-                futures = [pool.submit(_cut, doc_ids[s], texts[s], spec, config) for s in slices]
+            # the tokenizer (hundreds of KB of JSON) travels once per worker, not once per task
+            with ProcessPoolExecutor(max_workers=processes, mp_context=ctx, initializer=_init_worker,
+                                     initargs=(spec,)) as pool:
+                futures = [pool.submit(_cut_in_worker, doc_ids[s], texts[s], config) for s in slices]
                 parts = [f.result() for f in futures]
         finally:
             if env_before is None:

@@ -164,3 +164,29 @@ def test_multi_task_trains_together_and_round_trips(tiny_model_dir, tmp_path):
     assert np.array_equal(a.task_probs["sensitivity"], b.task_probs["sensitivity"])
     with pytest.raises(DataError, match="sensitivity"):
         clf.fit(pl.DataFrame({"text": texts, "label": labels}), args=TrainConfig(epochs=1))
+
+
+def test_predict_proba_shape_follows_input(trained):
+    assert trained.predict_proba("team player goal win").shape == (3,)
+    assert trained.predict_proba(["team player goal win"]).shape == (1, 3)
+
+
+def test_duplicate_ids_in_a_document_table_are_refused(trained):
+    docs = documents_from_texts(["team player", "vote bank"], ids=["a", "b"])
+    with pytest.raises(DataError, match="duplicate"):
+        trained.predict(pl.concat([docs, docs]))
+
+
+def test_checkpoint_survives_a_stale_leftover(tiny_model_dir, tmp_path):
+    """A crash mid-checkpoint leaves a temporary directory behind: the next run still saves and resumes."""
+    texts, labels = _corpus(12, 8)
+    ckpt = tmp_path / "ckpt"
+    (ckpt / ".checkpoint.tmp-crashed").mkdir(parents=True)
+    (ckpt / ".checkpoint.tmp-crashed" / "head.safetensors").write_bytes(b"partial")
+    args = TrainConfig(epochs=2, checkpoint_dir=str(ckpt), batch_size=4)
+    clf = LongDocClassifier.from_encoder(tiny_model_dir, labels=["sport", "tech", "news"], device="cpu",
+                                         window=WindowConfig(max_length=32, stride=8))
+    clf.fit(texts, labels, args=args)
+    assert (ckpt / "checkpoint" / "state.json").exists()
+    clf.fit(texts, labels, args=TrainConfig(epochs=3, checkpoint_dir=str(ckpt), batch_size=4))
+    assert [h["epoch"] for h in clf.history] == [1, 2, 3]

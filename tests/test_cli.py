@@ -165,3 +165,46 @@ def test_demo_quick_runs_end_to_end(tiny_model_dir, capsys, tmp_path):
     assert (tmp_path / "demo" / "model" / "config.json").is_file()
     assert (tmp_path / "demo" / "index" / "manifest.json").is_file()
     assert "index" in err and "total" in err  # the narration went to stderr
+
+
+def test_schema_invalid_model_config_exits_3(workspace, capsys, tmp_path):
+    import json
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(workspace["model"], broken)
+    config = json.loads((broken / "config.json").read_text())
+    del config["head"]
+    (broken / "config.json").write_text(json.dumps(config))
+    code, _, err = _run(capsys, "label", str(broken), str(workspace["test"]), "--out", str(tmp_path / "l"), "--quiet")
+    assert code == 3 and "config" in err
+
+
+def test_second_index_writer_fails_before_encoding(workspace, capsys, tmp_path):
+    from indexer import PassageIndex
+
+    out = tmp_path / "index"
+    assert _run(capsys, "index", str(workspace["model"]), str(workspace["test"]), "--out", str(out), "--quiet")[0] == 0
+    holder = PassageIndex.load(out, lock=True)  # another writer holds the directory
+    try:
+        code, _, err = _run(capsys, "index", str(workspace["model"]), str(workspace["train"]), "--out", str(out),
+                            "--quiet")
+        assert code != 0 and "locked" in err
+    finally:
+        holder.close()
+    assert _run(capsys, "index", str(workspace["model"]), str(workspace["train"]), "--out", str(out), "--quiet")[0] == 0
+
+
+def test_train_flags_mirror_train_config():
+    import dataclasses
+
+    from longdoc.cli import build_parser
+    from longdoc.training import TrainConfig
+
+    args = build_parser().parse_args(["train", "docs.jsonl", "-o", "m", "--grad-accum", "3", "--no-calibrate",
+                                      "--class-weights", "balanced", "--seed", "0"])
+    from longdoc.cli import _train_config
+
+    config = _train_config(args)
+    assert (config.grad_accum, config.calibrate, config.class_weights, config.seed) == (3, False, "balanced", 0)
+    assert {f.name for f in dataclasses.fields(TrainConfig)} <= set(vars(args))

@@ -159,3 +159,20 @@ def test_bf16_encoder_shares_the_fingerprint_and_saves_float32(tiny_model_dir, t
     with safe_open(str(tmp_path / "enc" / "model.safetensors"), framework="pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
     assert next(bf16.model.parameters()).dtype == torch.bfloat16  # still computing in bf16 after saving
+
+
+def test_prefetch_stops_its_thread_when_closed_early():
+    import threading
+    import time
+
+    from longdoc.encoder import _prefetch
+
+    def slow():
+        for i in range(1000):
+            time.sleep(0.005)
+            yield i
+
+    gen = _prefetch(slow(), depth=2)
+    next(gen)
+    gen.close()
+    assert not [t for t in threading.enumerate() if t.name == "longdoc-prefetch"]

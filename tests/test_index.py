@@ -538,3 +538,25 @@ def test_gpu_path_serves_unfiltered_search_and_follows_changes(monkeypatch):
     monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", lambda index: (_ for _ in ()).throw(RuntimeError("no")))
     index.add(vectors(1, seed=9), passages(1, prefix="g"))
     assert len(index.search(q, k=5)) == 3  # a failed copy falls back to the CPU
+
+
+def test_encoder_setter_refuses_another_encoders_fingerprint():
+    import numpy as np
+    import polars as pl
+    import pytest
+
+    from indexer import IndexInputError, PassageIndex
+
+    class Enc:
+        def __init__(self, fp):
+            self.fingerprint, self.dim = fp, 4
+
+        def encode(self, texts):
+            return np.ones((len(texts), 4), dtype=np.float32)
+
+    passages = pl.DataFrame({"doc_id": ["a"], "window_index": [0], "char_start": [0], "char_end": [1], "text": ["x"]})
+    index = PassageIndex.build(np.ones((1, 4), dtype=np.float32), passages, encoder=Enc("AAA"))
+    with pytest.raises(IndexInputError, match="fingerprint"):
+        index.encoder = Enc("BBB")
+    index.encoder = Enc("AAA")
+    assert index.encoder_fingerprint == "AAA"
