@@ -1,0 +1,213 @@
+"""Search benchmark: PassageIndex (exact and IVF) against its peers in the same run.
+
+Peers: plain faiss ``IndexFlatIP`` / ``IndexIVFFlat`` (the same library without the wrapper) and
+sentence-transformers ``util.semantic_search`` (torch exact search, what users write today). Vectors are
+synthetic, clustered and L2-normalised; queries come from the same distribution. For IVF, nprobe is the
+smallest power of two reaching recall@10 >= 0.95 against exact search. Prints one JSON line per figure.
+
+    python benchmarks/search.py --n 100000 --dims 384,768 --queries 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+import indexer.backend
+from indexer import PassageIndex
+from indexer.backend import auto_nlist
+
+# The peer is raw faiss. indexer/backend.py stays the one module that imports faiss; this reaches the same
+# module object through it.
+faiss = indexer.backend.faiss
+
+K = 10
+TARGET_RECALL = 0.95
+
+
+def emit(**fields: Any) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+def clustered(n: int, dim: int, *, clusters: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((clusters, dim), dtype=np.float32)
+    out = np.empty((n, dim), dtype=np.float32)
+    step = 100_000
+    for start in range(0, n, step):  # in chunks: bounded temporary memory at 1M x 768
+        m = min(step, n - start)
+        chunk = centers[rng.integers(0, clusters, m)] + 1.5 * rng.standard_normal((m, dim), dtype=np.float32)
+        out[start:start + m] = chunk / np.linalg.norm(chunk, axis=1, keepdims=True)
+    return out
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - start, value
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f[f >= 0]) & set(t)) / len(t) for f, t in zip(found, truth, strict=True)]))
+
+
+def qps(fn: Callable[[], Any], n_queries: int, *, min_seconds: float = 1.0) -> float:
+    """Queries per second of ``fn`` (which answers n_queries), repeated for at least min_seconds."""
+    fn()  # warm-up
+    runs, start = 0, time.perf_counter()
+    while True:
+        fn()
+        runs += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds:
+            return runs * n_queries / elapsed
+
+
+def single_qps(fn: Callable[[np.ndarray], Any], queries: np.ndarray, n: int = 100) -> float:
+    """One query per call (an interactive RAG request), over the first n queries."""
+    fn(queries[0])
+    start = time.perf_counter()
+    for q in queries[:n]:
+        fn(q)
+    return n / (time.perf_counter() - start)
+
+
+def hit_ids(results: list[list[Any]], table_row: dict[tuple[str, int], int]) -> np.ndarray:
+    out = np.full((len(results), K), -1, dtype=np.int64)
+    for i, hits in enumerate(results):
+        for j, h in enumerate(hits[:K]):
+            out[i, j] = table_row[(h.doc_id, h.window_index)]
+    return out
+
+
+def pick_nprobe(nlist: int, search: Callable[[int], np.ndarray], truth: np.ndarray) -> tuple[int, float]:
+    nprobe = 1
+    while True:
+        r = recall(search(nprobe), truth)
+        if r >= TARGET_RECALL or nprobe >= nlist:
+            return nprobe, r
+        nprobe = min(nlist, nprobe * 2)
+
+
+def run(n: int, dim: int, n_queries: int, clusters: int, seed: int, windows_per_doc: int) -> None:
+    base: dict[str, Any] = {"n": n, "dim": dim, "queries": n_queries, "k": K}
+    data = clustered(n + n_queries, dim, clusters=clusters, seed=seed)
+    X, Q = data[:n], np.ascontiguousarray(data[n:])  # queries: new points around the same centers
+    table = pl.DataFrame({
+        "doc_id": [f"doc{i // windows_per_doc}" for i in range(n)],
+        "window_index": [i % windows_per_doc for i in range(n)],
+        "char_start": [0] * n,
+        "char_end": [0] * n,
+        "text": [""] * n,
+    })
+    row_of = {(f"doc{i // windows_per_doc}", i % windows_per_doc): i for i in range(n)}
+
+    # -- exact: plain faiss ------------------------------------------------------------------------------------
+    def build_flat() -> Any:
+        flat = faiss.IndexFlatIP(dim)
+        flat.add(X)
+        return flat
+
+    build, flat = timed(build_flat)
+    truth = flat.search(Q, K)[1]
+    faiss_flat_qps = qps(lambda: flat.search(Q, K), n_queries)
+    emit(**base, impl="faiss.IndexFlatIP", build_s=round(build, 3), qps=round(faiss_flat_qps, 1),
+         qps_single=round(single_qps(lambda q: flat.search(q[None, :], K), Q), 1), recall_at_10=1.0)
+    flat.reset()  # free the memory before the next contender
+
+    # -- exact: sentence-transformers util.semantic_search (torch) ------------------------------------------------
+    import torch
+    from sentence_transformers import util
+
+    build, corpus = timed(lambda: torch.from_numpy(X))
+    queries_t = torch.from_numpy(Q)
+    st_found = np.array([[h["corpus_id"] for h in r] for r in util.semantic_search(queries_t, corpus, top_k=K)])
+    st_qps = qps(lambda: util.semantic_search(queries_t, corpus, top_k=K), n_queries)
+    emit(**base, impl="sentence_transformers.util.semantic_search", build_s=round(build, 3), qps=round(st_qps, 1),
+         qps_single=round(single_qps(lambda q: util.semantic_search(torch.from_numpy(q[None, :]), corpus, top_k=K), Q), 1),
+         recall_at_10=round(recall(st_found, truth), 4), torch_threads=torch.get_num_threads())
+
+    # -- exact: the wrapper ---------------------------------------------------------------------------------------------
+    build, index = timed(lambda: PassageIndex.build(X, table, ivf_threshold=n + 1))
+    found = hit_ids(index.search(Q, k=K, per_doc=None), row_of)
+    wrapper_qps = qps(lambda: index.search(Q, k=K, per_doc=None), n_queries)
+    grouped_qps = qps(lambda: index.search(Q, k=K), n_queries)
+    emit(**base, impl="PassageIndex(Flat)", build_s=round(build, 3), qps=round(wrapper_qps, 1),
+         qps_per_doc_1=round(grouped_qps, 1),
+         qps_single=round(single_qps(lambda q: index.search(q, k=K, per_doc=None), Q), 1),
+         recall_at_10=round(recall(found, truth), 4))
+    emit(**base, figure="ratio", what="PassageIndex(Flat) qps / faiss.IndexFlatIP qps",
+         value=round(wrapper_qps / faiss_flat_qps, 3))
+    emit(**base, figure="ratio", what="PassageIndex(Flat) qps / sentence-transformers semantic_search qps",
+         value=round(wrapper_qps / st_qps, 3))
+    del index
+
+    # -- IVF: plain faiss -----------------------------------------------------------------------------------------------
+    nlist = auto_nlist(n)
+
+    def build_ivf() -> Any:
+        ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        ivf.train(X)
+        ivf.add(X)
+        return ivf
+
+    build, ivf = timed(build_ivf)
+
+    def ivf_search(nprobe: int) -> np.ndarray:
+        ivf.nprobe = nprobe
+        return ivf.search(Q, K)[1]
+
+    nprobe, r = pick_nprobe(nlist, ivf_search, truth)
+    ivf.nprobe = nprobe
+    faiss_ivf_qps = qps(lambda: ivf.search(Q, K), n_queries)
+    emit(**base, impl="faiss.IndexIVFFlat", nlist=nlist, nprobe=nprobe, build_s=round(build, 3),
+         qps=round(faiss_ivf_qps, 1), qps_single=round(single_qps(lambda q: ivf.search(q[None, :], K), Q), 1),
+         recall_at_10=round(r, 4))
+    ivf.reset()
+
+    # -- IVF: the wrapper (automatic layout) ------------------------------------------------------------------------
+    build, index = timed(lambda: PassageIndex.build(X, table, ivf_threshold=min(n, 50_000)))
+
+    def wrapper_ivf_search(p: int) -> np.ndarray:
+        index.nprobe = p
+        return hit_ids(index.search(Q, k=K, per_doc=None), row_of)
+
+    nprobe_w, r_w = pick_nprobe(nlist, wrapper_ivf_search, truth)
+    index.nprobe = nprobe_w
+    wrapper_ivf_qps = qps(lambda: index.search(Q, k=K, per_doc=None), n_queries)
+    emit(**base, impl=f"PassageIndex({index.layout})", nlist=nlist, nprobe=nprobe_w, build_s=round(build, 3),
+         qps=round(wrapper_ivf_qps, 1), qps_single=round(single_qps(lambda q: index.search(q, k=K, per_doc=None), Q), 1),
+         recall_at_10=round(r_w, 4))
+    emit(**base, figure="ratio", what="PassageIndex(IVF) qps / faiss.IndexIVFFlat qps",
+         value=round(wrapper_ivf_qps / faiss_ivf_qps, 3))
+    emit(**base, figure="ratio", what="PassageIndex(IVF) qps / PassageIndex(Flat) qps (recall@10 >= 0.95)",
+         value=round(wrapper_ivf_qps / wrapper_qps, 3))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1_000_000, help="vectors in the collection")
+    parser.add_argument("--dims", default="384,768", help="comma-separated embedding sizes")
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--clusters", type=int, default=None,
+                        help="clusters in the synthetic data (default n/500: overlapping, so IVF needs nprobe > 1)")
+    parser.add_argument("--windows-per-doc", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    emit(figure="machine", cpus=os.cpu_count(), faiss_threads=faiss.omp_get_max_threads(),
+         gpus=faiss.get_num_gpus(), python=platform.python_version(), faiss=indexer.backend.faiss_version(),
+         processor=platform.processor() or platform.machine())
+    for dim in (int(d) for d in args.dims.split(",")):
+        run(args.n, dim, args.queries, args.clusters or max(1, args.n // 500), args.seed, args.windows_per_doc)
+
+
+if __name__ == "__main__":
+    main()
