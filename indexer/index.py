@@ -198,6 +198,9 @@ class PassageIndex:
     ``ivf_threshold`` vectors (default 50,000) and IVF above it; any faiss ``index_factory`` string may be given
     instead (HNSW layouts cannot remove or upsert). ``fp16=True`` stores vectors as float16 (automatic layout).
 
+    ``attributes`` is a JSON-ready dict saved in the manifest and loaded back, for the application's own
+    facts about the index (longdoc records the classifier's label map there).
+
     Thread-safe: one internal lock serialises changes, searches and saves of the same object. The directory
     lock (``save`` / ``load(lock=True)``) keeps other writers, in this process or others, off the directory
     until ``close()``.
@@ -239,6 +242,7 @@ class PassageIndex:
         self._encoder = encoder
         self._fingerprint = fingerprint
         self._mutex = threading.RLock()
+        self.attributes: dict[str, Any] = {}
         self._dir_locks: dict[Path, storage.DirectoryLock] = {}
         self._version = 0
         self._caches: tuple[int, _Caches] | None = None
@@ -712,6 +716,7 @@ class PassageIndex:
             "count": len(self),
             "next_row_id": self._next_row_id,
             "encoder_fingerprint": self._fingerprint,
+            "attributes": self.attributes,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),  # noqa: UP017 (py3.10)
             "library_versions": {
                 "python": platform.python_version(),
@@ -843,6 +848,10 @@ class PassageIndex:
                      fingerprint=m["encoder_fingerprint"] if encoder is None or _fingerprint(encoder) is None
                      else _fingerprint(encoder))
         logger.info("loaded %d windows from %s (%s%s)", len(index), target, backend.layout, ", mmap" if backend.mmapped else "")
+        attributes = m.get("attributes", {})
+        if not isinstance(attributes, dict):
+            raise fail(f"manifest.json attributes must be a JSON object, got {type(attributes).__name__}")
+        index.attributes = attributes
         return index
 
     def close(self) -> None:

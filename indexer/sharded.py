@@ -302,6 +302,15 @@ class ShardedPassageIndex:
         self._setup(parts, encoder=encoder, fingerprint=_fingerprint(encoder) if encoder is not None else None,
                     workers=workers)
 
+    @property
+    def attributes(self) -> dict[str, Any]:
+        """A JSON-ready dict saved with the index (kept in the first shard's manifest)."""
+        return self._shards[0].attributes
+
+    @attributes.setter
+    def attributes(self, value: dict[str, Any]) -> None:
+        self._shards[0].attributes = value
+
     def _setup(self, parts: list[PassageIndex], *, encoder: QueryEncoder | None, fingerprint: str | None,
                workers: int | None) -> None:
         self._shards = parts

@@ -201,6 +201,12 @@ def index_documents(
             )
         if index.encoder is not encoder:
             index.encoder = encoder
+        recorded = index.attributes.get("label_map")
+        if recorded is not None and list(recorded) != list(clf.labels):
+            raise ConfigError(
+                f"the index holds predictions of a classifier with labels {recorded}; this classifier's labels are "
+                f"{list(clf.labels)} (pred_probs are stored in label order): use that classifier or a new index"
+            )
 
     precomputed = None
     if _is_analysis(documents):
@@ -232,6 +238,7 @@ def index_documents(
 
     if index is None:
         index = PassageIndex(dim=encoder.dim, encoder=encoder)
+    index.attributes = {**index.attributes, "label_map": list(clf.labels)}
     # changed documents that now have no windows would keep their old windows through upsert: remove them
     emptied = sorted(set(todo_ids.to_list()) & set(old) - set(passages["doc_id"].unique().to_list()))
     if emptied:

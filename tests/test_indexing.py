@@ -140,3 +140,22 @@ def test_refuses_an_index_of_another_encoder(clf):
     other._fingerprint = "0" * 32  # as if built by another model
     with pytest.raises(ConfigError, match="another encoder"):
         index_documents(clf, ["team player"], index=other)
+
+
+def test_an_index_refuses_a_classifier_with_another_label_map(tiny_model_dir, tmp_path):
+    from indexer import PassageIndex
+    from longdoc.classifier import LongDocClassifier
+    from longdoc.errors import ConfigError
+    from longdoc.indexing import index_documents
+    from longdoc.windows import WindowConfig
+
+    window = WindowConfig(max_length=32, stride=8)
+    first = LongDocClassifier.from_encoder(tiny_model_dir, labels=["a", "b"], window=window, device="cpu")
+    index, _ = index_documents(first, ["file mode bits", "index search query"])
+    index.save(tmp_path / "index")
+    index.close()
+    loaded = PassageIndex.load(tmp_path / "index")
+    assert loaded.attributes["label_map"] == ["a", "b"]
+    other = LongDocClassifier.from_encoder(tiny_model_dir, labels=["b", "a"], window=window, device="cpu")
+    with pytest.raises(ConfigError, match="labels"):
+        index_documents(other, ["read write run"], index=loaded)
