@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from indexer.storage import recover_stale, replace_directory
 from longdoc import calibration
 from longdoc.data import check_unique_ids, documents_from_texts, load_documents
-from longdoc.encoder import WindowEncoder, pool
+from longdoc.encoder import WindowEncoder
 from longdoc.errors import ConfigError, DataError, ModelLoadError
 from longdoc.heads import DocumentHead, HeadConfig, MultiTaskHead, predict_probs
 from longdoc.metrics import classification_report, save_confusion_matrix_png
@@ -549,10 +549,7 @@ class LongDocClassifier:
             with autocast:
                 window_emb = torch.zeros((0, self.encoder.dim), device=device)
                 if len(flat):
-                    hidden = model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
-                    window_emb = pool(hidden, mask.to(device), self.encoder.pooling).float()
-                    if self.encoder.normalize:
-                        window_emb = torch.nn.functional.normalize(window_emb, dim=-1)
+                    window_emb = self.encoder.embed(ids.to(device), mask.to(device)).float()
                 # rows of `window_emb` are in `flat` order: re-index per document
                 local, pos = [], 0
                 for r in rows:
