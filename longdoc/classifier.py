@@ -816,14 +816,7 @@ class LongDocClassifier:
         encoder = WindowEncoder(directory / "encoder", device=device, window=window, dtype=dtype, **enc_settings)
         if encoder.dim != head_config.hidden_size:
             raise ModelLoadError(f"encoder dim {encoder.dim} does not match the head's hidden_size {head_config.hidden_size}")
-        head = DocumentHead(head_config)
-        head_path = directory / "head.safetensors"
-        if not head_path.is_file():
-            raise ModelLoadError(f"{directory}: head.safetensors is missing")
-        try:
-            head.load_state_dict(load_file(head_path))
-        except (RuntimeError, OSError, SafetensorError) as exc:
-            raise ModelLoadError(f"{head_path} does not match the head in config.json: {exc}") from exc
+        head = _load_weights(DocumentHead(head_config), directory / "head.safetensors", "the head")
         tasks, task_head = {}, None
         task_configs = config.get("tasks") or {}
         if task_configs:
@@ -833,13 +826,7 @@ class LongDocClassifier:
                 task_head = MultiTaskHead({name: HeadConfig.from_dict(t["head"]) for name, t in task_configs.items()})
             except (KeyError, TypeError) as exc:
                 raise ModelLoadError(f"{config_path}: malformed 'tasks' entry: {exc}") from exc
-            task_path = directory / "task_heads.safetensors"
-            if not task_path.is_file():
-                raise ModelLoadError(f"{directory}: task_heads.safetensors is missing for tasks {sorted(tasks)}")
-            try:
-                task_head.load_state_dict(load_file(task_path))
-            except (RuntimeError, OSError, SafetensorError) as exc:
-                raise ModelLoadError(f"{task_path} does not match the tasks in config.json: {exc}") from exc
+            task_head = _load_weights(task_head, directory / "task_heads.safetensors", f"the tasks {sorted(tasks)}")
         thresholds = config.get("thresholds")
         clf = cls(encoder, head.eval(), labels, temperature=config.get("temperature", 1.0),
                   thresholds=None if thresholds is None else np.asarray(thresholds, dtype=np.float32),
@@ -850,6 +837,17 @@ class LongDocClassifier:
                 clf.task_thresholds[name] = np.asarray(t["thresholds"], dtype=np.float32)
         clf.history = config.get("history", [])
         return clf
+
+
+def _load_weights(module: torch.nn.Module, path: Path, what: str) -> Any:
+    """Load a safetensors file into ``module``; a missing, truncated or mismatching file is a ModelLoadError."""
+    if not path.is_file():
+        raise ModelLoadError(f"{path} is missing ({what} in config.json need it)")
+    try:
+        module.load_state_dict(load_file(path))
+    except (RuntimeError, OSError, SafetensorError) as exc:
+        raise ModelLoadError(f"{path} does not match {what} in config.json: {exc}") from exc
+    return module
 
 
 def _refuse_links_out_of(directory: Path) -> None:
