@@ -354,6 +354,15 @@ def _decode(data: bytes, fallback: str) -> tuple[str, str | None]:
         return data.decode(fallback, errors="replace"), f"not valid UTF-8: decoded as {fallback} with replacement"
 
 
+def _bad_line(path: Path, lineno: int, reason: str, opts: _Options) -> tuple[dict[str, Any], str, str]:
+    """An unreadable line: ``DataError`` (``on_bad_line="error"``), or an empty record that keeps the reason
+    (``"warn"``): returns (record, warning, fallback id)."""
+    if opts.on_bad_line == "error":
+        raise DataError(f"{path}: {reason}; fix it or pass on_bad_line='warn' to keep going") from None
+    logger.warning("%s: %s; kept as an empty document", path, reason)
+    return {}, reason, f"{path.name}:{lineno}"
+
+
 def _read_json_lines(path: Path, opts: _Options, chunk_size: int | None) -> Iterator[_Chunk]:
     records: list[Any] = []
     warnings: list[str | None] = []
@@ -369,11 +378,8 @@ def _read_json_lines(path: Path, opts: _Options, chunk_size: int | None) -> Iter
                 if not isinstance(record, dict):
                     raise ValueError(f"expected a JSON object, got {type(record).__name__}")
             except ValueError as exc:
-                reason = f"line {lineno} of {path.name} is not a JSON object: {exc}"
-                if opts.on_bad_line == "error":
-                    raise DataError(f"{path}: {reason}; fix it or pass on_bad_line='warn' to keep going") from None
-                logger.warning("%s: %s; kept as an empty document", path, reason)
-                record, warning, fallback_id = {}, reason, f"{path.name}:{lineno}"
+                record, warning, fallback_id = _bad_line(
+                    path, lineno, f"line {lineno} of {path.name} is not a JSON object: {exc}", opts)
             records.append(record)
             warnings.append(warning)
             fallback_ids.append(fallback_id)
@@ -453,11 +459,8 @@ def _read_csv(path: Path, opts: _Options, chunk_size: int | None, delimiter: str
             if problem is None:
                 record: dict[str, Any] = dict(zip(header, row, strict=True))
             else:
-                reason = f"line {first} of {path.name} is not a valid CSV row: {problem}"
-                if opts.on_bad_line == "error":
-                    raise DataError(f"{path}: {reason}; fix it or pass on_bad_line='warn' to keep going")
-                logger.warning("%s: %s; kept as an empty document", path, reason)
-                record, warning, fallback_id = {}, reason, f"{path.name}:{first}"
+                record, warning, fallback_id = _bad_line(
+                    path, first, f"line {first} of {path.name} is not a valid CSV row: {problem}", opts)
             records.append(record)
             warnings.append(warning)
             fallback_ids.append(fallback_id)
