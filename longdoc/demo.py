@@ -170,13 +170,13 @@ def run_demo(
 
     def build_index():
         index = None
-        for part in ("train", "val", "test"):
-            if part in comparison.encoded:
-                index, _ = index_documents(clf, comparison.encoded[part], index=index,
-                                           show_progress_bar=show_progress_bar)
-        reused = all(e.fingerprint == clf.encoder.fingerprint for e in comparison.encoded.values())
+        parts = {"train": train, "val": val, "test": test}
+        for part, pages in parts.items():
+            index, _ = index_documents(clf, comparison.encoded.get(part, pages), index=index,
+                                       show_progress_bar=show_progress_bar)
+        reused = len(comparison.encoded) == len(parts)
         how = ("from the encodings of the training step (no page encoded again)" if reused else
-               "re-encoded with the fine-tuned encoder (the training-step encodings came from the pretrained one)")
+               "encoded with the fine-tuned encoder")
         say(f"index: {len(index)} windows of {len(index.doc_ids)} pages ({index.layout}), {how}")
         return index
 

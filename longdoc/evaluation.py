@@ -3,14 +3,16 @@
 Every method is trained and scored on the same split:
 
 * ``hierarchical``: the classifier as configured (all windows, its pooling head).
-* ``first512``: only the first window of each document (plain truncation), a mean head over it: with the frozen
-  encoder this is a linear model on the first-window embedding; with ``mode="finetune"`` it is the usual
-  first-512 fine-tuning recipe.
-* ``head_tail``: one window made of the first quarter of the window's tokens and the last ones (exactly
-  128 + 382 for 512-token windows), which often beats plain truncation.
+* ``first512``: each document truncated to its first 512 tokens (the model's limit), a mean head over that one
+  window: with the frozen encoder a linear model on its embedding; with ``mode="finetune"`` the usual first-512
+  fine-tuning recipe.
+* ``head_tail``: one 512-token window of the first 128 and the last 382 document tokens, which often beats plain
+  truncation (frozen encoder only).
 * ``tfidf``: TF-IDF word 1-2 grams + logistic regression on the full text.
 
-The windows are cut and encoded once and shared by every frozen method.
+The truncation baselines always see the model's full 512 tokens, whatever window length the classifier uses
+(with shorter windows they are cut and encoded separately). With the frozen encoder every document is encoded
+once and the embeddings are shared by every method that can share them.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from longdoc.errors import ConfigError
 from longdoc.heads import DocumentHead, HeadConfig
 from longdoc.metrics import classification_report
 from longdoc.training import TrainConfig
-from longdoc.windows import WindowConfig, Windows
+from longdoc.windows import WindowConfig, Windows, make_windows
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +46,8 @@ class Comparison:
     Attributes:
         table: one row per method: method, accuracy, macro_f1, micro_f1, ece, seconds (training + scoring).
         reports: the full ``classification_report`` of each method.
-        encoded: the shared encodings (``"train"``, ``"test"`` and ``"val"`` when given), reusable for indexing.
+        encoded: the shared encodings (``"train"``, ``"test"`` and ``"val"`` when given), reusable for indexing;
+            frozen mode only (empty after fine-tuning: the encoder that made them has changed).
     """
 
     table: pl.DataFrame
@@ -55,6 +58,24 @@ class Comparison:
 def head_tokens(window: WindowConfig) -> int:
     """Head length of the head+tail baseline: 128 of the 510 document tokens of a 512 window, scaled."""
     return window.content_length * 128 // 510
+
+
+def truncation_length(clf: LongDocClassifier) -> int:
+    """Tokens a single-pass truncation baseline sees: 512, or fewer for a model with fewer positions."""
+    return min(512, int(getattr(clf.encoder.model.config, "max_position_embeddings", 512)))
+
+
+def truncation_windows(clf: LongDocClassifier, documents: pl.DataFrame, windows: Windows) -> Windows:
+    """The first and last window of each document at the truncation length (input of both truncation baselines).
+
+    ``windows`` (the classifier's windows of ``documents``) are reused when they already have that length;
+    otherwise the documents are cut again (head + tail windows only).
+    """
+    length = truncation_length(clf)
+    if clf.window.max_length == length:
+        return windows
+    config = WindowConfig(max_length=length, stride=min(128, length - 3), max_windows=2)
+    return make_windows(documents, clf.encoder.tokenizer, config)
 
 
 def first_windows(windows: Windows) -> Windows:
@@ -138,27 +159,31 @@ def compare_with_baselines(
     if unknown:
         raise ConfigError(f"baselines {unknown} are unknown; valid: {list(BASELINES)}")
     rows, reports = [], {}
-    started = time.perf_counter()
+    frozen = args.mode == "frozen"
     pretrained = clf.encoder.model_name_or_path
-    encoded = {"train": clf.encode(train_docs, show_progress_bar=show_progress_bar),
-               "test": clf.encode(test_docs, show_progress_bar=show_progress_bar)}
-    if val_docs is not None:
-        encoded["val"] = clf.encode(val_docs, show_progress_bar=show_progress_bar)
-    encode_seconds = time.perf_counter() - started
-    logger.info("encoded every split once in %.1f s", encode_seconds)
+    splits = {"train": train_docs, "test": test_docs, **({"val": val_docs} if val_docs is not None else {})}
+    started = time.perf_counter()
+    if frozen:  # encode once, share the embeddings
+        data: dict[str, Any] = {name: clf.encode(docs, show_progress_bar=show_progress_bar)
+                                for name, docs in splits.items()}
+        logger.info("encoded every split once in %.1f s", time.perf_counter() - started)
+    else:  # each fine-tuned model encodes with its own weights: only read the documents here
+        data = {name: clf._documents(docs) for name, docs in splits.items()}
 
-    def run(method: str, model: LongDocClassifier, split: dict[str, Encoded]) -> None:
+    def documents(name: str) -> pl.DataFrame:
+        return data[name].documents if frozen else data[name]
+
+    def run(method: str, model: LongDocClassifier, split: dict[str, Any]) -> None:
         t0 = time.perf_counter()
         model.fit(split["train"], eval_dataset=split.get("val"), args=args, show_progress_bar=show_progress_bar)
         reports[method] = model.evaluate(split["test"])
         rows.append(_row(method, reports[method], time.perf_counter() - t0))
         logger.info("%s: accuracy %.4f, macro-F1 %.4f", method, reports[method]["accuracy"], reports[method]["macro_f1"])
 
-    frozen = args.mode == "frozen"
     for method in baselines:
         if method == "tfidf":
             t0 = time.perf_counter()
-            train_table, test_table = encoded["train"].documents, encoded["test"].documents
+            train_table, test_table = documents("train"), documents("test")
             multi = clf.multi_label
             y_train = train_table["labels"].to_list() if multi else [r[0] for r in train_table["labels"].to_list()]
             y_test = test_table["labels"].to_list() if multi else [r[0] for r in test_table["labels"].to_list()]
@@ -173,30 +198,32 @@ def compare_with_baselines(
             if method == "head_tail":
                 logger.warning("head_tail is measured with the frozen encoder only; skipped in fine-tuning mode")
                 continue
-            # the usual first-512 recipe: fine-tune the pretrained encoder on each document's first window
-            window = WindowConfig(clf.window.max_length, clf.window.stride, max_windows=1)
+            # the usual first-512 recipe: fine-tune the pretrained encoder on each document's first 512 tokens
+            window = WindowConfig(truncation_length(clf), min(128, truncation_length(clf) - 3), max_windows=1)
             model = LongDocClassifier.from_encoder(pretrained, labels=clf.labels, window=window, pooling="mean",
                                                    multi_label=clf.multi_label, device=str(clf.encoder.device),
                                                    dtype=clf.encoder.dtype)
-            run(method, model, {name: enc.documents for name, enc in encoded.items()})
+            run(method, model, data)
             continue
         model = _sibling(clf, "mean")
         tok = clf.encoder.tokenizer
         split = {}
-        for name, enc in encoded.items():
+        for name, enc in data.items():
+            windows = truncation_windows(clf, enc.documents, enc.windows)
+            reuse = windows is enc.windows
             if method == "first512":
-                split[name] = _with_windows(enc, model, first_windows(enc.windows), reencode=False)
+                split[name] = _with_windows(enc, model, first_windows(windows), reencode=not reuse)
             else:
-                win = head_tail_windows(enc.windows, head=head_tokens(clf.window),
+                win = head_tail_windows(windows, head=128 * truncation_length(clf) // 512,
                                         cls_id=tok.cls_token_id, sep_id=tok.sep_token_id)
                 split[name] = _with_windows(enc, model, win, reencode=True)
         run(method, model, split)
-    run("hierarchical", clf, encoded)
+    run("hierarchical", clf, data)
     table = pl.DataFrame(rows)
     order = ["hierarchical", *[b for b in BASELINES if b in baselines]]
     table = table.with_columns(pl.col("method").cast(pl.Enum(order))).sort("method").with_columns(
         pl.col("method").cast(pl.Utf8))
-    return Comparison(table=table, reports=reports, encoded=encoded)
+    return Comparison(table=table, reports=reports, encoded=data if frozen else {})
 
 
 def _align_probs(model: TfidfLogReg, labels: Sequence[str], texts: list[str]) -> np.ndarray:
