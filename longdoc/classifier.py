@@ -35,6 +35,7 @@ from longdoc.heads import DocumentHead, HeadConfig, MultiTaskHead, predict_probs
 from longdoc.metrics import classification_report, save_confusion_matrix_png
 from longdoc.training import (
     TrainConfig,
+    attention_dropout,
     freeze_encoder_layers,
     linear_schedule,
     load_checkpoint,
@@ -567,8 +568,9 @@ class LongDocClassifier:
             return self._validation_score(logits, y_val)
 
         try:
-            self._epoch_loop(n_train=train_docs.height, args=args, step_fn=step, evaluate_fn=evaluate,
-                             encoder_trains=True, show=show)
+            with attention_dropout(model, args.attention_dropout):
+                self._epoch_loop(n_train=train_docs.height, args=args, step_fn=step, evaluate_fn=evaluate,
+                                 encoder_trains=True, show=show)
         finally:
             if args.gradient_checkpointing:
                 model.gradient_checkpointing_disable()

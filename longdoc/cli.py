@@ -264,6 +264,7 @@ _TRAIN_HELP = {
     "max_train_windows": "windows per document per training step in finetune (a random ordered subset)",
     "train_top_layers": "finetune only the top N encoder layers (default: all)",
     "gradient_checkpointing": "trade compute for memory in finetune",
+    "attention_dropout": "attention-probability dropout while fine-tuning (0 keeps the fused attention kernels)",
     "class_weights": "'balanced' weights classes by inverse frequency",
     "patience": "stop after this many epochs without a better validation macro-F1",
     "calibrate": "fit the temperature (and multi-label thresholds) on the eval set",

@@ -92,6 +92,33 @@ class _Steps:
         return round(time.perf_counter() - self.t0, 2)
 
 
+def demo_pages(
+    *, pages_per_section: int = 100, man_root: str = "/usr/share/man", show_progress_bar: bool | None = None
+) -> tuple[Any, int]:
+    """The demo's corpus: man pages of ``SECTIONS``, rendered, at least ``MIN_WORDS`` words; (pages, dropped)."""
+    import polars as pl
+
+    from longdoc.errors import DataError
+    from longdoc.manpages import load_man_pages
+
+    pages = load_man_pages(root=man_root, sections=SECTIONS, max_per_section=pages_per_section, seed=0,
+                           show_progress=show_progress_bar)
+    kept = pages.filter(pl.col("warning").is_null() & (pl.col("n_words") >= MIN_WORDS))
+    if kept.height < 2 * len(SECTIONS):
+        raise DataError(f"only {kept.height} usable man pages under {man_root!r}; the demo needs man pages "
+                        "(install man-db / manpages, or pass --man-root)")
+    return kept, pages.height - kept.height
+
+
+def demo_split(pages: Any) -> tuple[Any, Any, Any]:
+    """The demo's fixed split, stratified by section: (train, validation, test) = 64% / 11% / 25%."""
+    from longdoc.corpora import stratified_split
+
+    rest, test = stratified_split(pages, test_size=0.25, seed=0)
+    train, val = stratified_split(rest, test_size=0.15, seed=1)
+    return train, val, test
+
+
 def run_demo(
     *,
     pages_per_section: int = 100,
@@ -116,11 +143,8 @@ def run_demo(
 
     from longdoc.classifier import LongDocClassifier
     from longdoc.cli import format_table, safe_text
-    from longdoc.corpora import stratified_split
-    from longdoc.errors import DataError
     from longdoc.evaluation import compare_with_baselines
     from longdoc.indexing import index_documents
-    from longdoc.manpages import load_man_pages
     from longdoc.metrics import format_report
     from longdoc.training import TrainConfig
     from longdoc.windows import WindowConfig
@@ -137,20 +161,15 @@ def run_demo(
         f"tokens, overlap {stride}, at most {max_windows} per page")
 
     def corpus() -> pl.DataFrame:
-        pages = load_man_pages(root=man_root, sections=SECTIONS, max_per_section=pages_per_section, seed=0,
-                               show_progress=show_progress_bar)
-        kept = pages.filter(pl.col("warning").is_null() & (pl.col("n_words") >= MIN_WORDS))
-        if kept.height < 2 * len(SECTIONS):
-            raise DataError(f"only {kept.height} usable man pages under {man_root!r}; the demo needs man pages "
-                            "(install man-db / manpages, or pass --man-root)")
+        kept, dropped = demo_pages(pages_per_section=pages_per_section, man_root=man_root,
+                                   show_progress_bar=show_progress_bar)
         counts = kept.group_by("section").len().sort("section")
-        say(f"{kept.height} pages ({pages.height - kept.height} dropped: unrendered or under {MIN_WORDS} words); "
+        say(f"{kept.height} pages ({dropped} dropped: unrendered or under {MIN_WORDS} words); "
             + ", ".join(f"section {s}: {n}" for s, n in counts.iter_rows()))
         return kept
 
     docs = steps.run("corpus (man pages)", corpus)
-    rest, test = stratified_split(docs, test_size=0.25, seed=0)
-    train, val = stratified_split(rest, test_size=0.15, seed=1)
+    train, val, test = demo_split(docs)
     labels = sorted({x for row in docs["labels"].to_list() for x in row})
     say(f"split: {train.height} train, {val.height} validation, {test.height} test (stratified by section)")
 

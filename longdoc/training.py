@@ -23,7 +23,8 @@ import math
 import random
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,10 @@ class TrainConfig:
         max_train_windows: windows per document per training step in fine-tuning (a random ordered subset).
         train_top_layers: fine-tune only the top N encoder layers (``None``: all layers and embeddings).
         gradient_checkpointing: trade compute for memory in fine-tuning.
+        attention_dropout: dropout on the attention probabilities while fine-tuning. ``0.0`` (the default) keeps
+            scaled-dot-product attention on its fused kernels: with dropout, PyTorch's CPU attention falls back
+            to the unfused path and a MiniLM training step is 3.4x slower (benchmarks/RESULTS.md). ``None``
+            keeps the checkpoint's own value (0.1 for BERT). The saved model is unchanged either way.
         class_weights: ``"balanced"`` weights classes by inverse frequency; ``None`` does not.
         patience: stop after this many epochs without a better validation macro-F1 (needs an eval set).
         calibrate: fit a temperature (and multi-label thresholds) on the eval set after training.
@@ -74,6 +79,7 @@ class TrainConfig:
     max_train_windows: int = 8
     train_top_layers: int | None = None
     gradient_checkpointing: bool = False
+    attention_dropout: float | None = 0.0
     class_weights: str | None = None
     patience: int = 4
     calibrate: bool = True
@@ -92,6 +98,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        if self.attention_dropout is not None and not 0 <= self.attention_dropout < 1:
+            raise ConfigError(f"attention_dropout must be None or in [0, 1), got {self.attention_dropout!r}")
         if self.train_top_layers is not None and self.train_top_layers < 0:
             raise ConfigError(f"train_top_layers must be None or >= 0, got {self.train_top_layers!r}")
         if self.class_weights not in (None, "balanced"):
@@ -157,6 +165,27 @@ def freeze_encoder_layers(model: torch.nn.Module, train_top_layers: int | None) 
     for layer in layers[: max(0, len(layers) - train_top_layers)]:
         for p in layer.parameters():
             p.requires_grad = False
+
+
+@contextmanager
+def attention_dropout(model: torch.nn.Module, p: float | None) -> Iterator[int]:
+    """Set the attention-probability dropout of every attention module to ``p`` inside the block, then restore.
+
+    Attention modules are those whose class name contains ``Attention`` and that own a ``dropout`` layer (the
+    Hugging Face BERT family). ``p=None`` changes nothing. Yields how many modules were changed.
+    """
+    changed: list[tuple[torch.nn.Dropout, float]] = []
+    if p is not None:
+        for module in model.modules():
+            layer = getattr(module, "dropout", None)
+            if "Attention" in type(module).__name__ and isinstance(layer, torch.nn.Dropout):
+                changed.append((layer, layer.p))
+                layer.p = float(p)
+    try:
+        yield len(changed)
+    finally:
+        for layer, old in changed:
+            layer.p = old
 
 
 # ---------------------------------------------------------------------- checkpoints (no pickle)

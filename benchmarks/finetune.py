@@ -1,0 +1,223 @@
+"""Fine-tuning: classification quality against the first-512 fine-tune, retrieval before and after, throughput.
+
+Three parts, each printing JSON lines:
+
+* ``quality``: the man-page sections of ``longdoc demo`` (same pages, same stratified split), for each seed:
+  the hierarchical classifier fine-tuned end to end against the usual first-512 fine-tune and TF-IDF, all
+  through ``compare_with_baselines(..., args=TrainConfig(mode="finetune"))``.
+* ``retrieval``: on the test pages (never trained on), the NAME line as the query and its own page as the
+  relevant document, all windows indexed, with the pretrained encoder and with each fine-tuned one. This says
+  whether classification fine-tuning hurts the embeddings the index keeps.
+* ``throughput``: training tokens/s of the fine-tuning step (windows of a batch of documents through the
+  encoder and the head, backward, AdamW) against a plain Hugging Face ``BertModel`` + linear layer trained on
+  the same padded windows, for a BERT-base-sized random model (``--throughput-model``).
+
+    python benchmarks/finetune.py --seeds 3                    # GPU: the full run
+    python benchmarks/finetune.py --seeds 1 --epochs 2 --pages-per-section 60 --max-train-windows 3   # CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import emit, machine, setup_logging  # noqa: E402
+
+from longdoc.classifier import LongDocClassifier  # noqa: E402
+from longdoc.demo import cpu_has_bf16, demo_pages, demo_split  # noqa: E402
+from longdoc.encoder import WindowEncoder, default_model_path  # noqa: E402
+from longdoc.evaluation import compare_with_baselines  # noqa: E402
+from longdoc.training import TrainConfig  # noqa: E402
+from longdoc.windows import WindowConfig, make_windows  # noqa: E402
+
+logger = logging.getLogger("benchmarks.finetune")
+
+#: Retrieval windows: the best measured for man pages (benchmarks/RESULTS.md, retrieval quality).
+RETRIEVAL_WINDOW = WindowConfig(max_length=256, stride=64)
+
+
+def retrieval(encoder: WindowEncoder, pages: pl.DataFrame, name: str) -> dict[str, Any]:
+    """NAME line -> its own page over ``pages``: dense and hybrid recall@10 / MRR with all windows indexed."""
+    from indexer import PassageIndex
+    from indexer.evaluation import evaluate
+
+    windows = make_windows(pages, encoder.tokenizer, RETRIEVAL_WINDOW)
+    t0 = time.perf_counter()
+    emb = encoder.encode_windows(windows, show_progress_bar=False)
+    seconds = time.perf_counter() - t0
+    texts = windows.texts(pages)
+    passages = windows.table.select("doc_id", "window_index", "char_start", "char_end").with_columns(
+        pl.Series("text", texts))
+    index = PassageIndex.build(emb, passages)
+    queries = pages["name_line"].to_list()
+    qv = encoder.encode(queries)
+    relevant = [{d} for d in pages["doc_id"].to_list()]
+    out: dict[str, Any] = {"encoder": name, "pages": pages.height, "windows": len(windows),
+                           "encode_seconds": round(seconds, 1)}
+    for mode, q in (("dense", qv), ("hybrid", queries)):
+        metrics = evaluate(index, q, relevant, k=10, mode=mode)
+        out.update({f"{mode}_{k}": round(float(v), 4) for k, v in metrics.items()})
+    return out
+
+
+def quality(args: argparse.Namespace, device: str, dtype: torch.dtype) -> None:
+    pages, dropped = demo_pages(pages_per_section=args.pages_per_section)
+    train, val, test = demo_split(pages)
+    labels = sorted({x for row in pages["labels"].to_list() for x in row})
+    emit({"bench": "finetune", "what": "corpus", "pages": pages.height, "dropped": dropped, "train": train.height,
+          "val": val.height, "test": test.height, "labels": labels})
+    window = WindowConfig(args.max_length, args.stride, max_windows=args.max_windows)
+    if not args.no_retrieval:
+        emit({"bench": "finetune", "what": "retrieval", "seed": None,
+              **retrieval(WindowEncoder(args.model, device=device, dtype=dtype), test, "pretrained")})
+    for seed in range(args.seeds):
+        clf = LongDocClassifier.from_encoder(args.model, labels=labels, window=window, pooling=args.pooling,
+                                             device=device, dtype=dtype)
+        config = TrainConfig(mode="finetune", epochs=args.epochs, batch_size=args.batch_size,
+                             max_train_windows=args.max_train_windows, encoder_lr=args.encoder_lr,
+                             head_lr=args.head_lr, patience=args.patience, seed=seed)
+        t0 = time.perf_counter()
+        comparison = compare_with_baselines(clf, train, test, args=config, val_docs=val,
+                                            baselines=tuple(args.baselines), show_progress_bar=False)
+        for row in comparison.table.to_dicts():
+            emit({"bench": "finetune", "what": "classification", "seed": seed, "window": window.to_dict(),
+                  "epochs": args.epochs, "max_train_windows": args.max_train_windows, **row})
+        logger.info("seed %d: %.0f s", seed, time.perf_counter() - t0)
+        if not args.no_retrieval:
+            emit({"bench": "finetune", "what": "retrieval", "seed": seed,
+                  **retrieval(clf.encoder, test, f"fine-tuned ({args.pooling} head, seed {seed})")})
+
+
+def _random_model(config_name: str, directory: str) -> str:
+    """A randomly initialised BERT of the given size with the packaged tokenizer (speed only)."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    sizes = {"bert-base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+                           "intermediate_size": 3072},
+             "minilm": {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12,
+                        "intermediate_size": 1536}}
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=30522, **sizes[config_name])).save_pretrained(directory)
+    AutoTokenizer.from_pretrained(default_model_path()).save_pretrained(directory)
+    return directory
+
+
+def throughput(args: argparse.Namespace, device: str) -> None:
+    """Training tokens/s: LongDocClassifier fine-tuning vs a plain BertModel + linear layer on the same windows."""
+    from transformers import BertModel
+
+    rng = np.random.default_rng(0)
+    n_docs, windows_per_doc, length = args.throughput_docs, args.max_train_windows, 512
+    words = ["file", "system", "option", "network", "print", "user", "process", "memory", "device", "read"]
+    # every document long enough for windows_per_doc full 512-token windows
+    texts = [" ".join(rng.choice(words, size=(length - 120) * windows_per_doc)) for _ in range(n_docs)]
+    labels = [str(i % 4) for i in range(n_docs)]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _random_model(args.throughput_model, tmp)
+        clf = LongDocClassifier.from_encoder(path, labels=sorted(set(labels)), device=device,
+                                             window=WindowConfig(length, 128, max_windows=windows_per_doc))
+        windows = make_windows(texts, clf.encoder.tokenizer, clf.window)
+        tokens = int(windows.lengths.sum())
+        config = TrainConfig(mode="finetune", epochs=1, batch_size=args.throughput_batch,
+                             max_train_windows=windows_per_doc, calibrate=False, warmup_ratio=0.0)
+        clf.fit(texts, labels, args=config, show_progress_bar=False)  # warm-up (kernels, allocator)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        clf.fit(texts, labels, args=config, show_progress_bar=False)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        ours = time.perf_counter() - t0
+
+        # the peer: a plain training loop on ready padded windows (no windowing, no head, no data handling),
+        # in train mode with the same attention dropout (0), then with BERT's default 0.1
+        ids = torch.from_numpy(np.stack([windows.ids(i) for i in range(len(windows))]).astype(np.int64))
+        y = torch.from_numpy(np.repeat(np.arange(n_docs) % 4, windows_per_doc))
+        batch = args.throughput_batch * windows_per_doc
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda")
+                    else torch.autocast("cpu", enabled=False))
+        plain = {}
+        for dropout in (0.0, 0.1):
+            model = BertModel.from_pretrained(path, attention_probs_dropout_prob=dropout).to(device).train()
+            linear = torch.nn.Linear(model.config.hidden_size, 4).to(device)
+            optimizer = torch.optim.AdamW([*model.parameters(), *linear.parameters()], lr=2e-5)
+
+            def epoch(model: Any = model, linear: Any = linear, optimizer: Any = optimizer) -> None:
+                for start in range(0, len(ids), batch):
+                    x = ids[start:start + batch].to(device, non_blocking=True)
+                    with autocast:
+                        h = model(input_ids=x, attention_mask=torch.ones_like(x)).last_hidden_state[:, 0]
+                        target = y[start:start + batch].to(device)
+                        loss = torch.nn.functional.cross_entropy(linear(h).float(), target)
+                    loss.backward()
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+
+            epoch()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            epoch()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            plain[dropout] = time.perf_counter() - t0
+    base = {"bench": "finetune", "what": "throughput", "model": args.throughput_model, "device": device,
+            "docs": n_docs, "windows": len(windows), "tokens": tokens}
+    emit({**base, "impl": "LongDocClassifier.fit(mode='finetune')", "seconds": round(ours, 2),
+          "tokens_per_s": round(tokens / ours)})
+    for dropout, seconds in plain.items():
+        emit({**base, "impl": f"plain BertModel + Linear training loop, attention dropout {dropout}",
+              "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds)})
+    emit({**base, "figure": "ratio", "what": "longdoc / plain (same attention dropout)",
+          "value": round(plain[0.0] / ours, 3)})
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", default="quality,throughput", help="comma-separated: quality, throughput")
+    parser.add_argument("--model", default=None, help="encoder (default: the packaged MiniLM)")
+    parser.add_argument("--device", default=None, help="default: cuda when available")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--pages-per-section", type=int, default=100)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--stride", type=int, default=32)
+    parser.add_argument("--max-windows", type=int, default=6)
+    parser.add_argument("--max-train-windows", type=int, default=4)
+    parser.add_argument("--pooling", default="attention")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--encoder-lr", type=float, default=3e-5)
+    parser.add_argument("--head-lr", type=float, default=1e-3)
+    parser.add_argument("--patience", type=int, default=2)
+    parser.add_argument("--baselines", nargs="*", default=["first512", "tfidf"])
+    parser.add_argument("--no-retrieval", action="store_true")
+    parser.add_argument("--throughput-model", choices=("bert-base", "minilm"), default="bert-base")
+    parser.add_argument("--throughput-docs", type=int, default=256)
+    parser.add_argument("--throughput-batch", type=int, default=8, help="documents per step")
+    args = parser.parse_args(argv)
+    setup_logging()
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.model = args.model or default_model_path()
+    # inference (validation, test, retrieval) in bf16 where it is fast; training runs fp32 weights either way
+    dtype = torch.bfloat16 if device.startswith("cuda") or cpu_has_bf16() else torch.float32
+    emit({"bench": "finetune", "machine": machine(), "device": device, "inference_dtype": str(dtype),
+          "args": {k: v for k, v in vars(args).items() if k != "model"}})
+    parts = set(args.parts.split(","))
+    if "throughput" in parts:
+        throughput(args, device)
+    if "quality" in parts:
+        quality(args, device, dtype)
+
+
+if __name__ == "__main__":
+    main()
