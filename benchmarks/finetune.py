@@ -58,7 +58,7 @@ def retrieval(encoder: WindowEncoder, pages: pl.DataFrame, name: str) -> dict[st
     texts = windows.texts(pages)
     passages = windows.table.select("doc_id", "window_index", "char_start", "char_end").with_columns(
         pl.Series("text", texts))
-    index = PassageIndex.build(emb, passages)
+    index = PassageIndex.build(emb, passages, encoder=encoder)
     queries = pages["name_line"].to_list()
     qv = encoder.encode(queries)
     relevant = [{d} for d in pages["doc_id"].to_list()]

@@ -4,7 +4,8 @@
 layouts the indexer uses (an ``IndexIDMap2`` around a flat or scalar-quantised index, an IVF index fed with
 ``add_with_ids``, or any ``index_factory`` string), trains on the first add when needed, runs filtered searches
 with an ``IDSelector`` inside faiss, reads and writes the CPU form, and moves a copy to the GPU for unfiltered
-search when faiss sees one.
+search when faiss sees one. Where faiss has no GPU build but torch sees a CUDA device, exact layouts are searched
+there with torch (``indexer.torch_search``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import faiss
 import numpy as np
 
 from indexer.errors import IndexInputError, IndexLoadError, IndexUnsupportedError
+from indexer.torch_search import TorchExactSearch, cuda_available
 
 __all__ = ["AUTO_IVF_THRESHOLD", "FaissBackend", "auto_nlist", "faiss_version", "write_index"]
 
@@ -32,6 +34,16 @@ _GPU_MAX_K = 2048
 TRAIN_POINTS_PER_CELL = 64
 #: A selector over at most this many ids is a hash set (IDSelectorBatch); above it, a bitmap over all row ids.
 _BATCH_SELECTOR_MAX = 4096
+
+
+def check_device(device: str | None) -> str | None:
+    """``None`` (automatic), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; anything else is an ``IndexInputError``."""
+    if device is None:
+        return None
+    text = str(device).strip().lower()
+    if text in ("cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text
+    raise IndexInputError(f"device must be None (automatic), 'cpu', 'cuda' or 'cuda:N', got {device!r}")
 
 
 def faiss_version() -> str:
@@ -70,6 +82,11 @@ class FaissBackend:
     ``fp16=True``) inside an ``IndexIDMap2`` until the collection reaches ``ivf_threshold`` vectors, then
     an IVF index with about 4*sqrt(n) cells rebuilt from the stored vectors. Any other ``factory`` is passed
     to ``faiss.index_factory``; layouts that cannot take ids directly are wrapped in ``IndexIDMap2``.
+
+    ``device`` says where searches run. ``None``: on the GPU when faiss has one (unfiltered searches), else,
+    for exact layouts, on a CUDA device through torch when there is one, else on the CPU. ``"cpu"``: always
+    faiss on the CPU. ``"cuda"`` / ``"cuda:N"``: faiss's GPUs when it has them, else torch on that device (exact
+    layouts; the others stay on the CPU with a warning).
     """
 
     def __init__(
@@ -82,6 +99,7 @@ class FaissBackend:
         nprobe: int | None = None,
         index: faiss.Index | None = None,
         mmapped: bool = False,
+        device: str | None = None,
     ) -> None:
         if factory is not None and fp16:
             raise IndexInputError(
@@ -95,6 +113,9 @@ class FaissBackend:
         self.mmapped = mmapped
         self._version = 0
         self._gpu_cache: tuple[tuple[int, int | None], faiss.Index | None] | None = None
+        self._torch_cache: tuple[tuple[int, str], TorchExactSearch | None] | None = None
+        self.device = check_device(device)
+        self._warned: set[str] = set()
         self._nprobe_override: int | None = None
         if index is None:
             if factory is None:
@@ -309,13 +330,59 @@ class FaissBackend:
             self._gpu_cache = (key, gpu)
         return self._gpu_cache[1]
 
+    @property
+    def is_exact(self) -> bool:
+        """Whether the layout is a flat (exhaustive) one whose vectors can be read back."""
+        index = faiss.downcast_index(self.index)
+        return isinstance(index, faiss.IndexIDMap2) and isinstance(
+            self._inner(), faiss.IndexFlat | faiss.IndexScalarQuantizer)
+
+    def _torch_device(self) -> str | None:
+        """The torch device that searches this index, or None (faiss searches it)."""
+        if self.device == "cpu":
+            return None
+        if faiss.get_num_gpus() > 0:  # faiss's own GPU path (unfiltered searches)
+            return None
+        wanted = self.device is not None  # an explicit "cuda[:N]"
+        if not self.is_exact:
+            self._warn_once(wanted, f"device={self.device!r}: only exact layouts are searched with torch, not "
+                                    f"{self.layout}; searching with faiss on the CPU")
+            return None
+        if not cuda_available():
+            self._warn_once(wanted, f"device={self.device!r} but torch sees no CUDA device; searching on the CPU")
+            return None
+        return self.device or "cuda"
+
+    def _warn_once(self, wanted: bool, message: str) -> None:
+        if wanted and message not in self._warned:
+            self._warned.add(message)
+            logger.warning(message)
+
+    def _torch_search(self) -> TorchExactSearch | None:
+        """The torch copy of the vectors for the current version, built on first use; None when not used."""
+        device = self._torch_device()
+        if device is None:
+            return None
+        key = (self._version, device)
+        if self._torch_cache is None or self._torch_cache[0] != key:
+            self._torch_cache = None  # free the old copy before making the new one
+            ids, vectors = self.ids_and_vectors()
+            copy = TorchExactSearch(ids, vectors, device=device)
+            logger.info("searching %d vectors on %s with torch (%.0f MiB on the device)", len(ids), device,
+                        copy.nbytes / 2**20)
+            self._torch_cache = (key, copy)
+        return self._torch_cache[1]
+
     def search(
         self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None, id_bound: int = 0
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (scores, ids) per query; ``allowed`` (sorted int64 ids) filters inside faiss. -1 = none."""
         k = max(1, min(int(k), max(1, self.ntotal)))
+        on_torch = self._torch_search()
+        if on_torch is not None:
+            return on_torch.search(queries, k, allowed=allowed)
         if allowed is None:
-            gpu = self._gpu_index(k)
+            gpu = self._gpu_index(k) if self.device != "cpu" else None
             if gpu is not None:
                 return gpu.search(queries, k)
             params = self._params(None)
@@ -361,6 +428,7 @@ class FaissBackend:
         factory: str | None,
         fp16: bool,
         ivf_threshold: int,
+        device: str | None = None,
     ) -> FaissBackend:
         """Read an index file (``path`` may be ``/proc/self/fd/N``); mmap where the layout allows it."""
         mmapped = False
@@ -383,6 +451,7 @@ class FaissBackend:
             ivf_threshold=ivf_threshold,
             index=index,
             mmapped=mmapped,
+            device=device,
         )
 
     @property

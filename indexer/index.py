@@ -24,7 +24,7 @@ import numpy as np
 import polars as pl
 
 from indexer import storage
-from indexer.backend import AUTO_IVF_THRESHOLD, FaissBackend, faiss_version
+from indexer.backend import AUTO_IVF_THRESHOLD, FaissBackend, check_device, faiss_version
 from indexer.errors import IndexInputError, IndexLoadError
 from indexer.hybrid import RRF_K, Bm25Index, reciprocal_rank_fusion
 from indexer.passages import empty_table, metadata_columns, validate_passages, validate_stored_table
@@ -201,6 +201,10 @@ class PassageIndex:
     ``attributes`` is a JSON-ready dict saved in the manifest and loaded back, for the application's own
     facts about the index (longdoc records the classifier's label map there).
 
+    ``device`` says where searches run (not saved; settable): ``None`` picks a GPU when there is one (faiss's
+    GPU build, or, for exact layouts, torch on CUDA when faiss is CPU-only), ``"cpu"`` keeps faiss on the CPU,
+    ``"cuda"`` / ``"cuda:N"`` asks for that GPU. The saved index is the same either way.
+
     Thread-safe: one internal lock serialises changes, searches and saves of the same object. The directory
     lock (``save`` / ``load(lock=True)``) keeps other writers, in this process or others, off the directory
     until ``close()``.
@@ -216,10 +220,12 @@ class PassageIndex:
         fp16: bool = False,
         nprobe: int | None = None,
         ivf_threshold: int = AUTO_IVF_THRESHOLD,
+        device: str | None = None,
     ) -> None:
         dim = _check_positive_int(dim, name="dim")
         ivf_threshold = _check_positive_int(ivf_threshold, name="ivf_threshold")
-        backend = FaissBackend(dim, factory=factory, fp16=bool(fp16), ivf_threshold=ivf_threshold, nprobe=nprobe)
+        backend = FaissBackend(dim, factory=factory, fp16=bool(fp16), ivf_threshold=ivf_threshold, nprobe=nprobe,
+                               device=device)
         self._setup(backend, empty_table(), 0, normalize=bool(normalize), encoder=encoder,
                     fingerprint=_fingerprint(encoder) if encoder is not None else None)
 
@@ -259,11 +265,12 @@ class PassageIndex:
         fp16: bool = False,
         nprobe: int | None = None,
         ivf_threshold: int = AUTO_IVF_THRESHOLD,
+        device: str | None = None,
     ) -> PassageIndex:
         """A new index over ``embeddings`` (float (n, dim)) and ``passages`` (n rows, see ``indexer.passages``)."""
         arr, _ = _as_matrix(embeddings, name="embeddings", dim=None)
         index = cls(arr.shape[1], encoder=encoder, factory=factory, normalize=normalize, fp16=fp16, nprobe=nprobe,
-                    ivf_threshold=ivf_threshold)
+                    ivf_threshold=ivf_threshold, device=device)
         index.add(arr, passages)
         return index
 
@@ -295,6 +302,16 @@ class PassageIndex:
     def nprobe(self, value: int) -> None:
         with self._mutex:
             self._backend.nprobe = value
+
+    @property
+    def device(self) -> str | None:
+        """Where searches run: None (automatic), 'cpu', 'cuda' or 'cuda:N'. Settable."""
+        return self._backend.device
+
+    @device.setter
+    def device(self, value: str | None) -> None:
+        with self._mutex:
+            self._backend.device = check_device(value)
 
     @property
     def encoder(self) -> QueryEncoder | None:
@@ -753,19 +770,22 @@ class PassageIndex:
         mmap: bool = False,
         encoder: QueryEncoder | None = None,
         lock: bool = False,
+        device: str | None = None,
     ) -> PassageIndex:
         """Load an index saved by ``save``; every part is checked against the manifest first.
 
         ``mmap=True`` maps the vectors from the file instead of reading them (flat and IVF layouts; others are
         read into memory, with a log line); the first change copies them into memory. ``encoder`` must have the
         index's dim and, when both record one, the same fingerprint. ``lock=True`` takes the directory's writer
-        lock (``IndexLockedError`` if another writer holds it); readers need no lock.
+        lock (``IndexLockedError`` if another writer holds it); readers need no lock. ``device``: where searches
+        run (see the class docs).
         Raises ``IndexLoadError`` naming what is missing, corrupt or mismatched.
         """
         target = Path(os.path.abspath(directory))
         dir_lock = storage.DirectoryLock(target) if lock else None
         try:
             index = cls._load(target, mmap=mmap, encoder=encoder)
+            index.device = device
         except BaseException:
             if dir_lock is not None:
                 dir_lock.release()

@@ -8,7 +8,7 @@ import pytest
 
 from longdoc.classifier import LongDocClassifier
 from longdoc.data import documents_from_texts
-from longdoc.errors import DataError, ModelLoadError
+from longdoc.errors import ConfigError, DataError, ModelLoadError
 from longdoc.training import TrainConfig
 from longdoc.windows import WindowConfig
 
@@ -130,6 +130,30 @@ def test_finetune_updates_the_encoder_and_resumes(tiny_model_dir, tmp_path):
     again.fit(df, args=args)
     assert again.history == []
     assert np.allclose(again.predict_proba(texts), clf.predict_proba(texts), atol=1e-5)
+
+
+def test_attention_dropout_is_set_while_fine_tuning_and_restored(tiny_model_dir):
+    import torch
+
+    from longdoc.training import attention_dropout
+
+    clf = LongDocClassifier.from_encoder(tiny_model_dir, labels=["sport", "tech", "news"],
+                                         window=WindowConfig(max_length=32, stride=8), device="cpu")
+    model = clf.encoder.model
+    layers = [m.dropout for m in model.modules()
+              if "Attention" in type(m).__name__ and isinstance(getattr(m, "dropout", None), torch.nn.Dropout)]
+    before = [d.p for d in layers]
+    assert len(layers) == model.config.num_hidden_layers and all(p > 0 for p in before)
+    with attention_dropout(model, 0.0) as changed:
+        assert changed == len(layers) and all(d.p == 0.0 for d in layers)
+    assert [d.p for d in layers] == before
+    with attention_dropout(model, None) as changed:
+        assert changed == 0 and [d.p for d in layers] == before
+    texts, labels = _corpus(6, 7)
+    clf.fit(texts, labels, args=TrainConfig(mode="finetune", epochs=1, batch_size=3, calibrate=False))
+    assert [d.p for d in layers] == before  # training leaves the model's own dropout in place
+    with pytest.raises(ConfigError, match="attention_dropout"):
+        TrainConfig(attention_dropout=1.5)
 
 
 def test_multi_label_with_thresholds(tiny_model_dir):

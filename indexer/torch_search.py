@@ -1,0 +1,125 @@
+"""Exact inner-product search with torch, for GPUs that faiss cannot use.
+
+``pip install faiss-cpu`` has no GPU support, while a CUDA build of torch usually sits beside it. For the exact
+layouts (Flat, SQfp16) the index can keep a copy of its vectors on the GPU and answer with matrix products:
+one product per block of queries against all vectors in half precision, the best ``k + margin`` candidates
+taken with ``topk``, then re-scored in float32 so the scores (and, but for near-ties inside the margin, the
+ranking) are those of exact float32 search. Filters become a mask over the rows, applied before ``topk``,
+or, for a small allowed set, a search over just those rows.
+
+Results follow faiss's conventions: (scores, ids) of shape (n_queries, k), best first, id ``-1`` where fewer
+than ``k`` vectors pass the filter.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+#: Elements of one (queries x vectors) score block: bounds the temporary memory of a batched search.
+BLOCK_ELEMENTS = 1 << 28
+#: Extra candidates re-scored in float32 beyond k (absorbs half-precision rounding at the cut-off).
+RESCORE_MARGIN = 16
+#: An allowed set at most this fraction of the rows is searched directly instead of masking all rows.
+SUBSET_FRACTION = 1 / 16
+
+
+def cuda_available() -> bool:
+    """Whether torch is installed and sees a CUDA device (torch is imported only here, lazily)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+class TorchExactSearch:
+    """A copy of an index's vectors on a torch device, searched exactly.
+
+    Args:
+        ids: int64 ids of the vectors (unique).
+        vectors: float32 (n, dim) vectors, row i under ``ids[i]``.
+        device: a torch device (``"cuda"``, ``"cuda:1"``; ``"cpu"`` works, for tests).
+        dtype: ``"float16"`` (default), ``"bfloat16"`` or ``"float32"`` for the scanning copy; with a half
+            precision the candidates are re-scored against a float32 copy on the same device.
+    """
+
+    def __init__(self, ids: np.ndarray, vectors: np.ndarray, *, device: str, dtype: str = "float16") -> None:
+        import torch
+
+        if dtype not in ("float16", "bfloat16", "float32"):
+            raise ValueError(f"dtype must be 'float16', 'bfloat16' or 'float32', got {dtype!r}")
+        order = np.argsort(ids, kind="stable")
+        self.ids = np.ascontiguousarray(ids[order], dtype=np.int64)
+        self.device = torch.device(device)
+        self.dtype = getattr(torch, dtype)
+        exact = torch.from_numpy(np.ascontiguousarray(vectors[order], dtype=np.float32)).to(self.device)
+        self._exact = exact
+        self._scan = exact if self.dtype == torch.float32 else exact.to(self.dtype)
+        self._ids_t = torch.from_numpy(self.ids).to(self.device)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def nbytes(self) -> int:
+        """Device memory held by the copies."""
+        size = self._exact.element_size() * self._exact.nelement()
+        if self._scan is not self._exact:
+            size += self._scan.element_size() * self._scan.nelement()
+        return int(size)
+
+    def search(
+        self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (float32 scores, int64 ids) per query; ``allowed`` (int64 ids) restricts the rows searched."""
+        import torch
+
+        n_queries = len(queries)
+        scores_out = np.full((n_queries, k), -np.inf, dtype=np.float32)
+        ids_out = np.full((n_queries, k), -1, dtype=np.int64)
+        rows = None
+        if allowed is not None:
+            pos = np.searchsorted(self.ids, allowed)
+            pos = pos[(pos < len(self.ids)) & (self.ids[np.minimum(pos, len(self.ids) - 1)] == allowed)]
+            rows = torch.from_numpy(np.unique(pos)).to(self.device)
+        if n_queries == 0 or len(self) == 0 or (rows is not None and len(rows) == 0):
+            return scores_out, ids_out
+        subset = rows is not None and len(rows) <= max(1, int(len(self) * SUBSET_FRACTION))
+        scan, exact, row_ids = self._scan, self._exact, self._ids_t
+        mask = None
+        if subset:  # a small allowed set: search its rows only
+            scan, exact, row_ids = scan[rows], exact[rows], row_ids[rows]
+        elif rows is not None:  # a large one: mask out the rest before topk
+            mask = torch.ones(len(self), dtype=torch.bool, device=self.device)
+            mask[rows] = False
+        n = len(row_ids)
+        available = n if mask is None else n - int(mask.sum())
+        want = min(k, available)
+        fetch = min(n, want + (RESCORE_MARGIN if scan is not exact else 0))
+        block = max(1, BLOCK_ELEMENTS // max(1, n))
+        q_all = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+        with torch.inference_mode():
+            for start in range(0, n_queries, block):
+                q = q_all[start:start + block].to(self.device, non_blocking=True)
+                scores = q.to(scan.dtype) @ scan.T  # (b, n)
+                if mask is not None:
+                    scores.masked_fill_(mask, float("-inf"))
+                cand = scores.topk(fetch, dim=1).indices  # (b, fetch)
+                if scan is not exact:  # re-score the candidates in float32, then keep the best `want`
+                    exact_scores = torch.einsum("bd,bcd->bc", q, exact[cand])
+                    if mask is not None:
+                        exact_scores.masked_fill_(mask[cand], float("-inf"))
+                    best, order = exact_scores.topk(want, dim=1)
+                    cand = torch.gather(cand, 1, order)
+                else:
+                    best = torch.gather(scores, 1, cand[:, :want])
+                    cand = cand[:, :want]
+                stop = start + len(q)
+                scores_out[start:stop, :want] = best.float().cpu().numpy()
+                ids_out[start:stop, :want] = row_ids[cand].cpu().numpy()
+        ids_out[~np.isfinite(scores_out)] = -1
+        return scores_out, ids_out
