@@ -1,11 +1,15 @@
 """Search benchmark: PassageIndex (exact and IVF) against its peers in the same run.
 
 Peers: plain faiss ``IndexFlatIP`` / ``IndexIVFFlat`` (the same library without the wrapper) and
-sentence-transformers ``util.semantic_search`` (torch exact search, what users write today). Vectors are
-synthetic, clustered and L2-normalised; queries come from the same distribution. For IVF, nprobe is the
-smallest power of two reaching recall@10 >= 0.95 against exact search. Prints one JSON line per figure.
+sentence-transformers ``util.semantic_search`` (torch exact search, what users write today). With a CUDA device
+(and CPU-only faiss) also: ``PassageIndex`` searching on the GPU through torch, against a plain torch bf16
+matrix product + ``topk`` over the same vectors. Vectors are synthetic, clustered and L2-normalised, queries
+from the same distribution; or real window embeddings (``--real FILE.npy``: the last ``--queries`` rows are the
+queries). For IVF, nprobe is the smallest power of two reaching recall@10 >= 0.95 against exact search. Prints
+one JSON line per figure.
 
-    python benchmarks/search.py --n 100000 --dims 384,768 --queries 1000
+    python benchmarks/search.py --n 1000000 --dims 384,768 --queries 200
+    python benchmarks/search.py --real .cache/bench/man_windows.npy --queries 1000
 """
 
 from __future__ import annotations
@@ -97,10 +101,53 @@ def pick_nprobe(nlist: int, search: Callable[[int], np.ndarray], truth: np.ndarr
         nprobe = min(nlist, nprobe * 2)
 
 
-def run(n: int, dim: int, n_queries: int, clusters: int, seed: int, windows_per_doc: int) -> None:
-    base: dict[str, Any] = {"n": n, "dim": dim, "queries": n_queries, "k": K}
-    data = clustered(n + n_queries, dim, clusters=clusters, seed=seed)
-    X, Q = data[:n], np.ascontiguousarray(data[n:])  # queries: new points around the same centers
+def gpu_exact(base: dict[str, Any], X: np.ndarray, Q: np.ndarray, table: pl.DataFrame,
+              row_of: dict[tuple[str, int], int], truth: np.ndarray) -> None:
+    """Exact search on a CUDA device: PassageIndex (torch path) against a plain torch bf16 matmul + topk."""
+    import torch
+
+    if not torch.cuda.is_available() or faiss.get_num_gpus() > 0:
+        emit(figure="skipped", what="GPU exact search with torch", why="no CUDA device, or faiss has its own GPUs")
+        return
+    n, dim = X.shape
+    base = {**base, "device": torch.cuda.get_device_name(0)}
+    corpus = torch.from_numpy(X).to("cuda", torch.bfloat16)
+    queries = torch.from_numpy(Q).to("cuda")
+
+    def plain() -> np.ndarray:
+        out = []
+        for start in range(0, len(queries), 4096):
+            scores = queries[start:start + 4096].to(torch.bfloat16) @ corpus.T
+            out.append(scores.topk(K, dim=1).indices)
+        found = torch.cat(out).cpu().numpy()
+        torch.cuda.synchronize()
+        return found
+
+    found = plain()
+    plain_qps = qps(plain, len(Q))
+    emit(**base, impl="torch bf16 matmul + topk (plain)", qps=round(plain_qps, 1),
+         recall_at_10=round(recall(found, truth), 4))
+    build, index = timed(lambda: PassageIndex.build(X, table, ivf_threshold=n + 1, device="cuda"))
+    index.search(Q[:1], k=K, per_doc=None)  # the device copy is made on the first search
+    found = hit_ids(index.search(Q, k=K, per_doc=None), row_of)
+    ours = qps(lambda: index.search(Q, k=K, per_doc=None), len(Q))
+    emit(**base, impl="PassageIndex(Flat, device='cuda', torch)", build_s=round(build, 3), qps=round(ours, 1),
+         qps_single=round(single_qps(lambda q: index.search(q, k=K, per_doc=None), Q), 1),
+         recall_at_10=round(recall(found, truth), 4))
+    emit(**base, figure="ratio", what="PassageIndex(cuda) qps / plain torch matmul+topk qps",
+         value=round(ours / plain_qps, 3))
+
+
+def run(n: int, dim: int, n_queries: int, clusters: int, seed: int, windows_per_doc: int,
+        real: np.ndarray | None = None) -> None:
+    if real is not None:  # real embeddings: the last n_queries rows are the queries
+        n = len(real) - n_queries
+        X, Q = np.ascontiguousarray(real[:n]), np.ascontiguousarray(real[n:])
+    else:
+        data = clustered(n + n_queries, dim, clusters=clusters, seed=seed)
+        X, Q = data[:n], np.ascontiguousarray(data[n:])  # queries: new points around the same centers
+    base: dict[str, Any] = {"n": n, "dim": dim, "queries": n_queries, "k": K,
+                            "data": "real" if real is not None else "synthetic"}
     table = pl.DataFrame({
         "doc_id": [f"doc{i // windows_per_doc}" for i in range(n)],
         "window_index": [i % windows_per_doc for i in range(n)],
@@ -149,6 +196,7 @@ def run(n: int, dim: int, n_queries: int, clusters: int, seed: int, windows_per_
     emit(**base, figure="ratio", what="PassageIndex(Flat) qps / sentence-transformers semantic_search qps",
          value=round(wrapper_qps / st_qps, 3))
     del index
+    gpu_exact(base, X, Q, table, row_of, truth)
 
     # -- IVF: plain faiss -----------------------------------------------------------------------------------------------
     nlist = auto_nlist(n)
@@ -201,10 +249,17 @@ def main() -> None:
                         help="clusters in the synthetic data (default n/500: overlapping, so IVF needs nprobe > 1)")
     parser.add_argument("--windows-per-doc", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--real", default=None, help="a .npy of real (n, dim) embeddings instead of synthetic ones")
     args = parser.parse_args()
     emit(figure="machine", cpus=os.cpu_count(), faiss_threads=faiss.omp_get_max_threads(),
          gpus=faiss.get_num_gpus(), python=platform.python_version(), faiss=indexer.backend.faiss_version(),
          processor=platform.processor() or platform.machine())
+    if args.real:
+        real = np.load(args.real).astype(np.float32)
+        real /= np.linalg.norm(real, axis=1, keepdims=True)
+        rows = np.random.default_rng(args.seed).permutation(len(real))  # queries: a random sample of windows
+        run(len(real), real.shape[1], args.queries, 0, args.seed, args.windows_per_doc, real=real[rows])
+        return
     for dim in (int(d) for d in args.dims.split(",")):
         run(args.n, dim, args.queries, args.clusters or max(1, args.n // 500), args.seed, args.windows_per_doc)
 

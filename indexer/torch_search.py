@@ -13,6 +13,7 @@ than ``k`` vectors pass the filter.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import numpy as np
@@ -27,8 +28,9 @@ RESCORE_MARGIN = 16
 SUBSET_FRACTION = 1 / 16
 
 
+@functools.cache
 def cuda_available() -> bool:
-    """Whether torch is installed and sees a CUDA device (torch is imported only here, lazily)."""
+    """Whether torch is installed and sees a CUDA device (torch is imported only here, lazily; asked once)."""
     try:
         import torch
     except ImportError:

@@ -365,12 +365,12 @@ def cmd_label(args: argparse.Namespace) -> int:
     clf = load_classifier(args.model, device=args.device, bf16=args.bf16)
     summary = label_documents(clf, args.documents, args.out, chunk_size=args.chunk_size,
                               top_passages=args.top_passages, show_progress_bar=False if args.quiet else None,
-                              **_reader_kwargs(args))
+                              retry_failed=args.retry_failed, **_reader_kwargs(args))
     if args.json:
         _print_json(summary.to_dict())
     else:
-        print(f"labelled {summary.n_labelled} documents ({summary.n_skipped} already done, {summary.n_errors} "
-              f"error rows) into {summary.output} in {summary.seconds:.1f}s")
+        print(f"labelled {summary.n_labelled} documents ({summary.n_skipped} already done, {summary.n_retried} "
+              f"retried, {summary.n_errors} error rows) into {summary.output} in {summary.seconds:.1f}s")
     return EXIT_OK
 
 
@@ -435,12 +435,13 @@ def cmd_label_ray(args: argparse.Namespace) -> int:
 
     summary = label_with_ray(args.model, args.documents, args.out, concurrency=args.concurrency,
                              num_gpus=args.num_gpus, batch_size=args.batch_size, top_passages=args.top_passages,
-                             **_reader_kwargs(args))
+                             retry_failed=args.retry_failed, **_reader_kwargs(args))
     if args.json:
         _print_json(summary.to_dict())
     else:
         print(f"labelled {summary.n_labelled} documents with Ray ({summary.n_skipped} already done, "
-              f"{summary.n_errors} error rows) into {summary.output} in {summary.seconds:.1f}s")
+              f"{summary.n_retried} retried, {summary.n_errors} error rows) into {summary.output} in "
+              f"{summary.seconds:.1f}s")
     return EXIT_OK
 
 
@@ -582,6 +583,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True, help="output directory of part-NNNNN.parquet files")
     p.add_argument("--chunk-size", type=_positive_int, default=256, help="documents per part file")
     p.add_argument("--top-passages", type=int, default=3, help="most influential windows kept per document")
+    p.add_argument("--retry-failed", action=argparse.BooleanOptionalAction, default=True,
+                   help="on resume, label again the documents whose analysis raised last time (failed=true rows, "
+                        "e.g. a CUDA out-of-memory); --no-retry-failed keeps them as they are (default: retry)")
     _reader_options(p)
     _device_options(p)
     _engine_options(p)

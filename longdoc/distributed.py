@@ -11,7 +11,7 @@ DataFrame or a dict of columns in; a ``pyarrow.Table`` out), so Ray Data's ``map
   ``input_ids`` in, the same rows plus ``embedding`` (list[float32]) out.
 - :class:`LabellingStage` (class-based, GPU): loads the ``LongDocClassifier`` once per actor; documents in
   (windowed by :class:`WindowingStage` upstream, or raw text), the rows ``longdoc.labeling.label_documents``
-  writes out: ``doc_id``, ``label``/``labels``, ``probs``, ``top_passages``, ``warning``, ``error``.
+  writes out: ``doc_id``, ``label``/``labels``, ``probs``, ``top_passages``, ``warning``, ``error``, ``failed``.
 - :class:`PassageStage` (class-based, GPU): the same pass, but out come the passage rows
   ``longdoc.indexing.passages_from_analysis`` makes, with ``embedding`` and the ``shard`` of each document.
 
@@ -319,8 +319,9 @@ class LabellingStage(_ModelStage):
     """GPU stage: documents in, the rows the single-machine ``label_documents`` writes out.
 
     Output columns, exactly as a part of a labels directory: ``doc_id``, ``label`` (single-label models) or
-    ``labels`` (multi-label), ``probs``, ``top_passages``, ``warning``, ``error``. A document that fails is an
-    error row, never a failed batch. Loads the ``LongDocClassifier`` once, in ``__init__`` (one per Ray actor).
+    ``labels`` (multi-label), ``probs``, ``top_passages``, ``warning``, ``error``, ``failed``. A document whose
+    analysis raises is an error row with ``failed=True`` (a later run retries it), never a failed batch. Loads
+    the ``LongDocClassifier`` once, in ``__init__`` (one per Ray actor).
 
     Args:
         model_dir: a longdoc model directory.
@@ -338,23 +339,19 @@ class LabellingStage(_ModelStage):
         self.top_passages = top_passages
 
     def __call__(self, batch: Any) -> pa.Table:
-        from longdoc.labeling import _label_chunk, _rows, _schema
+        from longdoc.labeling import _conform, _label_chunk, _rows, _schema
 
         docs = _to_polars(batch)
-        schema = _schema(self.clf.multi_label)
         if docs.height == 0:
-            return _to_arrow(pl.DataFrame(schema=schema))
+            return _to_arrow(pl.DataFrame(schema=_schema(self.clf.multi_label)))
         plain = docs.drop([c for c in (WINDOWS_COLUMN, DOC_TOKENS_COLUMN) if c in docs.columns])
         try:
             rows = _rows(_Analysed(self.clf, self._analysis(docs)), plain, self.top_passages)
         except Exception as exc:  # noqa: BLE001 - isolate the bad document the single-machine way
             logger.warning("a batch of %d documents failed (%s): labelling them one by one", docs.height, exc)
             rows = _label_chunk(self.clf, plain, self.top_passages)
-        # the same column set and types as every part label_documents writes (error rows have only two columns)
-        rows = pl.DataFrame(schema=schema).vstack(rows.select(
-            [pl.col(c).cast(t) if c in rows.columns else pl.lit(None, dtype=t).alias(c) for c, t in schema.items()]
-        ))
-        return _to_arrow(rows)
+        # the same column set and types as every part label_documents writes (error rows have only three columns)
+        return _to_arrow(_conform(rows, self.clf.multi_label))
 
 
 class PassageStage(_ModelStage):
@@ -463,6 +460,7 @@ def label_with_ray(
     batch_size: int = 64,
     top_passages: int = 3,
     windowing_cpus: float = 1,
+    retry_failed: bool = True,
     **reader_options: Any,
 ) -> LabelSummary:
     """Label every document of ``source`` with Ray Data into the labels directory ``output``.
@@ -472,8 +470,10 @@ def label_with_ray(
     ``num_cpus`` each) -> ``write_parquet``. The output is what ``label_documents`` writes (``_labels.json`` and
     ``part-NNNNN.parquet`` files with the same columns), so ``read_labels`` reads it; rows are in no particular
     order. Ray's files are written into a hidden staging folder inside ``output`` and renamed into parts when
-    the whole run succeeded. A directory from an earlier run with the same model is resumed: documents already in
-    its parts are skipped (a run that dies loses only its own staging folder).
+    the whole run succeeded. A directory from an earlier run with the same model (from either engine) is resumed
+    as ``label_documents`` resumes it: documents already in its parts are skipped, except those whose latest row
+    is ``failed`` (their analysis raised), which are labelled again unless ``retry_failed`` is False (a run that
+    dies loses only its own staging folder).
 
     Args:
         model_dir: a longdoc model directory (``longdoc train``); every actor loads it (shared storage on a
@@ -489,6 +489,7 @@ def label_with_ray(
         batch_size: documents per batch.
         top_passages: windows kept per document.
         windowing_cpus: CPUs per windowing task.
+        retry_failed: label again the documents whose latest row is ``failed``, as in ``label_documents``.
         reader_options: ``text_column``, ``label_column``, ``id_column``, ``metadata_columns`` as in
             ``load_documents``.
 
@@ -502,11 +503,13 @@ def label_with_ray(
     batch_size = _positive(batch_size, "batch_size")
     if isinstance(top_passages, bool) or not isinstance(top_passages, int) or top_passages < 0:
         raise ConfigError(f"top_passages must be an int >= 0, got {top_passages!r}")
+    if not isinstance(retry_failed, bool):
+        raise ConfigError(f"retry_failed must be True or False, got {retry_failed!r}")
     started = time.perf_counter()
     model_dir = str(Path(model_dir).resolve())
     out = Path(output).resolve()
     driver_clf = _load_classifier(model_dir, "cpu")
-    done, part_no = _prepare_output(out, driver_clf)
+    done, retry, part_no = _prepare_output(out, driver_clf, retry_failed=retry_failed)
     del driver_clf
     for stale in out.glob(f"{_STAGING_PREFIX}*"):
         logger.info("removing %s, left by an interrupted Ray run", stale.name)
@@ -522,22 +525,29 @@ def label_with_ray(
                         **_model_stage_options(concurrency, num_gpus, num_cpus))
     staging = out / f"{_STAGING_PREFIX}{os.getpid()}-{time.time_ns()}"
     ds.write_parquet(str(staging))
-    n_new = n_errors = 0
+    n_new = n_errors = n_retried = n_failed = 0
     files = sorted(staging.glob("*.parquet")) if staging.is_dir() else []
     for f in files:
-        table = pl.read_parquet(f, columns=["doc_id", "error"])
+        table = pl.read_parquet(f, columns=["doc_id", "error", "failed"])
         if table.height == 0:
             continue
         n_new += table.height
         n_errors += table.height - table["error"].null_count()
+        n_failed += int(table["failed"].fill_null(False).sum())
+        if retry:
+            n_retried += sum(i in retry for i in table["doc_id"].to_list())
         target = out / f"part-{part_no:05d}.parquet"
         _write_atomic(target, lambda p, f=f: os.replace(f, p))
         part_no += 1
     shutil.rmtree(staging, ignore_errors=True)
     summary = LabelSummary(output=str(out), n_documents=n_new + len(done), n_labelled=n_new, n_skipped=len(done),
-                           n_errors=n_errors, n_parts=len(_parts(out)), seconds=time.perf_counter() - started)
-    logger.info("labelled %d documents with Ray (%d error rows, %d already done) into %s", n_new, n_errors,
-                len(done), out)
+                           n_retried=n_retried, n_errors=n_errors, n_parts=len(_parts(out)),
+                           seconds=time.perf_counter() - started)
+    logger.info("labelled %d documents with Ray (%d error rows, %d retried, %d already done) into %s", n_new,
+                n_errors, n_retried, len(done), out)
+    if n_failed:
+        logger.warning("%d documents failed (their analysis raised): run the same call again to retry them",
+                       n_failed)
     return summary
 
 

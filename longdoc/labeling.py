@@ -19,12 +19,19 @@ Columns of every part (and of :func:`read_labels`):
   drove the label most, best first (``document[char_start:char_end]`` is a window's text)
 - ``warning`` (str or null): a reader warning for a document that was still labelled (e.g. a decoding fallback)
 - ``error`` (str or null): why a document got no label (empty or whitespace-only text, an unreadable line, an
-  analysis failure); the row is still written, so every input document appears exactly once.
+  analysis failure); the row is still written, so every input document has a row.
+- ``failed`` (bool): ``True`` only for an error row written because the analysis raised (a transient CUDA
+  out-of-memory, a bug hit by one document...): such a document is labelled again by the next call. ``False``
+  for every other row, error rows of documents without tokens included (those are final). Parts written before
+  this column existed lack it; it reads as ``False``.
 
 Exactly once, also across crashes: a part is written to a temporary file, fsynced, then renamed to
 ``part-NNNNN.parquet`` (and the directory fsynced), so a part file is either complete or absent. On start, the
-``doc_id`` column of every complete part is read and those documents are skipped; leftover temporary files are
-deleted. Re-running with the same source therefore finishes the job with each document exactly once.
+``doc_id`` and ``failed`` columns of every complete part are read, in part order; documents whose latest row is
+not ``failed`` are skipped, those whose latest row is ``failed`` are labelled again (``retry_failed=True``, the
+default) into a new part; leftover temporary files are deleted. Re-running with the same source therefore
+finishes the job, transient failures included. A retried document has a row in two part files; the later row
+wins, and :func:`read_labels` returns each document exactly once (its latest row).
 """
 
 from __future__ import annotations
@@ -64,14 +71,16 @@ class LabelSummary:
     """What a :func:`label_documents` call did.
 
     ``n_documents``: documents in the source; ``n_labelled``: labelled by this call; ``n_skipped``: already done
-    by an earlier (interrupted) call; ``n_errors``: error rows written by this call; ``n_parts``: part files in
-    the output now.
+    by an earlier (interrupted) call; ``n_retried``: labelled by this call again because an earlier call's row
+    for them is ``failed`` (counted in ``n_labelled`` too); ``n_errors``: error rows written by this call
+    (``failed`` ones included); ``n_parts``: part files in the output now.
     """
 
     output: str
     n_documents: int
     n_labelled: int
     n_skipped: int
+    n_retried: int
     n_errors: int
     n_parts: int
     seconds: float
@@ -83,7 +92,32 @@ class LabelSummary:
 def _schema(multi_label: bool) -> dict[str, pl.DataType]:
     label = {"labels": pl.List(pl.String)} if multi_label else {"label": pl.String}
     return {"doc_id": pl.String, **label, "probs": pl.List(pl.Float64), "top_passages": pl.List(_PASSAGE),
-            "warning": pl.String, "error": pl.String}
+            "warning": pl.String, "error": pl.String, "failed": pl.Boolean}
+
+
+def _conform(rows: pl.DataFrame, multi_label: bool) -> pl.DataFrame:
+    """``rows`` with exactly the part columns, in order and typed (error rows of ``_label_chunk`` have three);
+    a missing or null ``failed`` is ``False``."""
+    schema = _schema(multi_label)
+    cols = []
+    for name, dtype in schema.items():
+        if name not in rows.columns:
+            cols.append(pl.lit(False if name == "failed" else None, dtype=dtype).alias(name))
+        elif name == "failed":
+            cols.append(pl.col(name).cast(dtype).fill_null(False))
+        else:
+            cols.append(pl.col(name).cast(dtype))
+    return pl.DataFrame(schema=schema).vstack(rows.select(cols))
+
+
+def _read_part(path: Path, columns: list[str] | None = None) -> pl.DataFrame:
+    """A part's ``columns`` (all when ``None``); parts written before the ``failed`` column get it as ``False``."""
+    has_failed = "failed" in pl.read_parquet_schema(path)
+    wanted = None if columns is None else [c for c in columns if c != "failed" or has_failed]
+    frame = pl.read_parquet(path, columns=wanted)
+    if not has_failed and (columns is None or "failed" in columns):
+        frame = frame.with_columns(pl.lit(False, dtype=pl.Boolean).alias("failed"))
+    return frame
 
 
 def _fsync_dir(path: Path) -> None:
@@ -122,8 +156,15 @@ def _metadata(clf: LongDocClassifier) -> dict[str, Any]:
             "encoder_fingerprint": clf.encoder.fingerprint}
 
 
-def _prepare_output(output: Path, clf: LongDocClassifier) -> tuple[set[str], int]:
-    """Create or check the output directory; return the doc_ids already written and the next part number."""
+def _prepare_output(
+    output: Path, clf: LongDocClassifier, *, retry_failed: bool = True
+) -> tuple[set[str], set[str], int]:
+    """Create or check the output directory; return ``(done, retry, next_part)``.
+
+    ``done``: the doc_ids to skip, those whose latest row (part order, then row order) is not ``failed`` (every
+    doc_id written when ``retry_failed`` is False); ``retry``: those whose latest row is ``failed``, to label
+    again (empty when ``retry_failed`` is False); ``next_part``: the number of the next part file.
+    """
     output.mkdir(parents=True, exist_ok=True)
     meta = _metadata(clf)
     meta_path = output / META_FILE
@@ -149,17 +190,32 @@ def _prepare_output(output: Path, clf: LongDocClassifier) -> tuple[set[str], int
         if p.name.startswith(".part-") and p.name.endswith(".tmp"):
             logger.info("removing the unfinished part %s", p.name)
             p.unlink(missing_ok=True)
-    done: set[str] = set()
+    frames = []
     for _, path in parts:
         try:
-            ids = pl.read_parquet(path, columns=["doc_id"])["doc_id"].to_list()
+            frames.append(_read_part(path, ["doc_id", "failed"]))
         except Exception as exc:  # cannot happen with atomic renames, unless the disk itself was damaged
             logger.warning("part %s is unreadable (%s): removing it, its documents will be labelled again", path, exc)
             path.unlink(missing_ok=True)
-            continue
-        done.update(ids)
+    done: set[str] = set()
+    retry: set[str] = set()
+    if frames:
+        latest = pl.concat(frames, how="vertical_relaxed").unique(subset="doc_id", keep="last")
+        failed = latest["failed"].fill_null(False)
+        if retry_failed:
+            done.update(latest.filter(~failed)["doc_id"].to_list())
+            retry.update(latest.filter(failed)["doc_id"].to_list())
+        else:
+            done.update(latest["doc_id"].to_list())
+            n_failed = int(failed.sum())
+            if n_failed:
+                logger.info("%d documents of %s failed earlier and are not retried (retry_failed=False)", n_failed,
+                            output)
+    if retry:
+        logger.info("%d documents of %s failed earlier (their analysis raised): labelling them again", len(retry),
+                    output)
     next_part = parts[-1][0] + 1 if parts else 0
-    return done, next_part
+    return done, retry, next_part
 
 
 def _error_of(warning: str | None, n_windows: int) -> str | None:
@@ -170,14 +226,18 @@ def _error_of(warning: str | None, n_windows: int) -> str | None:
 
 
 def _label_chunk(clf: LongDocClassifier, docs: pl.DataFrame, top_passages: int) -> pl.DataFrame:
-    """Rows for one chunk; on an unexpected failure, documents are retried one by one to isolate the bad one."""
+    """Rows for one chunk; on an unexpected failure, documents are retried one by one to isolate the bad one.
+
+    A document whose analysis still raises alone gets an error row with ``failed=True`` (the next
+    ``label_documents`` call labels it again); every other row has ``failed=False``.
+    """
     try:
         return _rows(clf, docs, top_passages)
     except Exception as exc:  # noqa: BLE001 - a bad document must not stop the batch
         if docs.height == 1:
             logger.warning("document %r failed: %s", docs["doc_id"][0], exc)
             return pl.DataFrame(
-                {"doc_id": docs["doc_id"], "error": [f"{type(exc).__name__}: {exc}"]},
+                {"doc_id": docs["doc_id"], "error": [f"{type(exc).__name__}: {exc}"], "failed": [True]},
             )
         logger.warning("a chunk of %d documents failed (%s): retrying them one by one", docs.height, exc)
         return pl.concat([_label_chunk(clf, docs.slice(i, 1), top_passages) for i in range(docs.height)],
@@ -216,7 +276,7 @@ def _rows(clf: LongDocClassifier, docs: pl.DataFrame, top_passages: int) -> pl.D
     label_col = "labels" if clf.multi_label else "label"
     return pl.DataFrame(
         {"doc_id": docs["doc_id"].to_list(), label_col: out_labels, "probs": probs, "top_passages": passages,
-         "warning": kept_warnings, "error": errors},
+         "warning": kept_warnings, "error": errors, "failed": [False] * docs.height},
         schema=schema,
     )
 
@@ -234,6 +294,7 @@ def label_documents(
     chunk_size: int = 256,
     top_passages: int = 3,
     show_progress_bar: bool | None = None,
+    retry_failed: bool = True,
     **reader_options: Any,
 ) -> LabelSummary:
     """Label every document of ``source`` into Parquet parts under ``output`` (see the module docstring).
@@ -242,15 +303,20 @@ def label_documents(
         clf: the classifier.
         source: anything :func:`longdoc.iter_documents` streams (a file, a folder, a table, a list...).
         output: the output directory; created if needed. A directory from an interrupted call with the same
-            model is resumed: documents already written are skipped.
+            model is resumed: documents already written are skipped (except ``failed`` ones, see
+            ``retry_failed``).
         chunk_size: documents per chunk (and per part file); memory stays bounded by one chunk.
         top_passages: how many of the most influential windows to record per document.
         show_progress_bar: a tqdm bar over documents; ``None`` shows it when the logger is at INFO.
+        retry_failed: on resume, label again the documents whose latest row is ``failed`` (their analysis
+            raised, e.g. a CUDA out-of-memory); their new rows go into new parts and supersede the failed ones
+            in :func:`read_labels`. ``False``: failed rows count as done, like every other row.
         reader_options: ``iter_documents`` options (``text_column``, ``id_column``, ``label_column``...);
             ``on_bad_line`` defaults to ``"warn"`` here, so an unreadable line becomes an error row.
 
     Raises:
-        ConfigError: bad ``chunk_size``/``top_passages``, or ``output`` holds labels of another model.
+        ConfigError: bad ``chunk_size``/``top_passages``/``retry_failed``, or ``output`` holds labels of another
+            model.
         DataError: the source cannot be read at all, or ``output`` is a non-empty foreign directory. Parts
             written before a mid-stream reader error are kept; fix the input and call again to finish.
     """
@@ -258,12 +324,14 @@ def label_documents(
         raise ConfigError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
     if isinstance(top_passages, bool) or not isinstance(top_passages, int) or top_passages < 0:
         raise ConfigError(f"top_passages must be an int >= 0, got {top_passages!r}")
+    if not isinstance(retry_failed, bool):
+        raise ConfigError(f"retry_failed must be True or False, got {retry_failed!r}")
     started = time.perf_counter()
     out = Path(output)
-    done, part_no = _prepare_output(out, clf)
+    done, retry, part_no = _prepare_output(out, clf, retry_failed=retry_failed)
     if done:
         logger.info("resuming: %d documents already labelled in %s", len(done), out)
-    n_docs = n_new = n_skipped = n_errors = 0
+    n_docs = n_new = n_skipped = n_retried = n_errors = n_failed = 0
     show = logger.isEnabledFor(logging.INFO) if show_progress_bar is None else bool(show_progress_bar)
     bar = tqdm(desc="label documents", unit="doc", disable=not show)
     try:
@@ -273,28 +341,34 @@ def label_documents(
                 if done else chunk
             n_skipped += chunk.height - todo.height
             if todo.height:
-                rows = _label_chunk(clf, todo, top_passages)
-                rows = pl.DataFrame(schema=_schema(clf.multi_label)).vstack(
-                    rows.select([pl.col(c).cast(t) if c in rows.columns else pl.lit(None, dtype=t).alias(c)
-                                 for c, t in _schema(clf.multi_label).items()])
-                )
+                if retry:
+                    n_retried += sum(i in retry for i in todo["doc_id"].to_list())
+                rows = _conform(_label_chunk(clf, todo, top_passages), clf.multi_label)
                 path = out / f"part-{part_no:05d}.parquet"
                 _write_atomic(path, lambda p, rows=rows: rows.write_parquet(p))
                 part_no += 1
                 n_new += rows.height
                 n_errors += rows.height - rows["error"].null_count()
+                n_failed += int(rows["failed"].sum())
                 done.update(todo["doc_id"].to_list())
             bar.update(chunk.height)
     finally:
         bar.close()
     summary = LabelSummary(output=str(out), n_documents=n_docs, n_labelled=n_new, n_skipped=n_skipped,
-                           n_errors=n_errors, n_parts=len(_parts(out)), seconds=time.perf_counter() - started)
-    logger.info("labelled %d documents (%d skipped as done, %d error rows) into %s", n_new, n_skipped, n_errors, out)
+                           n_retried=n_retried, n_errors=n_errors, n_parts=len(_parts(out)),
+                           seconds=time.perf_counter() - started)
+    logger.info("labelled %d documents (%d skipped as done, %d retried, %d error rows) into %s", n_new, n_skipped,
+                n_retried, n_errors, out)
+    if n_failed:
+        logger.warning("%d documents failed (their analysis raised): run the same call again to retry them",
+                       n_failed)
     return summary
 
 
 def read_labels(output: str | os.PathLike[str]) -> pl.DataFrame:
-    """All rows of a labels directory, in part order (see the module docstring for the columns)."""
+    """One row per document of a labels directory: its latest (part order, then row order; a retried document's
+    new row supersedes its ``failed`` one), in the order those rows were written (see the module docstring for
+    the columns; parts without ``failed`` read it as ``False``)."""
     out = Path(output)
     meta_path = out / META_FILE
     if not meta_path.is_file():
@@ -303,7 +377,8 @@ def read_labels(output: str | os.PathLike[str]) -> pl.DataFrame:
     parts = [p for _, p in _parts(out)]
     if not parts:
         return pl.DataFrame(schema=_schema(bool(meta.get("multi_label"))))
-    return pl.concat([pl.read_parquet(p) for p in parts], how="vertical_relaxed")
+    rows = pl.concat([_read_part(p) for p in parts], how="vertical_relaxed")
+    return rows.unique(subset="doc_id", keep="last", maintain_order=True)
 
 
 def label_names(output: str | os.PathLike[str]) -> list[str]:

@@ -89,8 +89,36 @@ def test_stages_are_plain_callables(model_dir, documents):
     np.testing.assert_allclose(np.stack(embedded["embedding"].to_numpy()), encoded.embeddings, atol=1e-5)
     per_doc = WindowingStage(model_dir)(docs.to_arrow())
     labelled = pl.from_arrow(LabellingStage(model_dir, device="cpu")(per_doc))
-    assert labelled.columns == ["doc_id", "label", "probs", "top_passages", "warning", "error"]
+    assert labelled.columns == ["doc_id", "label", "probs", "top_passages", "warning", "error", "failed"]
     assert labelled["label"].to_list() == clf.predict(docs["text"].to_list())
+    assert labelled["failed"].to_list() == [False] * 4
+
+
+def _break_analysis_of(monkeypatch: pytest.MonkeyPatch, doc_id: str) -> None:
+    """``LongDocClassifier.analyze`` raises a CUDA out-of-memory for any batch holding ``doc_id`` (in this
+    process, until the monkeypatch is undone: a transient failure)."""
+    import torch
+
+    real = LongDocClassifier.analyze
+
+    def analyze(self, documents, **kwargs):
+        table = documents if isinstance(documents, pl.DataFrame) else documents.documents  # or an Encoded
+        if doc_id in table["doc_id"].to_list():
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, documents, **kwargs)
+
+    monkeypatch.setattr(LongDocClassifier, "analyze", analyze)
+
+
+def test_labelling_stage_marks_a_raising_document_failed(model_dir, documents, monkeypatch):
+    docs = pl.read_parquet(documents[0]).rename({"id": "doc_id"}).slice(4, 4)  # doc-005 has no tokens
+    stage = LabellingStage(model_dir, device="cpu")
+    _break_analysis_of(monkeypatch, "doc-006")
+    labelled = pl.from_arrow(stage(WindowingStage(model_dir)(docs.to_arrow())))
+    assert labelled["doc_id"].to_list() == ["doc-004", "doc-005", "doc-006", "doc-007"]
+    assert labelled["failed"].to_list() == [False, False, True, False]
+    assert labelled["error"][1] is not None and labelled["error"][2].startswith("OutOfMemoryError")
+    assert labelled["label"][0] is not None and labelled["label"][3] is not None
 
 
 def test_label_with_ray_matches_label_documents(cluster, model_dir, documents, tmp_path):
@@ -114,6 +142,26 @@ def test_label_with_ray_matches_label_documents(cluster, model_dir, documents, t
     again = label_with_ray(model_dir, parquet, tmp_path / "ray", concurrency=2, num_cpus=0.5, batch_size=8)
     assert again.n_labelled == 0 and again.n_skipped == 40  # resumed: nothing left to do
     assert read_labels(tmp_path / "ray").height == 40
+
+
+def test_label_with_ray_retries_failed_rows(cluster, model_dir, documents, tmp_path, monkeypatch):
+    """Failed rows (here from the single-machine engine, whose analysis raised once) are retried by the Ray
+    engine resuming the same directory, unless ``retry_failed=False``."""
+    parquet, _ = documents
+    clf = LongDocClassifier.load(model_dir, device="cpu")
+    out = tmp_path / "labels"
+    with monkeypatch.context() as m:
+        _break_analysis_of(m, "doc-012")
+        first = label_documents(clf, parquet, out, chunk_size=16, show_progress_bar=False)
+    assert first.n_errors == 2 and read_labels(out).filter(pl.col("failed"))["doc_id"].to_list() == ["doc-012"]
+    kept = label_with_ray(model_dir, parquet, out, concurrency=1, num_cpus=0.5, batch_size=8, retry_failed=False)
+    assert (kept.n_labelled, kept.n_retried, kept.n_skipped) == (0, 0, 40)
+    retried = label_with_ray(model_dir, parquet, out, concurrency=1, num_cpus=0.5, batch_size=8)
+    assert (retried.n_labelled, retried.n_retried, retried.n_skipped, retried.n_errors) == (1, 1, 39, 0)
+    table = read_labels(out)
+    assert table["doc_id"].n_unique() == table.height == 40 and table["failed"].sum() == 0
+    row = table.filter(pl.col("doc_id") == "doc-012").row(0, named=True)
+    assert row["error"] is None and row["label"] == clf.predict(pl.read_parquet(parquet)["text"][12])
 
 
 def test_index_with_ray_matches_index_documents(cluster, model_dir, documents, tmp_path):

@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+import torch
 
 from longdoc.classifier import LongDocClassifier
+from longdoc.cli import main
 from longdoc.errors import ConfigError, DataError
 from longdoc.labeling import label_documents, read_labels
 from longdoc.training import TrainConfig
@@ -67,7 +69,8 @@ def test_chunks_become_parts_and_bad_documents_become_error_rows(clf, tmp_path):
     assert summary.n_documents == 11 and summary.n_labelled == 11 and summary.n_errors == 3
     assert sorted(p.name for p in out.glob("part-*.parquet")) == [f"part-0000{i}.parquet" for i in range(3)]
     table = read_labels(out)
-    assert table.columns == ["doc_id", "label", "probs", "top_passages", "warning", "error"]
+    assert table.columns == ["doc_id", "label", "probs", "top_passages", "warning", "error", "failed"]
+    assert table["failed"].to_list() == [False] * 11  # no-token and unreadable documents are final, not failed
     assert table["doc_id"].to_list() == [r["id"] for r in rows] + ["docs.jsonl:11"]
     errors = dict(zip(table["doc_id"], table["error"], strict=True))
     assert "empty" in errors["doc-0003"] and "whitespace" in errors["doc-0007"]
@@ -116,6 +119,126 @@ def test_multi_label_output_has_a_labels_list(tiny_model_dir, tmp_path):
     label_documents(model, src, tmp_path / "out", show_progress_bar=False)
     table = read_labels(tmp_path / "out")
     assert "labels" in table.columns and table.schema["labels"] == pl.List(pl.String)
+
+
+MARKER = "xyzzy"  # documents holding it hit a (transient) CUDA out-of-memory while the analysis is broken
+
+
+def _break_analysis(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``LongDocClassifier.analyze`` raises a CUDA out-of-memory for any batch holding a MARKER document, until
+    the monkeypatch is undone (a transient failure: the next call succeeds)."""
+    real = LongDocClassifier.analyze
+
+    def analyze(self, documents, **kwargs):
+        table = documents if isinstance(documents, pl.DataFrame) else documents.documents  # or an Encoded
+        texts = table["text"].to_list()
+        if any(MARKER in t for t in texts):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, documents, **kwargs)
+
+    monkeypatch.setattr(LongDocClassifier, "analyze", analyze)
+
+
+def _source_with_a_transient_failure(tmp_path: Path) -> tuple[Path, list[dict]]:
+    rows = _rows(10, seed=3)
+    rows[2]["text"] = f"{rows[2]['text']} {MARKER}"  # raises on the first call only
+    rows[6]["text"] = ""  # no tokens: a final error row, never retried
+    return _write_jsonl(tmp_path / "docs.jsonl", rows), rows
+
+
+def _rows_in_parts(out: Path) -> pl.DataFrame:
+    return pl.concat([pl.read_parquet(p) for p in sorted(out.glob("part-*.parquet"))], how="diagonal_relaxed")
+
+
+def test_a_failed_document_is_retried_by_the_next_call(clf, tmp_path, monkeypatch):
+    src, rows = _source_with_a_transient_failure(tmp_path)
+    out = tmp_path / "labels"
+    with monkeypatch.context() as m:
+        _break_analysis(m)
+        first = label_documents(clf, src, out, chunk_size=4, show_progress_bar=False)
+    assert first.n_labelled == 10 and first.n_errors == 2 and first.n_retried == 0 and first.n_parts == 3
+    table = read_labels(out)
+    assert table["doc_id"].to_list() == [r["id"] for r in rows]
+    failed = table.filter(pl.col("failed"))
+    assert failed["doc_id"].to_list() == ["doc-0002"]
+    assert failed["error"][0].startswith("OutOfMemoryError: CUDA out of memory") and failed["label"][0] is None
+    empty = table.filter(pl.col("doc_id") == "doc-0006")
+    assert empty["error"][0] is not None and empty["failed"][0] is False
+
+    again = label_documents(clf, src, out, chunk_size=4, show_progress_bar=False)  # the same call, analysis healed
+    assert (again.n_labelled, again.n_retried, again.n_skipped, again.n_errors) == (1, 1, 9, 0)
+    assert again.n_parts == 4  # the retried row went into a new part; the old ones are untouched
+    in_parts = _rows_in_parts(out)["doc_id"].to_list()
+    assert in_parts.count("doc-0002") == 2 and len(in_parts) == 11
+    table = read_labels(out)
+    ids = table["doc_id"].to_list()
+    assert len(ids) == len(set(ids)) == 10 and set(ids) == {r["id"] for r in rows}
+    retried = table.filter(pl.col("doc_id") == "doc-0002").row(0, named=True)
+    assert retried["error"] is None and retried["failed"] is False and retried["label"] in TOPICS
+    assert abs(sum(retried["probs"]) - 1) < 1e-5 and retried["top_passages"]
+    assert table["failed"].sum() == 0 and table["error"].null_count() == 9  # only the empty document is an error
+    assert table.filter(pl.col("doc_id") == "doc-0006")["failed"][0] is False
+
+    done = label_documents(clf, src, out, chunk_size=4, show_progress_bar=False)  # nothing left, nothing retried
+    assert (done.n_labelled, done.n_retried, done.n_skipped, done.n_parts) == (0, 0, 10, 4)
+
+
+def test_retry_failed_false_keeps_failed_rows_as_done(clf, tmp_path, monkeypatch):
+    src, _ = _source_with_a_transient_failure(tmp_path)
+    out = tmp_path / "labels"
+    with monkeypatch.context() as m:
+        _break_analysis(m)
+        label_documents(clf, src, out, chunk_size=4, show_progress_bar=False)
+    kept = label_documents(clf, src, out, chunk_size=4, retry_failed=False, show_progress_bar=False)
+    assert (kept.n_labelled, kept.n_retried, kept.n_skipped, kept.n_parts) == (0, 0, 10, 3)
+    table = read_labels(out)
+    assert table.filter(pl.col("failed"))["doc_id"].to_list() == ["doc-0002"]
+    with pytest.raises(ConfigError, match="retry_failed must be True or False"):
+        label_documents(clf, src, out, retry_failed="yes")
+    # still retried later, when asked
+    retried = label_documents(clf, src, out, chunk_size=4, show_progress_bar=False)
+    assert (retried.n_labelled, retried.n_retried) == (1, 1)
+    assert read_labels(out)["failed"].sum() == 0
+
+
+def test_parts_without_a_failed_column_still_resume(clf, tmp_path, monkeypatch):
+    """Parts written before the ``failed`` column existed: their rows read as not failed, and are done."""
+    src, rows = _source_with_a_transient_failure(tmp_path)
+    head = _write_jsonl(tmp_path / "head.jsonl", rows[:6])
+    out = tmp_path / "labels"
+    with monkeypatch.context() as m:
+        _break_analysis(m)
+        label_documents(clf, head, out, chunk_size=4, show_progress_bar=False)
+    for part in out.glob("part-*.parquet"):  # as an older version wrote them
+        pl.read_parquet(part).drop("failed").write_parquet(part)
+        assert "failed" not in pl.read_parquet_schema(part)
+    resumed = label_documents(clf, src, out, chunk_size=4, show_progress_bar=False)
+    # the old failure of doc-0002 cannot be told apart from a final error: it counts as done
+    assert (resumed.n_labelled, resumed.n_retried, resumed.n_skipped) == (4, 0, 6)
+    table = read_labels(out)
+    assert table.columns[-1] == "failed" and table.schema["failed"] == pl.Boolean
+    assert table["doc_id"].to_list() == [r["id"] for r in rows]
+    assert table["failed"].to_list() == [False] * 10
+    assert table.filter(pl.col("doc_id") == "doc-0002")["error"][0].startswith("OutOfMemoryError")
+
+
+def test_cli_label_retry_failed_flags(saved_model, tmp_path, monkeypatch, capsys):
+    src, _ = _source_with_a_transient_failure(tmp_path)
+    out = tmp_path / "labels"
+    argv = ["label", str(saved_model), str(src), "--out", str(out), "--chunk-size", "4", "--device", "cpu",
+            "--quiet", "--json"]
+    with monkeypatch.context() as m:
+        _break_analysis(m)
+        assert main(argv) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["n_errors"] == 2 and first["n_retried"] == 0
+    assert main([*argv, "--no-retry-failed"]) == 0
+    kept = json.loads(capsys.readouterr().out)
+    assert kept["n_labelled"] == 0 and kept["n_retried"] == 0 and kept["n_skipped"] == 10
+    assert main([*argv, "--retry-failed"]) == 0
+    retried = json.loads(capsys.readouterr().out)
+    assert retried["n_labelled"] == 1 and retried["n_retried"] == 1 and retried["n_errors"] == 0
+    assert read_labels(out)["failed"].sum() == 0
 
 
 def _n_parts(out: Path) -> int:
