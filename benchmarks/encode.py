@@ -12,8 +12,10 @@ Methods, on the same man-page windows, same process, interleaved round-robin, be
 
 CPU alternatives (``--variants``, MiniLM only by default): ``autocast_bf16`` (fp32 weights under
 ``torch.autocast("cpu", bfloat16)``), ``int8`` (``torch.ao.quantization.quantize_dynamic`` on every
-``nn.Linear``), ``compile`` (``torch.compile`` of the ``BertModel``; compile time reported separately). bf16
-weights are the ``--dtype bf16`` rows. Every method's embeddings are compared with longdoc fp32 (or the first
+``nn.Linear``), ``compile`` (``torch.compile`` of the ``BertModel``; compile time reported separately),
+``onnx`` (the model + mean pooling exported to ONNX, graph fused by ``onnxruntime.transformers.optimizer``, run
+by ONNX Runtime's CPU provider on length-sorted batches of 32 windows padded to the batch's longest; needs
+``pip install onnxruntime onnx``, skipped without it). bf16 weights are the ``--dtype bf16`` rows. Every method's embeddings are compared with longdoc fp32 (or the first
 dtype run) on the same windows: ``min_cosine`` and ``max_abs_diff``.
 
 Counting. ``tokens`` are window tokens, ``[CLS]``/``[SEP]`` included (the tokens the encoder processes; the
@@ -49,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, interleaved_best, load_corpus, logger, machine, rate, setup_logging  # noqa: E402
 
 DTYPES = ("fp32", "bf16")
-VARIANTS = ("autocast_bf16", "int8", "compile")
+VARIANTS = ("autocast_bf16", "int8", "compile", "onnx")
 
 
 @dataclass
@@ -141,6 +143,61 @@ def compare(emb: np.ndarray, ref: np.ndarray) -> dict[str, float]:
         "mean_cosine": round(float(cos.mean()), 6),
         "max_abs_diff": float(np.abs(emb - ref).max()),
     }
+
+
+def onnx_runner(encoder: Any, windows: Any, batch: int = 32) -> Callable[[], np.ndarray] | None:
+    """ONNX Runtime (CPU) over the same windows: export, fuse, and a function giving normalised embeddings."""
+    try:
+        import onnxruntime as ort
+        from onnxruntime.transformers import optimizer
+    except ImportError:
+        emit({"bench": "encode", "figure": "skipped", "what": "onnx variant", "why": "onnxruntime not installed"})
+        return None
+    import torch
+
+    from longdoc.encoder import pool
+
+    class Pooled(torch.nn.Module):
+        def __init__(self, model: Any) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            return pool(self.model(input_ids=ids, attention_mask=mask).last_hidden_state, mask, "mean")
+
+    cfg = encoder.model.config
+    directory = Path(tempfile.mkdtemp(prefix="longdoc-onnx-"))
+    example = (torch.ones((2, 16), dtype=torch.long), torch.ones((2, 16), dtype=torch.long))
+    example[1][1, 8:] = 0  # a padded row, so the mask is not folded away as all ones
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Pooled(encoder.model).eval(), example, str(directory / "model.onnx"),
+                          input_names=["ids", "mask"], output_names=["emb"], opset_version=17, dynamo=False,
+                          dynamic_axes={"ids": {0: "b", 1: "t"}, "mask": {0: "b", 1: "t"}, "emb": {0: "b"}})
+        fused = optimizer.optimize_model(str(directory / "model.onnx"), model_type="bert",
+                                         num_heads=cfg.num_attention_heads, hidden_size=cfg.hidden_size)
+    fused.save_model_to_file(str(directory / "fused.onnx"))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(directory / "fused.onnx"), options, providers=["CPUExecutionProvider"])
+    lengths = windows.lengths
+    order = np.argsort(-lengths, kind="stable")
+
+    def run() -> np.ndarray:
+        out = np.zeros((len(windows), cfg.hidden_size), np.float32)
+        for start in range(0, len(order), batch):
+            rows = order[start:start + batch]
+            width = int(lengths[rows].max())
+            ids = np.zeros((len(rows), width), np.int64)
+            mask = np.zeros_like(ids)
+            for b, r in enumerate(rows):
+                seq = windows.ids(int(r))
+                ids[b, : len(seq)] = seq
+                mask[b, : len(seq)] = 1
+            out[rows] = session.run(None, {"ids": ids, "mask": mask})[0]
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    return run
 
 
 def run_model(case: ModelCase, args: argparse.Namespace, texts_all: list[str]) -> None:
@@ -238,6 +295,12 @@ def run_model(case: ModelCase, args: argparse.Namespace, texts_all: list[str]) -
                 lambda c=c: c.encode_documents(texts, show_progress_bar=False)[1],
                 {"method": "longdoc", "dtype": "fp32", "variant": "torch_compile"},
             )
+
+        if "onnx" in variants:
+            run_onnx = onnx_runner(base, windows)
+            if run_onnx is not None:
+                methods["onnxruntime fp32"], meta["onnxruntime fp32"] = (
+                    run_onnx, {"method": "onnxruntime", "dtype": "fp32", "variant": "onnx_optimized"})
 
     for name, warm in warmups.items():
         logger.info("warm-up: %s", name)
