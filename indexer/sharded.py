@@ -278,8 +278,8 @@ class ShardedPassageIndex:
         dim: vector dimension.
         shards: number of shards (fixed for the life of the index: documents are routed by ``shard_of``).
         encoder: encodes text queries (``QueryEncoder``); its fingerprint is recorded in every shard.
-        factory, normalize, fp16, nprobe, ivf_threshold: as ``PassageIndex``, applied to every shard
-            (``ivf_threshold`` counts the vectors of one shard).
+        factory, normalize, fp16, nprobe, ivf_threshold, device: as ``PassageIndex``, applied to every shard
+            (``ivf_threshold`` counts the vectors of one shard; every shard searches on ``device``).
         workers: threads for building, saving, loading and searching (default: min(shards, CPU count)).
     """
 
@@ -295,10 +295,11 @@ class ShardedPassageIndex:
         nprobe: int | None = None,
         ivf_threshold: int = AUTO_IVF_THRESHOLD,
         workers: int | None = None,
+        device: str | None = None,
     ) -> None:
         shards = _check_shards(shards)
         parts = [PassageIndex(dim, encoder=encoder, factory=factory, normalize=normalize, fp16=fp16, nprobe=nprobe,
-                              ivf_threshold=ivf_threshold) for _ in range(shards)]
+                              ivf_threshold=ivf_threshold, device=device) for _ in range(shards)]
         self._setup(parts, encoder=encoder, fingerprint=_fingerprint(encoder) if encoder is not None else None,
                     workers=workers)
 
@@ -335,12 +336,13 @@ class ShardedPassageIndex:
         nprobe: int | None = None,
         ivf_threshold: int = AUTO_IVF_THRESHOLD,
         workers: int | None = None,
+        device: str | None = None,
     ) -> ShardedPassageIndex:
         """A new sharded index over ``embeddings`` (float (n, dim)) and ``passages`` (n rows); the shards are
         filled in parallel."""
         arr, _ = _as_matrix(embeddings, name="embeddings", dim=None)
         index = cls(arr.shape[1], shards=shards, encoder=encoder, factory=factory, normalize=normalize, fp16=fp16,
-                    nprobe=nprobe, ivf_threshold=ivf_threshold, workers=workers)
+                    nprobe=nprobe, ivf_threshold=ivf_threshold, workers=workers, device=device)
         index.add(arr, passages)
         return index
 
@@ -376,6 +378,16 @@ class ShardedPassageIndex:
     def nprobe(self, value: int) -> None:
         for s in self._shards:
             s.nprobe = value
+
+    @property
+    def device(self) -> str | None:
+        """Where every shard searches (see ``PassageIndex.device``). Settable."""
+        return self._shards[0].device
+
+    @device.setter
+    def device(self, value: str | None) -> None:
+        for s in self._shards:
+            s.device = value
 
     @property
     def encoder(self) -> QueryEncoder | None:
@@ -630,6 +642,7 @@ class ShardedPassageIndex:
         encoder: QueryEncoder | None = None,
         lock: bool = False,
         workers: int | None = None,
+        device: str | None = None,
     ) -> ShardedPassageIndex:
         """Load a sharded index saved by ``save`` (or ``write_sharded_directory``); shards load in parallel.
 
@@ -641,6 +654,7 @@ class ShardedPassageIndex:
         dir_lock = storage.DirectoryLock(target) if lock else None
         try:
             index = cls._load(target, mmap=mmap, encoder=encoder, workers=workers)
+            index.device = device
         except BaseException:
             if dir_lock is not None:
                 dir_lock.release()

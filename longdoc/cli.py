@@ -473,7 +473,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise ModelLoadError(f"{args.index!r} is not an index directory (manifest.json is missing)")
     encoder = load_query_encoder(args.model, device=args.device, bf16=args.bf16)
     try:
-        index = load_index(args.index, encoder=encoder)  # a PassageIndex or a ShardedPassageIndex
+        # one command, a few queries: copying the vectors to a GPU would cost more than searching them on the
+        # CPU, so the search runs there unless --device names a GPU
+        on_gpu = args.device is not None and str(args.device).startswith("cuda")
+        index = load_index(args.index, encoder=encoder, device=args.device if on_gpu else "cpu")
     except IndexLoadError as exc:
         if args.model is None and "fingerprint" in str(exc):
             raise IndexLoadError(f"{exc}; pass --model with the model directory the index was built with") from exc

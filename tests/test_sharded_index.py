@@ -164,9 +164,13 @@ def test_save_load_round_trip_and_export(data, tmp_path):
     assert [keyed(h) for h in loaded.search(queries, k=7, labels="blue")] == \
         [keyed(h) for h in single.search(queries, k=7, labels="blue")]
     assert isinstance(load_index(path), ShardedPassageIndex)
+    on_cpu = load_index(path, device="cpu")
+    assert on_cpu.device == "cpu" and all(s.device == "cpu" for s in on_cpu._shards)
+    assert [keyed(h) for h in on_cpu.search(queries, k=7)] == [keyed(h) for h in single.search(queries, k=7)]
     single.save(tmp_path / "plain")
     single.close()
     assert isinstance(load_index(tmp_path / "plain"), PassageIndex)
+    assert load_index(tmp_path / "plain", device="cpu").device == "cpu"
     with pytest.raises(IndexLoadError, match="single PassageIndex"):
         ShardedPassageIndex.load(tmp_path / "plain")
     loaded.save(path)  # saving over itself swaps atomically, no leftovers
