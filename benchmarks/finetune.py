@@ -77,10 +77,10 @@ def quality(args: argparse.Namespace, device: str, dtype: torch.dtype) -> None:
     emit({"bench": "finetune", "what": "corpus", "pages": pages.height, "dropped": dropped, "train": train.height,
           "val": val.height, "test": test.height, "labels": labels})
     window = WindowConfig(args.max_length, args.stride, max_windows=args.max_windows)
-    if not args.no_retrieval:
+    if not args.no_retrieval and args.first_seed == 0:
         emit({"bench": "finetune", "what": "retrieval", "seed": None,
               **retrieval(WindowEncoder(args.model, device=device, dtype=dtype), test, "pretrained")})
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         clf = LongDocClassifier.from_encoder(args.model, labels=labels, window=window, pooling=args.pooling,
                                              device=device, dtype=dtype)
         config = TrainConfig(mode="finetune", epochs=args.epochs, batch_size=args.batch_size,
@@ -188,6 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default=None, help="encoder (default: the packaged MiniLM)")
     parser.add_argument("--device", default=None, help="default: cuda when available")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds run: first-seed ... first-seed+seeds-1")
     parser.add_argument("--pages-per-section", type=int, default=100)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--stride", type=int, default=32)
