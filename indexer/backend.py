@@ -367,9 +367,14 @@ class FaissBackend:
         if self._torch_cache is None or self._torch_cache[0] != key:
             self._torch_cache = None  # free the old copy before making the new one
             ids, vectors = self.ids_and_vectors()
-            copy = TorchExactSearch(ids, vectors, device=device)
-            logger.info("searching %d vectors on %s with torch (%.0f MiB on the device)", len(ids), device,
-                        copy.nbytes / 2**20)
+            try:
+                copy: TorchExactSearch | None = TorchExactSearch(ids, vectors, device=device)
+            except (RuntimeError, MemoryError) as exc:  # e.g. CUDA out of memory: faiss on the CPU answers
+                logger.warning("cannot place %d vectors on %s (%s); searching on the CPU", len(ids), device, exc)
+                copy = None
+            else:
+                logger.info("searching %d vectors on %s with torch (%.0f MiB on the device)", len(ids), device,
+                            copy.nbytes / 2**20)
             self._torch_cache = (key, copy)
         return self._torch_cache[1]
 
