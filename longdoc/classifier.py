@@ -147,6 +147,12 @@ class LongDocClassifier:
     """Hierarchical long-document classifier: BERT over sliding windows, pooled by a learned head.
 
     Build one with :meth:`from_encoder` or :meth:`load`.
+
+    ``encoder`` makes the window embeddings the heads classify. ``retrieval_encoder`` makes the vectors of a
+    passage index (``longdoc.indexing.index_documents``) and encodes its queries: the same object as ``encoder``
+    until fine-tuning changes the encoder; then, with ``TrainConfig(retrieval_encoder="pretrained")`` (the
+    default), a copy of the encoder as it was before fine-tuning, saved with the model in ``retrieval_encoder/``,
+    because classification fine-tuning measurably hurts retrieval (benchmarks/RESULTS.md).
     """
 
     def __init__(
@@ -159,8 +165,10 @@ class LongDocClassifier:
         thresholds: np.ndarray | None = None,
         tasks: dict[str, Task] | None = None,
         task_head: MultiTaskHead | None = None,
+        retrieval_encoder: WindowEncoder | None = None,
     ) -> None:
         self.encoder = encoder
+        self.retrieval_encoder = retrieval_encoder if retrieval_encoder is not None else encoder
         self.head = head.to(encoder.device)
         self.labels = list(labels)
         self.temperature = float(temperature)
@@ -524,6 +532,10 @@ class LongDocClassifier:
                          encoder_trains=False, show=show)
 
     def _fit_finetune(self, train_docs, y_train, val_docs, y_val, args, class_weights, show) -> None:
+        if args.retrieval_encoder == "finetuned":
+            self.retrieval_encoder = self.encoder
+        elif self.retrieval_encoder is self.encoder:  # keep the weights as they are now for the index
+            self.retrieval_encoder = self.encoder.copy()
         model = self.encoder.model
         freeze_encoder_layers(model, args.train_top_layers)
         if args.gradient_checkpointing:
@@ -746,13 +758,17 @@ class LongDocClassifier:
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | Path) -> Path:
-        """Write ``config.json``, ``encoder/`` (safetensors) and ``head.safetensors``; atomic (temp + rename)."""
+        """Write ``config.json``, ``encoder/`` (safetensors), ``head.safetensors`` and, after fine-tuning with a
+        separate retrieval encoder, ``retrieval_encoder/``; atomic (temp + rename)."""
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
         recover_stale(directory)
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
         try:
             self.encoder.save(tmp / "encoder")
+            separate = self.retrieval_encoder is not self.encoder
+            if separate:
+                self.retrieval_encoder.save(tmp / "retrieval_encoder")
             save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
                       tmp / "head.safetensors")
             if self.task_head is not None:
@@ -764,6 +780,7 @@ class LongDocClassifier:
                 "head": self.head.config.to_dict(),
                 "window": self.window.to_dict(),
                 "encoder": {**self.encoder.settings(), "dim": self.encoder.dim},
+                "retrieval_encoder": "retrieval_encoder" if separate else "encoder",
                 "temperature": self.temperature,
                 "thresholds": None if self.thresholds is None else [float(t) for t in self.thresholds],
                 "tasks": {
@@ -818,6 +835,16 @@ class LongDocClassifier:
         encoder = WindowEncoder(directory / "encoder", device=device, window=window, dtype=dtype, **enc_settings)
         if encoder.dim != head_config.hidden_size:
             raise ModelLoadError(f"encoder dim {encoder.dim} does not match the head's hidden_size {head_config.hidden_size}")
+        retrieval_encoder = None
+        if config.get("retrieval_encoder", "encoder") == "retrieval_encoder":
+            if not (directory / "retrieval_encoder").is_dir():
+                raise ModelLoadError(f"{directory / 'retrieval_encoder'} is missing (config.json names it as the "
+                                     "encoder of the passage index)")
+            retrieval_encoder = WindowEncoder(directory / "retrieval_encoder", device=device, window=window,
+                                              dtype=dtype, **enc_settings)
+            if retrieval_encoder.dim != encoder.dim:
+                raise ModelLoadError(f"retrieval_encoder dim {retrieval_encoder.dim} differs from the encoder's "
+                                     f"{encoder.dim}")
         head = _load_weights(DocumentHead(head_config), directory / "head.safetensors", "the head")
         tasks, task_head = {}, None
         task_configs = config.get("tasks") or {}
@@ -832,7 +859,7 @@ class LongDocClassifier:
         thresholds = config.get("thresholds")
         clf = cls(encoder, head.eval(), labels, temperature=config.get("temperature", 1.0),
                   thresholds=None if thresholds is None else np.asarray(thresholds, dtype=np.float32),
-                  tasks=tasks, task_head=task_head)
+                  tasks=tasks, task_head=task_head, retrieval_encoder=retrieval_encoder)
         for name, t in task_configs.items():
             clf.task_temperature[name] = float(t.get("temperature", 1.0))
             if t.get("thresholds") is not None:

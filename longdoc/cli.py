@@ -218,20 +218,24 @@ def load_classifier(path: str, *, device: str | None = None, bf16: bool = False)
 
 
 def load_query_encoder(path: str | None, *, device: str | None = None, bf16: bool = False) -> Any:
-    """The encoder of a saved classifier (a directory with ``config.json`` and ``encoder/``), or any encoder
-    checkpoint, or (``None``) the packaged MiniLM."""
+    """The encoder of a saved classifier's passage index (``retrieval_encoder/`` after fine-tuning, else
+    ``encoder/``), or any encoder checkpoint, or (``None``) the packaged MiniLM."""
     from longdoc.encoder import WindowEncoder
     from longdoc.errors import ModelLoadError
 
     settings: dict[str, Any] = {}
     if path is not None and (Path(path) / "config.json").is_file() and (Path(path) / "encoder").is_dir():
-        try:  # a classifier directory: only its encoder is needed (the head is never read)
+        try:  # a classifier directory: only the encoder of its index is needed (the head is never read)
             config = json.loads((Path(path) / "config.json").read_text())
             enc = config["encoder"]
             settings = {"pooling": enc["pooling"], "normalize": enc["normalize"]}
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            part = config.get("retrieval_encoder", "encoder")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ModelLoadError(f"{path}/config.json is not a longdoc model config: {exc}") from exc
-        path = str(Path(path) / "encoder")
+        if part not in ("encoder", "retrieval_encoder"):
+            raise ModelLoadError(f"{path}/config.json: retrieval_encoder must be 'encoder' or 'retrieval_encoder', "
+                                 f"got {part!r}")
+        path = str(Path(path) / part)
     elif path is not None and not Path(path).exists():
         raise ModelLoadError(f"model not found: {path!r}")
     try:
@@ -265,6 +269,8 @@ _TRAIN_HELP = {
     "train_top_layers": "finetune only the top N encoder layers (default: all)",
     "gradient_checkpointing": "trade compute for memory in finetune",
     "attention_dropout": "attention-probability dropout while fine-tuning (0 keeps the fused attention kernels)",
+    "retrieval_encoder": "encoder of the passage index after finetune: 'pretrained' (a kept copy, retrieves "
+                         "better) or 'finetuned'",
     "class_weights": "'balanced' weights classes by inverse frequency",
     "patience": "stop after this many epochs without a better validation macro-F1",
     "calibrate": "fit the temperature (and multi-label thresholds) on the eval set",
@@ -275,7 +281,7 @@ _TRAIN_HELP = {
 
 def _train_config_options(p: argparse.ArgumentParser) -> None:
     """One flag per ``TrainConfig`` field (the CLI mirrors the config; defaults come from it)."""
-    from longdoc.training import MODES, TrainConfig
+    from longdoc.training import MODES, RETRIEVAL_ENCODERS, TrainConfig
 
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
@@ -287,6 +293,8 @@ def _train_config_options(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, default=default, choices=list(MODES), help=help_text)
         elif f.name == "class_weights":
             p.add_argument(flag, default=default, choices=["balanced"], help=help_text)
+        elif f.name == "retrieval_encoder":
+            p.add_argument(flag, default=default, choices=list(RETRIEVAL_ENCODERS), help=help_text)
         elif f.name in ("seed", "train_top_layers"):
             p.add_argument(flag, type=int, default=default, help=help_text)
         elif isinstance(default, int):
@@ -390,12 +398,12 @@ def cmd_index(args: argparse.Namespace) -> int:
     existing = None
     if (out / "manifest.json").is_file():
         # lock=True: a second `longdoc index` on the same directory fails now, not after its encoding
-        existing = load_index(out, encoder=clf.encoder, lock=True)  # a PassageIndex or a ShardedPassageIndex
+        existing = load_index(out, encoder=clf.retrieval_encoder, lock=True)  # plain or sharded
         logger.info("updating the index at %s (%d windows)", out, len(existing))
     else:
         from indexer import PassageIndex
 
-        existing = PassageIndex(clf.encoder.dim, encoder=clf.encoder)
+        existing = PassageIndex(clf.retrieval_encoder.dim, encoder=clf.retrieval_encoder)
         existing.lock(out)
     index, _ = result = index_documents(clf, docs, index=existing, prune=args.prune,
                                         show_progress_bar=False if args.quiet else None)

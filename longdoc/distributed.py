@@ -267,8 +267,8 @@ class EncodingStage:
         from longdoc.encoder import WindowEncoder
 
         _, window, is_classifier = _model_parts(model_dir)
-        if is_classifier:
-            self.encoder: WindowEncoder = _load_classifier(model_dir, device).encoder
+        if is_classifier:  # the encoder whose vectors go into passage indexes
+            self.encoder: WindowEncoder = _load_classifier(model_dir, device).retrieval_encoder
         else:
             self.encoder = WindowEncoder(model_dir, device=device, window=window)
 
@@ -372,12 +372,12 @@ class PassageStage(_ModelStage):
 
     def __call__(self, batch: Any) -> pa.Table:
         from indexer.sharded import shard_of
-        from longdoc.indexing import passages_from_analysis
+        from longdoc.indexing import index_vectors, passages_from_analysis
 
         docs = _to_polars(batch)
         analysis = self._analysis(docs)
         passages = passages_from_analysis(analysis, self.clf)
-        emb = np.asarray(analysis.embeddings, dtype=np.float32)
+        emb = index_vectors(self.clf, analysis, show_progress_bar=False)
         passages = passages.with_columns(pl.Series("embedding", list(emb), dtype=pl.List(pl.Float32)))
         if self.shards is not None:
             passages = passages.with_columns(
@@ -599,7 +599,7 @@ def index_with_ray(
     actors with ``num_gpus`` each: windows encoded once, labelled, turned into passage rows with their vectors)
     -> grouped by shard (``indexer.sharded.shard_of`` of the ``doc_id``) -> one task per shard builds its
     ``PassageIndex`` and saves it -> the top-level manifest is written and the directory swapped in atomically
-    (``indexer.sharded.write_sharded_directory``). ``ShardedPassageIndex.load(output_dir, encoder=clf.encoder)``
+    (``indexer.sharded.write_sharded_directory``). ``ShardedPassageIndex.load(output_dir, encoder=clf.retrieval_encoder)``
     opens it; its searches equal those of the single-machine ``index_documents`` over the same documents.
 
     A new index is built each time (``output_dir`` is replaced atomically); to update one, load it as a
@@ -629,7 +629,7 @@ def index_with_ray(
     model_dir = str(Path(model_dir).resolve())
     target = Path(output_dir).resolve()
     driver_clf = _load_classifier(model_dir, "cpu")
-    dim, fingerprint = driver_clf.encoder.dim, driver_clf.encoder.fingerprint
+    dim, fingerprint = driver_clf.retrieval_encoder.dim, driver_clf.retrieval_encoder.fingerprint
     del driver_clf
 
     ds = _documents_dataset(source, reader_options, frozenset())

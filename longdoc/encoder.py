@@ -8,6 +8,7 @@ asynchronous copies on CUDA) while the device computes, and results are put back
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -171,6 +172,14 @@ class WindowEncoder:
     def invalidate_fingerprint(self) -> None:
         """Call after changing the weights (fine-tuning)."""
         self._fingerprint = None
+
+    def copy(self) -> WindowEncoder:
+        """An independent copy (its own weights; the tokenizer is shared, it is never changed)."""
+        clone = object.__new__(WindowEncoder)
+        clone.__dict__.update(self.__dict__)
+        clone.model = copy.deepcopy(self.model)
+        clone._fingerprint = self._fingerprint
+        return clone
 
     # ------------------------------------------------------------------ differentiable core
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

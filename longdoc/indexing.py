@@ -3,15 +3,17 @@
     from longdoc.indexing import index_documents
     index, analysis = index_documents(clf, docs)              # a new index; analysis.probs are the labels
     index.save("index/")
-    result = index_documents(clf, edited_docs, index=PassageIndex.load("index/", encoder=clf.encoder),
+    result = index_documents(clf, edited_docs, index=PassageIndex.load("index/", encoder=clf.retrieval_encoder),
                              prune=True)                       # re-encodes only new or changed documents
     result.counts                                             # IndexCounts(added=1, updated=1, unchanged=..., removed=1)
 
-**Which vectors the index holds.** The window embeddings of the classifier's own encoder (``clf.encoder``),
-mean-pooled and L2-normalised, the very vectors the classifier's head pooled. With the default frozen mode the
-encoder is the pretrained MiniLM, so the index is a plain MiniLM passage index and any copy of that MiniLM
-(same fingerprint) can encode queries; after fine-tuning it is the fine-tuned encoder, and queries must be
-encoded by that same model (the index records the encoder's fingerprint and refuses another one at load).
+**Which vectors the index holds.** The window embeddings of the classifier's ``retrieval_encoder``, mean-pooled
+and L2-normalised; that encoder also encodes the queries (the index records its fingerprint and refuses another
+one at load). With the frozen encoder it is the classifier's own encoder (the pretrained MiniLM by default), so
+one encoder pass gives the labels and the vectors. After fine-tuning it is, by default, the encoder as it was
+before fine-tuning (``TrainConfig(retrieval_encoder="pretrained")``): fine-tuning for classification lowered the
+man-page retrieval MRR (benchmarks/RESULTS.md), so the index keeps the pretrained embeddings and the windows are
+encoded a second time for it. ``retrieval_encoder="finetuned"`` indexes with the fine-tuned encoder (one pass).
 
 **Updates.** Every passage row carries ``content_hash``, the sha256 of its document's text (UTF-8). Given an
 existing index, a document whose id is absent is *added*, one whose hash differs is *updated* (its old windows
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IndexCounts", "Indexed", "content_hash", "index_documents", "passages_from_analysis"]
+__all__ = ["IndexCounts", "Indexed", "content_hash", "index_documents", "index_vectors", "passages_from_analysis"]
 
 # Columns of the passage table this module writes; document metadata with one of these names is renamed.
 _PASSAGE_COLUMNS = (
@@ -140,6 +142,22 @@ class Indexed(tuple):
         return self[1]
 
 
+def index_vectors(clf: LongDocClassifier, analysis: Analysis, rows: np.ndarray | None = None,
+                  show_progress_bar: bool | None = None) -> np.ndarray:
+    """float32 vectors of ``analysis``'s windows (or its window ``rows``) for a passage index.
+
+    The analysis' own embeddings when the classifier indexes with its classification encoder, else the windows
+    encoded again by ``clf.retrieval_encoder``.
+    """
+    if clf.retrieval_encoder is clf.encoder:
+        emb = np.asarray(analysis.embeddings, dtype=np.float32)
+        return emb if rows is None else emb[rows]
+    windows = analysis.windows if rows is None else analysis.windows.take(rows)
+    if len(windows) == 0:
+        return np.zeros((0, clf.retrieval_encoder.dim), dtype=np.float32)
+    return clf.retrieval_encoder.encode_windows(windows, show_progress_bar=show_progress_bar)
+
+
 def _is_analysis(obj: Any) -> bool:
     return all(hasattr(obj, a) for a in ("documents", "windows", "embeddings", "probs", "window_weights"))
 
@@ -170,11 +188,12 @@ def index_documents(
     """Label documents and index their windows with one encoder pass; returns ``(index, analysis)``.
 
     Args:
-        clf: the classifier; its encoder makes the vectors and becomes the index's query encoder.
+        clf: the classifier; its ``retrieval_encoder`` makes the vectors and becomes the index's query encoder
+            (see the module docstring).
         documents: any input ``clf.analyze`` takes (document table, file path, list of texts...), or an
             ``Analysis`` / ``Encoded`` from an earlier pass over the same documents (nothing is encoded again).
         index: an existing index to update (documents are matched by ``doc_id`` and ``content_hash``); ``None``
-            builds a new one (``encoder=clf.encoder``).
+            builds a new one (``encoder=clf.retrieval_encoder``).
         prune: remove the documents of ``index`` that are not in ``documents``.
         columns: ``text_column`` / ``label_column`` / ``id_column`` for tabular inputs.
 
@@ -184,12 +203,12 @@ def index_documents(
         have no windows to index.
 
     Raises:
-        ConfigError: ``index`` was built with a different encoder (its fingerprint differs from ``clf.encoder``'s)
-            or has a different dimension.
+        ConfigError: ``index`` was built with a different encoder (its fingerprint differs from
+            ``clf.retrieval_encoder``'s) or has a different dimension.
     """
     from indexer import PassageIndex
 
-    encoder = clf.encoder
+    encoder = clf.retrieval_encoder
     if index is not None:
         if index.dim != encoder.dim:
             raise ConfigError(f"index dim {index.dim} differs from the classifier's encoder dim {encoder.dim}")
@@ -231,10 +250,11 @@ def index_documents(
         n_encoded = int(todo.sum())
 
     passages = passages_from_analysis(analysis, clf)
-    emb = np.asarray(analysis.embeddings, dtype=np.float32)
+    rows = None
     if precomputed is not None and not todo.all():  # skip the unchanged documents of a precomputed pass
         keep = passages["doc_id"].is_in(todo_ids.implode()).to_numpy()
-        passages, emb = passages.filter(pl.Series(keep)), emb[keep]
+        passages, rows = passages.filter(pl.Series(keep)), np.flatnonzero(keep)
+    emb = index_vectors(clf, analysis, rows, show_progress_bar=show_progress_bar)
 
     if index is None:
         index = PassageIndex(dim=encoder.dim, encoder=encoder)

@@ -39,6 +39,7 @@ from longdoc.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 MODES = ("frozen", "finetune")
+RETRIEVAL_ENCODERS = ("pretrained", "finetuned")
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,11 @@ class TrainConfig:
             scaled-dot-product attention on its fused kernels: with dropout, PyTorch's CPU attention falls back
             to the unfused path and a MiniLM training step is 3.4x slower (benchmarks/RESULTS.md). ``None``
             keeps the checkpoint's own value (0.1 for BERT). The saved model is unchanged either way.
+        retrieval_encoder: which encoder makes the vectors of a passage index after fine-tuning (see
+            ``LongDocClassifier.retrieval_encoder``): ``"pretrained"`` (default) keeps a copy of the encoder as it
+            was before fine-tuning, because classification fine-tuning measurably hurts retrieval
+            (benchmarks/RESULTS.md); ``"finetuned"`` indexes with the fine-tuned encoder (one pass labels and
+            indexes). Frozen training never changes the encoder, so both are the same there.
         class_weights: ``"balanced"`` weights classes by inverse frequency; ``None`` does not.
         patience: stop after this many epochs without a better validation macro-F1 (needs an eval set).
         calibrate: fit a temperature (and multi-label thresholds) on the eval set after training.
@@ -80,6 +86,7 @@ class TrainConfig:
     train_top_layers: int | None = None
     gradient_checkpointing: bool = False
     attention_dropout: float | None = 0.0
+    retrieval_encoder: str = "pretrained"
     class_weights: str | None = None
     patience: int = 4
     calibrate: bool = True
@@ -102,6 +109,8 @@ class TrainConfig:
             raise ConfigError(f"attention_dropout must be None or in [0, 1), got {self.attention_dropout!r}")
         if self.train_top_layers is not None and self.train_top_layers < 0:
             raise ConfigError(f"train_top_layers must be None or >= 0, got {self.train_top_layers!r}")
+        if self.retrieval_encoder not in RETRIEVAL_ENCODERS:
+            raise ConfigError(f"retrieval_encoder must be one of {RETRIEVAL_ENCODERS}, got {self.retrieval_encoder!r}")
         if self.class_weights not in (None, "balanced"):
             raise ConfigError(f"class_weights must be None or 'balanced', got {self.class_weights!r}")
 

@@ -159,3 +159,59 @@ def test_an_index_refuses_a_classifier_with_another_label_map(tiny_model_dir, tm
     other = LongDocClassifier.from_encoder(tiny_model_dir, labels=["b", "a"], window=window, device="cpu")
     with pytest.raises(ConfigError, match="labels"):
         index_documents(other, ["read write run"], index=loaded)
+
+
+def test_a_fine_tuned_classifier_indexes_with_the_pretrained_encoder(tiny_model_dir, tmp_path):
+    from longdoc.cli import load_query_encoder
+
+    texts, labels = _texts(12, seed=4)
+    window = WindowConfig(max_length=32, stride=8)
+    clf = LongDocClassifier.from_encoder(tiny_model_dir, labels=list(TOPICS), window=window, device="cpu")
+    pretrained = clf.encoder.fingerprint
+    assert clf.retrieval_encoder is clf.encoder  # nothing kept twice before fine-tuning
+    clf.fit(texts, labels, args=TrainConfig(mode="finetune", epochs=1, batch_size=4, encoder_lr=1e-3,
+                                           calibrate=False), show_progress_bar=False)
+    assert clf.encoder.fingerprint != pretrained  # the classification encoder changed ...
+    assert clf.retrieval_encoder.fingerprint == pretrained  # ... the index's did not
+
+    docs = _docs(texts, labels, [f"d{i}" for i in range(12)])
+    index, analysis = index_documents(clf, docs)
+    assert index.encoder_fingerprint == pretrained
+    expected = clf.retrieval_encoder.encode_windows(analysis.windows, show_progress_bar=False)
+    hits = index.search(expected[:3], k=1, per_doc=None)
+    assert [h[0].score for h in hits] == pytest.approx([1.0] * 3, abs=1e-5)  # stored vectors are the pretrained ones
+    np.testing.assert_allclose(analysis.probs, clf.predict_proba(texts), atol=1e-5)  # labels from the fine-tuned
+
+    clf.save(tmp_path / "model")
+    assert (tmp_path / "model" / "retrieval_encoder").is_dir()
+    loaded = LongDocClassifier.load(tmp_path / "model", device="cpu")
+    assert loaded.retrieval_encoder.fingerprint == pretrained
+    assert loaded.encoder.fingerprint == clf.encoder.fingerprint
+    assert load_query_encoder(str(tmp_path / "model"), device="cpu").fingerprint == pretrained
+    index.save(tmp_path / "index")
+    PassageIndex.load(tmp_path / "index", encoder=loaded.retrieval_encoder)  # fingerprints agree
+
+    import shutil
+
+    shutil.rmtree(tmp_path / "model" / "retrieval_encoder")
+    from longdoc.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="retrieval_encoder"):
+        LongDocClassifier.load(tmp_path / "model", device="cpu")
+
+
+def test_retrieval_encoder_finetuned_indexes_with_the_fine_tuned_weights(tiny_model_dir, tmp_path):
+    texts, labels = _texts(6, seed=5)
+    clf = LongDocClassifier.from_encoder(tiny_model_dir, labels=list(TOPICS), device="cpu",
+                                         window=WindowConfig(max_length=32, stride=8))
+    clf.fit(texts, labels, args=TrainConfig(mode="finetune", epochs=1, batch_size=3, calibrate=False,
+                                           retrieval_encoder="finetuned"), show_progress_bar=False)
+    assert clf.retrieval_encoder is clf.encoder
+    index, _ = index_documents(clf, texts)
+    assert index.encoder_fingerprint == clf.encoder.fingerprint
+    clf.save(tmp_path / "model")
+    assert not (tmp_path / "model" / "retrieval_encoder").exists()
+    loaded = LongDocClassifier.load(tmp_path / "model", device="cpu")
+    assert loaded.retrieval_encoder is loaded.encoder
+    with pytest.raises(ConfigError, match="retrieval_encoder"):
+        TrainConfig(retrieval_encoder="best")
