@@ -182,6 +182,17 @@ def run(n: int, dim: int, n_queries: int, clusters: int, seed: int, windows_per_
          qps_single=round(single_qps(lambda q: util.semantic_search(torch.from_numpy(q[None, :]), corpus, top_k=K), Q), 1),
          recall_at_10=round(recall(st_found, truth), 4), torch_threads=torch.get_num_threads())
 
+    # -- exact: indexer's torch search on this CPU (what the GPU path runs, here in float32) ----------------------
+    from indexer.torch_search import TorchExactSearch
+
+    build, on_torch = timed(lambda: TorchExactSearch(np.arange(n, dtype=np.int64), X, device="cpu", dtype="float32"))
+    found = on_torch.search(Q, K)[1]
+    emit(**base, impl="TorchExactSearch(cpu, float32)", build_s=round(build, 3),
+         qps=round(qps(lambda: on_torch.search(Q, K), n_queries), 1),
+         qps_single=round(single_qps(lambda q: on_torch.search(q[None, :], K), Q), 1),
+         recall_at_10=round(recall(found, truth), 4))
+    on_torch = None  # free the copy before the next contender
+
     # -- exact: the wrapper ---------------------------------------------------------------------------------------------
     build, index = timed(lambda: PassageIndex.build(X, table, ivf_threshold=n + 1))
     found = hit_ids(index.search(Q, k=K, per_doc=None), row_of)
