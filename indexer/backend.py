@@ -4,8 +4,9 @@
 layouts the indexer uses (an ``IndexIDMap2`` around a flat or scalar-quantised index, an IVF index fed with
 ``add_with_ids``, or any ``index_factory`` string), trains on the first add when needed, runs filtered searches
 with an ``IDSelector`` inside faiss, reads and writes the CPU form, and moves a copy to the GPU for unfiltered
-search when faiss sees one. Where faiss has no GPU build but torch sees a CUDA device, exact layouts are searched
-there with torch (``indexer.torch_search``).
+search when faiss sees one. Exact (flat) layouts are scanned with torch instead where torch is installed
+(``indexer.torch_search``: faster than faiss-cpu's flat scan on the CPU, and on a CUDA device that faiss-cpu
+cannot use); faiss stays the storage, the file format and the engine of every approximate layout.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import faiss
 import numpy as np
 
 from indexer.errors import IndexInputError, IndexLoadError, IndexUnsupportedError
-from indexer.torch_search import TorchExactSearch, cuda_available
+from indexer.torch_search import TorchExactSearch, cuda_available, torch_available
 
 __all__ = ["AUTO_IVF_THRESHOLD", "FaissBackend", "auto_nlist", "faiss_version", "write_index"]
 
@@ -83,10 +84,11 @@ class FaissBackend:
     an IVF index with about 4*sqrt(n) cells rebuilt from the stored vectors. Any other ``factory`` is passed
     to ``faiss.index_factory``; layouts that cannot take ids directly are wrapped in ``IndexIDMap2``.
 
-    ``device`` says where searches run. ``None``: on the GPU when faiss has one (unfiltered searches), else,
-    for exact layouts, on a CUDA device through torch when there is one, else on the CPU. ``"cpu"``: always
-    faiss on the CPU. ``"cuda"`` / ``"cuda:N"``: faiss's GPUs when it has them, else torch on that device (exact
-    layouts; the others stay on the CPU with a warning).
+    ``device`` says where searches run. ``None``: on the GPU when faiss has one (unfiltered searches), else on
+    a CUDA device through torch (exact layouts) when there is one, else on the CPU. ``"cpu"``: on the CPU.
+    ``"cuda"`` / ``"cuda:N"``: faiss's GPUs when it has them, else torch on that device (exact layouts; the
+    others stay on the CPU with a warning). On the CPU exact layouts are scanned by torch when it is installed,
+    approximate ones by faiss.
     """
 
     def __init__(
@@ -338,19 +340,22 @@ class FaissBackend:
             self._inner(), faiss.IndexFlat | faiss.IndexScalarQuantizer)
 
     def _torch_device(self) -> str | None:
-        """The torch device that searches this index, or None (faiss searches it)."""
-        if self.device == "cpu":
+        """The torch device that scans this index, or None (faiss searches it)."""
+        wanted = self.device is not None and self.device.startswith("cuda")  # an explicit GPU
+        if self.device != "cpu" and faiss.get_num_gpus() > 0:  # faiss's own GPU path (unfiltered searches)
             return None
-        if faiss.get_num_gpus() > 0:  # faiss's own GPU path (unfiltered searches)
-            return None
-        wanted = self.device is not None  # an explicit "cuda[:N]"
         if not self.is_exact:
             self._warn_once(wanted, f"device={self.device!r}: only exact layouts are searched with torch, not "
                                     f"{self.layout}; searching with faiss on the CPU")
             return None
+        if not torch_available():
+            self._warn_once(wanted, f"device={self.device!r} but torch is not installed; searching on the CPU")
+            return None
+        if self.device == "cpu":
+            return "cpu"
         if not cuda_available():
             self._warn_once(wanted, f"device={self.device!r} but torch sees no CUDA device; searching on the CPU")
-            return None
+            return "cpu"
         return self.device or "cuda"
 
     def _warn_once(self, wanted: bool, message: str) -> None:
@@ -362,11 +367,12 @@ class FaissBackend:
         """The torch copy of the vectors for the current version, built on first use; None when not used."""
         device = self._torch_device()
         if device is None:
+            self._torch_cache = None
             return None
         key = (self._version, device)
         if self._torch_cache is None or self._torch_cache[0] != key:
             self._torch_cache = None  # free the old copy before making the new one
-            ids, vectors = self.ids_and_vectors()
+            ids, vectors = self._vectors_in_place()
             try:
                 copy: TorchExactSearch | None = TorchExactSearch(ids, vectors, device=device)
             except (RuntimeError, MemoryError) as exc:  # e.g. CUDA out of memory: faiss on the CPU answers
@@ -377,6 +383,19 @@ class FaissBackend:
                             copy.nbytes / 2**20)
             self._torch_cache = (key, copy)
         return self._torch_cache[1]
+
+    def _vectors_in_place(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of an exact layout; a float32 flat index gives a view of its own storage (no copy).
+
+        The view is valid until the index changes; every change bumps ``version``, which rebuilds the torch
+        search before its next use (changes and searches never overlap: ``PassageIndex`` serialises them).
+        """
+        inner = self._inner()
+        if isinstance(inner, faiss.IndexFlat) and inner.ntotal:
+            ids = faiss.vector_to_array(faiss.downcast_index(self.index).id_map).astype(np.int64)
+            view = faiss.rev_swig_ptr(inner.get_xb(), inner.ntotal * inner.d).reshape(inner.ntotal, inner.d)
+            return ids, view
+        return self.ids_and_vectors()
 
     def search(
         self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None, id_bound: int = 0

@@ -86,7 +86,7 @@ def test_unknown_or_empty_filters_and_query_blocks(data, monkeypatch):
     scores, found = search.search(q, 5, allowed=np.array([10_001, 10_002], dtype=np.int64))  # no such ids
     assert (found == -1).all() and np.isneginf(scores).all()
     whole = search.search(q, 10)
-    monkeypatch.setattr(torch_search, "BLOCK_ELEMENTS", 3000 * 7)  # 7 queries per block
+    monkeypatch.setattr(torch_search, "CPU_BLOCK_ELEMENTS", 3000 * 7)  # 7 queries per block
     blocked = search.search(q, 10)
     np.testing.assert_array_equal(whole[1], blocked[1])
     np.testing.assert_allclose(whole[0], blocked[0], atol=1e-6)
@@ -145,3 +145,22 @@ def test_cuda_search_matches_cpu_search(data):
         assert overlap >= 0.99
     gpu.remove(doc_ids=["d0"])  # a change rebuilds the device copy
     assert all(h.doc_id != "d0" for r in gpu.search(q, k=10, per_doc=None) for h in r)
+
+
+def test_exact_layouts_are_scanned_by_torch_on_the_cpu_and_follow_every_change(data):
+    x, _, q = data
+    table = _table(800)
+    index = PassageIndex.build(x[:400], table[:400], device="cpu")
+    assert index._backend._torch_search() is not None  # exact layout: torch scans faiss's own storage
+    ivf = PassageIndex.build(x[:400], table[:400], factory="IVF4,Flat", device="cpu")
+    assert ivf._backend._torch_search() is None  # approximate layouts stay with faiss
+    index.search(q[:2], k=3)
+    index.add(x[400:800], table[400:800])  # faiss may reallocate its storage: the scan must follow
+    index.remove(doc_ids=["d0", "d150"])
+    kept = np.array([i for i in range(800) if i // 4 not in (0, 150)])
+    scores, ids = _faiss_exact(x[kept], kept.astype(np.int64), q, 10)
+    hits = index.search(q, k=10, per_doc=None)
+    got = [[h.doc_id for h in r] for r in hits]
+    want = [[f"d{i // 4}" for i in row] for row in ids]
+    assert got == want
+    np.testing.assert_allclose([[h.score for h in r] for r in hits], scores, atol=1e-5)
