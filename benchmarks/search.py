@@ -139,7 +139,7 @@ def gpu_exact(base: dict[str, Any], X: np.ndarray, Q: np.ndarray, table: pl.Data
 
 
 def run(n: int, dim: int, n_queries: int, clusters: int, seed: int, windows_per_doc: int,
-        real: np.ndarray | None = None) -> None:
+        real: np.ndarray | None = None, exact_only: bool = False) -> None:
     if real is not None:  # real embeddings: the last n_queries rows are the queries
         n = len(real) - n_queries
         X, Q = np.ascontiguousarray(real[:n]), np.ascontiguousarray(real[n:])
@@ -208,6 +208,8 @@ def run(n: int, dim: int, n_queries: int, clusters: int, seed: int, windows_per_
          value=round(wrapper_qps / st_qps, 3))
     del index
     gpu_exact(base, X, Q, table, row_of, truth)
+    if exact_only:
+        return
 
     # -- IVF: plain faiss -----------------------------------------------------------------------------------------------
     nlist = auto_nlist(n)
@@ -261,6 +263,7 @@ def main() -> None:
     parser.add_argument("--windows-per-doc", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--real", default=None, help="a .npy of real (n, dim) embeddings instead of synthetic ones")
+    parser.add_argument("--exact-only", action="store_true", help="skip the IVF contenders (their k-means is slow)")
     args = parser.parse_args()
     emit(figure="machine", cpus=os.cpu_count(), faiss_threads=faiss.omp_get_max_threads(),
          gpus=faiss.get_num_gpus(), python=platform.python_version(), faiss=indexer.backend.faiss_version(),
@@ -269,10 +272,12 @@ def main() -> None:
         real = np.load(args.real).astype(np.float32)
         real /= np.linalg.norm(real, axis=1, keepdims=True)
         rows = np.random.default_rng(args.seed).permutation(len(real))  # queries: a random sample of windows
-        run(len(real), real.shape[1], args.queries, 0, args.seed, args.windows_per_doc, real=real[rows])
+        run(len(real), real.shape[1], args.queries, 0, args.seed, args.windows_per_doc, real=real[rows],
+            exact_only=args.exact_only)
         return
     for dim in (int(d) for d in args.dims.split(",")):
-        run(args.n, dim, args.queries, args.clusters or max(1, args.n // 500), args.seed, args.windows_per_doc)
+        run(args.n, dim, args.queries, args.clusters or max(1, args.n // 500), args.seed, args.windows_per_doc,
+            exact_only=args.exact_only)
 
 
 if __name__ == "__main__":
