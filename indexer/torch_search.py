@@ -2,7 +2,7 @@
 
 For exact layouts the index keeps a copy of its vectors as a torch tensor and answers with matrix products:
 one product per block of queries against all vectors, the best ``k`` taken with ``topk``. On the CPU this is
-float32 throughout, and measured faster than faiss-cpu's flat scan (9.4x batched, 2.2x one query per call at
+float32 throughout, and measured faster than faiss-cpu's flat scan (6x batched, 1.9x one query per call at
 1M x 384, benchmarks/RESULTS.md). On a CUDA device, which ``pip install faiss-cpu`` cannot use, the scan runs in
 half precision and the best ``k + margin`` candidates are re-scored in float32, so the scores (and, but for
 near-ties inside the margin, the ranking) are those of exact float32 search. Filters become a mask over the
