@@ -51,7 +51,8 @@ def cuda_available() -> bool:
 
 
 class TorchExactSearch:
-    """A copy of an index's vectors on a torch device, searched exactly.
+    """An index's vectors as a torch tensor, searched exactly: used in place on the CPU (float32), copied to a
+    GPU.
 
     Args:
         ids: int64 ids of the vectors (unique).
