@@ -60,7 +60,7 @@ class TrainConfig:
         gradient_checkpointing: trade compute for memory in fine-tuning.
         attention_dropout: dropout on the attention probabilities while fine-tuning. ``0.0`` (the default) keeps
             scaled-dot-product attention on its fused kernels: with dropout, PyTorch's CPU attention falls back
-            to the unfused path and a MiniLM training step is 3.4x slower (benchmarks/RESULTS.md). ``None``
+            to the unfused path and a MiniLM training step is 3.3x slower (benchmarks/RESULTS.md). ``None``
             keeps the checkpoint's own value (0.1 for BERT). The saved model is unchanged either way.
         retrieval_encoder: which encoder makes the vectors of a passage index after fine-tuning (see
             ``LongDocClassifier.retrieval_encoder``): ``"pretrained"`` (default) keeps a copy of the encoder as it
