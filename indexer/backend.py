@@ -340,28 +340,29 @@ class FaissBackend:
             self._inner(), faiss.IndexFlat | faiss.IndexScalarQuantizer)
 
     def _torch_device(self) -> str | None:
-        """The torch device that scans this index, or None (faiss searches it)."""
-        wanted = self.device is not None and self.device.startswith("cuda")  # an explicit GPU
+        """The torch device that scans this index, or None (faiss searches it). Called on every search."""
         if self.device != "cpu" and faiss.get_num_gpus() > 0:  # faiss's own GPU path (unfiltered searches)
             return None
         if not self.is_exact:
-            self._warn_once(wanted, f"device={self.device!r}: only exact layouts are searched with torch, not "
-                                    f"{self.layout}; searching with faiss on the CPU")
+            self._warn_once("only exact layouts are searched with torch, not {layout}; searching with faiss on "
+                            "the CPU")
             return None
         if not torch_available():
-            self._warn_once(wanted, f"device={self.device!r} but torch is not installed; searching on the CPU")
+            self._warn_once("torch is not installed; searching on the CPU")
             return None
         if self.device == "cpu":
             return "cpu"
         if not cuda_available():
-            self._warn_once(wanted, f"device={self.device!r} but torch sees no CUDA device; searching on the CPU")
+            self._warn_once("torch sees no CUDA device; searching on the CPU")
             return "cpu"
         return self.device or "cuda"
 
-    def _warn_once(self, wanted: bool, message: str) -> None:
-        if wanted and message not in self._warned:
-            self._warned.add(message)
-            logger.warning(message)
+    def _warn_once(self, reason: str) -> None:
+        """Say once why an explicit ``device="cuda..."`` is not honoured (nothing for ``None`` or ``"cpu"``)."""
+        if self.device is None or not self.device.startswith("cuda") or reason in self._warned:
+            return
+        self._warned.add(reason)
+        logger.warning("device=%r: %s", self.device, reason.format(layout=self.layout))
 
     def _torch_search(self) -> TorchExactSearch | None:
         """The torch copy of the vectors for the current version, built on first use; None when not used."""

@@ -202,8 +202,9 @@ class PassageIndex:
     facts about the index (longdoc records the classifier's label map there).
 
     ``device`` says where searches run (not saved; settable): ``None`` picks a GPU when there is one (faiss's
-    GPU build, or, for exact layouts, torch on CUDA when faiss is CPU-only), ``"cpu"`` keeps faiss on the CPU,
-    ``"cuda"`` / ``"cuda:N"`` asks for that GPU. The saved index is the same either way.
+    GPU build, or, for exact layouts, torch on CUDA when faiss is CPU-only), ``"cpu"`` keeps them on the CPU,
+    ``"cuda"`` / ``"cuda:N"`` asks for that GPU. On the CPU exact layouts are scanned by torch when it is
+    installed, approximate ones by faiss. The saved index is the same either way.
 
     Thread-safe: one internal lock serialises changes, searches and saves of the same object. The directory
     lock (``save`` / ``load(lock=True)``) keeps other writers, in this process or others, off the directory

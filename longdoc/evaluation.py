@@ -65,17 +65,21 @@ def truncation_length(clf: LongDocClassifier) -> int:
     return min(512, int(getattr(clf.encoder.model.config, "max_position_embeddings", 512)))
 
 
+def truncation_config(clf: LongDocClassifier, *, max_windows: int) -> WindowConfig:
+    """Windows of the truncation length, at most ``max_windows`` per document (head + tail)."""
+    length = truncation_length(clf)
+    return WindowConfig(max_length=length, stride=min(128, length - 3), max_windows=max_windows)
+
+
 def truncation_windows(clf: LongDocClassifier, documents: pl.DataFrame, windows: Windows) -> Windows:
     """The first and last window of each document at the truncation length (input of both truncation baselines).
 
     ``windows`` (the classifier's windows of ``documents``) are reused when they already have that length;
     otherwise the documents are cut again (head + tail windows only).
     """
-    length = truncation_length(clf)
-    if clf.window.max_length == length:
+    if clf.window.max_length == truncation_length(clf):
         return windows
-    config = WindowConfig(max_length=length, stride=min(128, length - 3), max_windows=2)
-    return make_windows(documents, clf.encoder.tokenizer, config)
+    return make_windows(documents, clf.encoder.tokenizer, truncation_config(clf, max_windows=2))
 
 
 def first_windows(windows: Windows) -> Windows:
@@ -180,6 +184,8 @@ def compare_with_baselines(
         rows.append(_row(method, reports[method], time.perf_counter() - t0))
         logger.info("%s: accuracy %.4f, macro-F1 %.4f", method, reports[method]["accuracy"], reports[method]["macro_f1"])
 
+    truncated: dict[str, Windows] = {}  # the truncation baselines' windows of each split, cut once
+
     for method in baselines:
         if method == "tfidf":
             t0 = time.perf_counter()
@@ -199,7 +205,7 @@ def compare_with_baselines(
                 logger.warning("head_tail is measured with the frozen encoder only; skipped in fine-tuning mode")
                 continue
             # the usual first-512 recipe: fine-tune the pretrained encoder on each document's first 512 tokens
-            window = WindowConfig(truncation_length(clf), min(128, truncation_length(clf) - 3), max_windows=1)
+            window = truncation_config(clf, max_windows=1)
             model = LongDocClassifier.from_encoder(pretrained, labels=clf.labels, window=window, pooling="mean",
                                                    multi_label=clf.multi_label, device=str(clf.encoder.device),
                                                    dtype=clf.encoder.dtype)
@@ -209,7 +215,9 @@ def compare_with_baselines(
         tok = clf.encoder.tokenizer
         split = {}
         for name, enc in data.items():
-            windows = truncation_windows(clf, enc.documents, enc.windows)
+            if name not in truncated:
+                truncated[name] = truncation_windows(clf, enc.documents, enc.windows)
+            windows = truncated[name]
             reuse = windows is enc.windows
             if method == "first512":
                 split[name] = _with_windows(enc, model, first_windows(windows), reencode=not reuse)
