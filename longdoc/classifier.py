@@ -143,6 +143,15 @@ def _pad_windows(
     return out, mask
 
 
+def _sample_windows(rows: np.ndarray, size: int, keep_first: bool, rng: np.random.Generator) -> np.ndarray:
+    """An ordered random subset of ``size`` of a document's window ``rows`` (its first window always in it when
+    ``keep_first``): the windows one fine-tuning step trains on."""
+    if keep_first:
+        rest = rng.choice(rows[1:], size=size - 1, replace=False)
+        return np.sort(np.concatenate([rows[:1], rest]))
+    return np.sort(rng.choice(rows, size=size, replace=False))
+
+
 class LongDocClassifier:
     """Hierarchical long-document classifier: BERT over sliding windows, pooled by a learned head.
 
@@ -555,7 +564,7 @@ class LongDocClassifier:
             for i in idx:
                 r = np.arange(offsets[i], offsets[i + 1])
                 if len(r) > args.max_train_windows:
-                    r = np.sort(rng.choice(r, size=args.max_train_windows, replace=False))
+                    r = _sample_windows(r, args.max_train_windows, args.keep_first_window, rng)
                 rows.append(r)
             flat = np.concatenate(rows) if rows else np.zeros(0, np.int64)
             ids, mask = _pad_ids(train_w, flat)

@@ -266,6 +266,7 @@ _TRAIN_HELP = {
     "weight_decay": "AdamW weight decay (not on biases and norms)",
     "warmup_ratio": "fraction of the steps with a linear warmup",
     "max_train_windows": "windows per document per training step in finetune (a random ordered subset)",
+    "keep_first_window": "always train on a document's first window, sample the rest (finetune)",
     "train_top_layers": "finetune only the top N encoder layers (default: all)",
     "gradient_checkpointing": "trade compute for memory in finetune",
     "attention_dropout": "attention-probability dropout while fine-tuning (0 keeps the fused attention kernels)",

@@ -339,19 +339,20 @@ class LabellingStage(_ModelStage):
         self.top_passages = top_passages
 
     def __call__(self, batch: Any) -> pa.Table:
-        from longdoc.labeling import _conform, _label_chunk, _rows, _schema
+        from longdoc.label_store import conform_rows, label_schema
+        from longdoc.labeling import label_chunk, label_rows
 
         docs = _to_polars(batch)
         if docs.height == 0:
-            return _to_arrow(pl.DataFrame(schema=_schema(self.clf.multi_label)))
+            return _to_arrow(pl.DataFrame(schema=label_schema(self.clf.multi_label)))
         plain = docs.drop([c for c in (WINDOWS_COLUMN, DOC_TOKENS_COLUMN) if c in docs.columns])
         try:
-            rows = _rows(_Analysed(self.clf, self._analysis(docs)), plain, self.top_passages)
+            rows = label_rows(_Analysed(self.clf, self._analysis(docs)), plain, self.top_passages)
         except Exception as exc:  # noqa: BLE001 - isolate the bad document the single-machine way
             logger.warning("a batch of %d documents failed (%s): labelling them one by one", docs.height, exc)
-            rows = _label_chunk(self.clf, plain, self.top_passages)
+            rows = label_chunk(self.clf, plain, self.top_passages)
         # the same column set and types as every part label_documents writes (error rows have only three columns)
-        return _to_arrow(_conform(rows, self.clf.multi_label))
+        return _to_arrow(conform_rows(rows, self.clf.multi_label))
 
 
 class PassageStage(_ModelStage):
@@ -497,7 +498,8 @@ def label_with_ray(
         A ``LabelSummary``: ``n_documents`` counts the documents labelled by this call plus those found done.
     """
     _require_ray()
-    from longdoc.labeling import LabelSummary, _parts, _prepare_output, _write_atomic
+    from longdoc.label_store import part_files, prepare_output, write_atomic
+    from longdoc.labeling import LabelSummary
 
     concurrency = _positive(concurrency, "concurrency")
     batch_size = _positive(batch_size, "batch_size")
@@ -509,7 +511,7 @@ def label_with_ray(
     model_dir = str(Path(model_dir).resolve())
     out = Path(output).resolve()
     driver_clf = _load_classifier(model_dir, "cpu")
-    done, retry, part_no = _prepare_output(out, driver_clf, retry_failed=retry_failed)
+    done, retry, part_no = prepare_output(out, driver_clf, retry_failed=retry_failed)
     del driver_clf
     for stale in out.glob(f"{_STAGING_PREFIX}*"):
         logger.info("removing %s, left by an interrupted Ray run", stale.name)
@@ -537,11 +539,11 @@ def label_with_ray(
         if retry:
             n_retried += sum(i in retry for i in table["doc_id"].to_list())
         target = out / f"part-{part_no:05d}.parquet"
-        _write_atomic(target, lambda p, f=f: os.replace(f, p))
+        write_atomic(target, lambda p, f=f: os.replace(f, p))
         part_no += 1
     shutil.rmtree(staging, ignore_errors=True)
     summary = LabelSummary(output=str(out), n_documents=n_new + len(done), n_labelled=n_new, n_skipped=len(done),
-                           n_retried=n_retried, n_errors=n_errors, n_parts=len(_parts(out)),
+                           n_retried=n_retried, n_errors=n_errors, n_parts=len(part_files(out)),
                            seconds=time.perf_counter() - started)
     logger.info("labelled %d documents with Ray (%d error rows, %d retried, %d already done) into %s", n_new,
                 n_errors, n_retried, len(done), out)

@@ -1,45 +1,16 @@
 """Batch labelling of a document stream into Parquet: bounded memory, one bad document never stops the batch,
 and a run killed at any moment (even SIGKILL) resumes where it stopped with the same call.
 
-Output directory layout::
-
-    out/
-      _labels.json          what the parts mean: label order of ``probs``, single/multi-label, encoder fingerprint
-      part-00000.parquet    one part per chunk of documents, each written atomically
-      part-00001.parquet
-      ...
-
-Columns of every part (and of :func:`read_labels`):
-
-- ``doc_id`` (str)
-- ``label`` (str; single-label models) or ``labels`` (list[str]; multi-label models): null when ``error`` is set
-- ``probs`` (list[float]): the probabilities in the order of ``_labels.json``'s ``"labels"`` (``clf.labels``);
-  null when ``error`` is set
-- ``top_passages`` (list of struct ``window_index``, ``char_start``, ``char_end``, ``weight``): the windows that
-  drove the label most, best first (``document[char_start:char_end]`` is a window's text)
-- ``warning`` (str or null): a reader warning for a document that was still labelled (e.g. a decoding fallback)
-- ``error`` (str or null): why a document got no label (empty or whitespace-only text, an unreadable line, an
-  analysis failure); the row is still written, so every input document has a row.
-- ``failed`` (bool): ``True`` only for an error row written because the analysis raised (a transient CUDA
-  out-of-memory, a bug hit by one document...): such a document is labelled again by the next call. ``False``
-  for every other row, error rows of documents without tokens included (those are final). Parts written before
-  this column existed lack it; it reads as ``False``.
-
-Exactly once, also across crashes: a part is written to a temporary file, fsynced, then renamed to
-``part-NNNNN.parquet`` (and the directory fsynced), so a part file is either complete or absent. On start, the
-``doc_id`` and ``failed`` columns of every complete part are read, in part order; documents whose latest row is
-not ``failed`` are skipped, those whose latest row is ``failed`` are labelled again (``retry_failed=True``, the
-default) into a new part; leftover temporary files are deleted. Re-running with the same source therefore
-finishes the job, transient failures included. A retried document has a row in two part files; the later row
-wins, and :func:`read_labels` returns each document exactly once (its latest row).
+The output is a labels directory: one atomically written Parquet part per chunk of documents, every input
+document with a row (error rows included), read back by :func:`read_labels`. Its layout, columns and
+exactly-once rules are in :mod:`longdoc.label_store`; ``longdoc.distributed`` writes the same directory with Ray
+from the same rows (:func:`label_rows`, :func:`label_chunk`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -51,20 +22,23 @@ import polars as pl
 from tqdm.auto import tqdm
 
 from longdoc.data import iter_documents
-from longdoc.errors import ConfigError, DataError
+from longdoc.errors import ConfigError
+from longdoc.label_store import (
+    conform_rows,
+    label_names,
+    label_schema,
+    part_files,
+    prepare_output,
+    read_labels,
+    write_atomic,
+)
 
 if TYPE_CHECKING:
     from longdoc.classifier import LongDocClassifier
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LabelSummary", "label_documents", "read_labels"]
-
-FORMAT_VERSION = 1
-META_FILE = "_labels.json"
-_PART = re.compile(r"^part-(\d{5,})\.parquet$")
-_PASSAGE = pl.Struct({"window_index": pl.Int64, "char_start": pl.Int64, "char_end": pl.Int64, "weight": pl.Float64})
-
+__all__ = ["LabelSummary", "label_chunk", "label_documents", "label_names", "label_rows", "read_labels"]
 
 @dataclass(frozen=True)
 class LabelSummary:
@@ -89,135 +63,6 @@ class LabelSummary:
         return asdict(self)
 
 
-def _schema(multi_label: bool) -> dict[str, pl.DataType]:
-    label = {"labels": pl.List(pl.String)} if multi_label else {"label": pl.String}
-    return {"doc_id": pl.String, **label, "probs": pl.List(pl.Float64), "top_passages": pl.List(_PASSAGE),
-            "warning": pl.String, "error": pl.String, "failed": pl.Boolean}
-
-
-def _conform(rows: pl.DataFrame, multi_label: bool) -> pl.DataFrame:
-    """``rows`` with exactly the part columns, in order and typed (error rows of ``_label_chunk`` have three);
-    a missing or null ``failed`` is ``False``."""
-    schema = _schema(multi_label)
-    cols = []
-    for name, dtype in schema.items():
-        if name not in rows.columns:
-            cols.append(pl.lit(False if name == "failed" else None, dtype=dtype).alias(name))
-        elif name == "failed":
-            cols.append(pl.col(name).cast(dtype).fill_null(False))
-        else:
-            cols.append(pl.col(name).cast(dtype))
-    return pl.DataFrame(schema=schema).vstack(rows.select(cols))
-
-
-def _read_part(path: Path, columns: list[str] | None = None) -> pl.DataFrame:
-    """A part's ``columns`` (all when ``None``); parts written before the ``failed`` column get it as ``False``."""
-    has_failed = "failed" in pl.read_parquet_schema(path)
-    wanted = None if columns is None else [c for c in columns if c != "failed" or has_failed]
-    frame = pl.read_parquet(path, columns=wanted)
-    if not has_failed and (columns is None or "failed" in columns):
-        frame = frame.with_columns(pl.lit(False, dtype=pl.Boolean).alias("failed"))
-    return frame
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _parts(output: Path) -> list[tuple[int, Path]]:
-    found = []
-    for p in output.iterdir():
-        m = _PART.match(p.name)
-        if m:
-            found.append((int(m.group(1)), p))
-    return sorted(found)
-
-
-def _metadata(clf: LongDocClassifier) -> dict[str, Any]:
-    return {"format_version": FORMAT_VERSION, "labels": list(clf.labels), "multi_label": bool(clf.multi_label),
-            "encoder_fingerprint": clf.encoder.fingerprint}
-
-
-def _prepare_output(
-    output: Path, clf: LongDocClassifier, *, retry_failed: bool = True
-) -> tuple[set[str], set[str], int]:
-    """Create or check the output directory; return ``(done, retry, next_part)``.
-
-    ``done``: the doc_ids to skip, those whose latest row (part order, then row order) is not ``failed`` (every
-    doc_id written when ``retry_failed`` is False); ``retry``: those whose latest row is ``failed``, to label
-    again (empty when ``retry_failed`` is False); ``next_part``: the number of the next part file.
-    """
-    output.mkdir(parents=True, exist_ok=True)
-    meta = _metadata(clf)
-    meta_path = output / META_FILE
-    parts = _parts(output)
-    if meta_path.is_file():
-        try:
-            old = json.loads(meta_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{meta_path} is unreadable ({exc}); delete the output directory to start again") from exc
-        for key in ("labels", "multi_label", "encoder_fingerprint"):
-            if old.get(key) != meta[key]:
-                raise ConfigError(
-                    f"{output} holds labels from another model ({key} differs: {old.get(key)!r} vs {meta[key]!r}); "
-                    "use another output directory or delete this one"
-                )
-    elif parts:
-        raise DataError(f"{output} has part files but no {META_FILE}: it is not a longdoc labels directory")
-    elif any(not p.name.startswith(".") for p in output.iterdir()):
-        raise DataError(f"{output} is not empty and not a longdoc labels directory; choose an empty directory")
-    else:
-        _write_atomic(meta_path, lambda p: p.write_text(json.dumps(meta, indent=2)))
-    for p in output.iterdir():  # half-written parts of a killed run
-        if p.name.startswith(".part-") and p.name.endswith(".tmp"):
-            logger.info("removing the unfinished part %s", p.name)
-            p.unlink(missing_ok=True)
-    frames = []
-    for _, path in parts:
-        try:
-            frames.append(_read_part(path, ["doc_id", "failed"]))
-        except Exception as exc:  # cannot happen with atomic renames, unless the disk itself was damaged
-            logger.warning("part %s is unreadable (%s): removing it, its documents will be labelled again", path, exc)
-            path.unlink(missing_ok=True)
-    done: set[str] = set()
-    retry: set[str] = set()
-    if frames:
-        latest = pl.concat(frames, how="vertical_relaxed").unique(subset="doc_id", keep="last")
-        failed = latest["failed"].fill_null(False)
-        if retry_failed:
-            done.update(latest.filter(~failed)["doc_id"].to_list())
-            retry.update(latest.filter(failed)["doc_id"].to_list())
-        else:
-            done.update(latest["doc_id"].to_list())
-            n_failed = int(failed.sum())
-            if n_failed:
-                logger.info("%d documents of %s failed earlier and are not retried (retry_failed=False)", n_failed,
-                            output)
-    if retry:
-        logger.info("%d documents of %s failed earlier (their analysis raised): labelling them again", len(retry),
-                    output)
-    next_part = parts[-1][0] + 1 if parts else 0
-    return done, retry, next_part
-
-
 def _error_of(warning: str | None, n_windows: int) -> str | None:
     """Why a document gets no label: it has no tokens (empty, whitespace only, an unreadable line...)."""
     if n_windows == 0:
@@ -225,14 +70,14 @@ def _error_of(warning: str | None, n_windows: int) -> str | None:
     return None
 
 
-def _label_chunk(clf: LongDocClassifier, docs: pl.DataFrame, top_passages: int) -> pl.DataFrame:
+def label_chunk(clf: LongDocClassifier, docs: pl.DataFrame, top_passages: int) -> pl.DataFrame:
     """Rows for one chunk; on an unexpected failure, documents are retried one by one to isolate the bad one.
 
     A document whose analysis still raises alone gets an error row with ``failed=True`` (the next
     ``label_documents`` call labels it again); every other row has ``failed=False``.
     """
     try:
-        return _rows(clf, docs, top_passages)
+        return label_rows(clf, docs, top_passages)
     except Exception as exc:  # noqa: BLE001 - a bad document must not stop the batch
         if docs.height == 1:
             logger.warning("document %r failed: %s", docs["doc_id"][0], exc)
@@ -240,11 +85,13 @@ def _label_chunk(clf: LongDocClassifier, docs: pl.DataFrame, top_passages: int) 
                 {"doc_id": docs["doc_id"], "error": [f"{type(exc).__name__}: {exc}"], "failed": [True]},
             )
         logger.warning("a chunk of %d documents failed (%s): retrying them one by one", docs.height, exc)
-        return pl.concat([_label_chunk(clf, docs.slice(i, 1), top_passages) for i in range(docs.height)],
+        return pl.concat([label_chunk(clf, docs.slice(i, 1), top_passages) for i in range(docs.height)],
                          how="diagonal_relaxed")
 
 
-def _rows(clf: LongDocClassifier, docs: pl.DataFrame, top_passages: int) -> pl.DataFrame:
+def label_rows(clf: LongDocClassifier, docs: pl.DataFrame, top_passages: int) -> pl.DataFrame:
+    """The part rows of ``docs`` from one analysis (one encoder pass); raises when the analysis raises
+    (:func:`label_chunk` isolates the bad document). Documents without tokens get error rows."""
     analysis = clf.analyze(docs, show_progress_bar=False)
     decided = clf._decide(analysis.probs)
     counts = analysis.windows.documents["n_windows"].to_numpy().astype(np.int64)
@@ -272,7 +119,7 @@ def _rows(clf: LongDocClassifier, docs: pl.DataFrame, top_passages: int) -> pl.D
         probs.append([float(p) for p in analysis.probs[i]])
         errors.append(None)
         kept_warnings.append(warnings[i])
-    schema = _schema(clf.multi_label)
+    schema = label_schema(clf.multi_label)
     label_col = "labels" if clf.multi_label else "label"
     return pl.DataFrame(
         {"doc_id": docs["doc_id"].to_list(), label_col: out_labels, "probs": probs, "top_passages": passages,
@@ -328,7 +175,7 @@ def label_documents(
         raise ConfigError(f"retry_failed must be True or False, got {retry_failed!r}")
     started = time.perf_counter()
     out = Path(output)
-    done, retry, part_no = _prepare_output(out, clf, retry_failed=retry_failed)
+    done, retry, part_no = prepare_output(out, clf, retry_failed=retry_failed)
     if done:
         logger.info("resuming: %d documents already labelled in %s", len(done), out)
     n_docs = n_new = n_skipped = n_retried = n_errors = n_failed = 0
@@ -343,9 +190,9 @@ def label_documents(
             if todo.height:
                 if retry:
                     n_retried += sum(i in retry for i in todo["doc_id"].to_list())
-                rows = _conform(_label_chunk(clf, todo, top_passages), clf.multi_label)
+                rows = conform_rows(label_chunk(clf, todo, top_passages), clf.multi_label)
                 path = out / f"part-{part_no:05d}.parquet"
-                _write_atomic(path, lambda p, rows=rows: rows.write_parquet(p))
+                write_atomic(path, lambda p, rows=rows: rows.write_parquet(p))
                 part_no += 1
                 n_new += rows.height
                 n_errors += rows.height - rows["error"].null_count()
@@ -355,7 +202,7 @@ def label_documents(
     finally:
         bar.close()
     summary = LabelSummary(output=str(out), n_documents=n_docs, n_labelled=n_new, n_skipped=n_skipped,
-                           n_retried=n_retried, n_errors=n_errors, n_parts=len(_parts(out)),
+                           n_retried=n_retried, n_errors=n_errors, n_parts=len(part_files(out)),
                            seconds=time.perf_counter() - started)
     logger.info("labelled %d documents (%d skipped as done, %d retried, %d error rows) into %s", n_new, n_skipped,
                 n_retried, n_errors, out)
@@ -363,24 +210,3 @@ def label_documents(
         logger.warning("%d documents failed (their analysis raised): run the same call again to retry them",
                        n_failed)
     return summary
-
-
-def read_labels(output: str | os.PathLike[str]) -> pl.DataFrame:
-    """One row per document of a labels directory: its latest (part order, then row order; a retried document's
-    new row supersedes its ``failed`` one), in the order those rows were written (see the module docstring for
-    the columns; parts without ``failed`` read it as ``False``)."""
-    out = Path(output)
-    meta_path = out / META_FILE
-    if not meta_path.is_file():
-        raise DataError(f"{out} is not a longdoc labels directory: {META_FILE} is missing")
-    meta = json.loads(meta_path.read_text())
-    parts = [p for _, p in _parts(out)]
-    if not parts:
-        return pl.DataFrame(schema=_schema(bool(meta.get("multi_label"))))
-    rows = pl.concat([_read_part(p) for p in parts], how="vertical_relaxed")
-    return rows.unique(subset="doc_id", keep="last", maintain_order=True)
-
-
-def label_names(output: str | os.PathLike[str]) -> list[str]:
-    """The label order of the ``probs`` column of a labels directory."""
-    return list(json.loads((Path(output) / META_FILE).read_text())["labels"])

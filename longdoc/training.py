@@ -7,7 +7,8 @@ Two modes:
 * ``"finetune"``: end to end. Each step encodes the windows of a batch of documents with gradients, pools them
   with the head and puts the loss on the document label, so gradients reach every encoder layer through every
   window of the step. Documents with more than ``max_train_windows`` windows get a random (ordered) subset per
-  step; prediction always uses all windows. ``train_top_layers`` freezes all but the top N encoder layers.
+  step (with ``keep_first_window``, the first window plus a random subset of the rest); prediction always uses
+  all windows. ``train_top_layers`` freezes all but the top N encoder layers.
 
 Both use AdamW with separate learning rates for the encoder and the head, linear warmup then linear decay,
 early stopping on validation macro-F1, optional class weights, seeds, and a checkpoint per epoch that a killed
@@ -56,6 +57,10 @@ class TrainConfig:
         weight_decay: AdamW weight decay (not applied to biases and LayerNorm weights).
         warmup_ratio: fraction of optimizer steps with a linear warmup.
         max_train_windows: windows per document per training step in fine-tuning (a random ordered subset).
+        keep_first_window: when a document has more than ``max_train_windows`` windows, always train on its first
+            window and sample the others from the rest. Prediction reads every window, and the first one (title,
+            NAME/SYNOPSIS, lead paragraph) is where most documents say what they are; a purely random sample
+            leaves it out of many steps.
         train_top_layers: fine-tune only the top N encoder layers (``None``: all layers and embeddings).
         gradient_checkpointing: trade compute for memory in fine-tuning.
         attention_dropout: dropout on the attention probabilities while fine-tuning. ``0.0`` (the default) keeps
@@ -83,6 +88,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     max_train_windows: int = 8
+    keep_first_window: bool = False
     train_top_layers: int | None = None
     gradient_checkpointing: bool = False
     attention_dropout: float | None = 0.0

@@ -214,3 +214,23 @@ def test_checkpoint_survives_a_stale_leftover(tiny_model_dir, tmp_path):
     assert (ckpt / "checkpoint" / "state.json").exists()
     clf.fit(texts, labels, args=TrainConfig(epochs=3, checkpoint_dir=str(ckpt), batch_size=4))
     assert [h["epoch"] for h in clf.history] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("keep_first", [False, True])
+def test_training_window_sample_is_ordered_and_keeps_the_first_window_when_asked(keep_first):
+    from longdoc.classifier import _sample_windows
+
+    rows = np.arange(40, 50)
+    rng = np.random.default_rng(0)
+    samples = [_sample_windows(rows, 3, keep_first, rng) for _ in range(200)]
+    for s in samples:
+        assert len(s) == 3 and len(set(s.tolist())) == 3 and set(s.tolist()) <= set(rows.tolist())
+        assert np.all(np.diff(s) > 0)
+    has_first = np.mean([s[0] == 40 for s in samples])
+    if keep_first:
+        assert has_first == 1.0
+        assert {int(x) for s in samples for x in s[1:]} == set(range(41, 50)), "the rest is sampled from all others"
+    else:
+        assert 0.15 < has_first < 0.5  # 3 of 10: about 0.3
+    only_first = _sample_windows(rows, 1, True, rng)
+    assert only_first.tolist() == [40]
