@@ -109,6 +109,43 @@ def _as_matrix(x: Any, *, name: str, dim: int | None, allow_1d: bool = False) ->
     return arr, was_1d
 
 
+
+def parse_query(query: Any, *, dim: int) -> tuple[bool, list[str] | None, np.ndarray | None]:
+    """``(single, texts, vectors)`` of a search query: a str or a list of str gives ``texts``, a 1-D or 2-D
+    array (numpy or torch) of width ``dim`` gives float32 ``vectors``; ``single`` when one query came as a str
+    or a 1-D vector. Anything else is an ``IndexInputError``."""
+    if isinstance(query, str):
+        return True, [query], None
+    if isinstance(query, list | tuple) and all(isinstance(q, str) for q in query):
+        return False, list(query), None
+    if isinstance(query, np.ndarray) or (hasattr(query, "detach") and hasattr(query, "cpu")):
+        vectors, was_1d = _as_matrix(query, name="query", dim=dim, allow_1d=True)
+        return was_1d, None, vectors
+    raise IndexInputError(
+        "query must be a str, a list of str, or a numpy array (1-D for one query, 2-D for a batch); "
+        f"got {type(query).__name__}"
+        + (" holding non-str items; pass vectors as np.asarray(...)" if isinstance(query, list | tuple) else "")
+    )
+
+
+def _require_encoder(encoder: QueryEncoder | None, owner: str) -> None:
+    if encoder is None:
+        raise IndexInputError(
+            f"text queries need an encoder: pass encoder= to {owner}(...), build(...) or load(...), "
+            "or search with a query vector"
+        )
+
+
+def encode_queries(encoder: QueryEncoder | None, texts: list[str], *, dim: int, owner: str) -> np.ndarray:
+    """``encoder.encode(texts)`` checked: float32 ``(len(texts), dim)``, finite; ``owner`` names the index class
+    in the error raised when there is no encoder."""
+    _require_encoder(encoder, owner)
+    out = encoder.encode(list(texts))
+    arr, _ = _as_matrix(out, name="encoder.encode(...) output", dim=dim)
+    if arr.shape[0] != len(texts):
+        raise IndexInputError(f"encoder.encode returned {arr.shape[0]} rows for {len(texts)} texts")
+    return arr
+
 def _normalized(arr: np.ndarray, *, name: str) -> np.ndarray:
     norms = np.linalg.norm(arr, axis=1, keepdims=True)
     zero = np.flatnonzero(norms[:, 0] == 0)
@@ -521,34 +558,15 @@ class PassageIndex:
         return hits[0] if single else hits
 
     def _parse_query(self, query: Any, mode: str) -> tuple[bool, list[str] | None, np.ndarray | None]:
-        if isinstance(query, str):
-            single, texts, vectors = True, [query], None
-        elif isinstance(query, list | tuple) and all(isinstance(q, str) for q in query):
-            single, texts, vectors = False, list(query), None
-        elif isinstance(query, np.ndarray) or (hasattr(query, "detach") and hasattr(query, "cpu")):
-            vectors, was_1d = _as_matrix(query, name="query", dim=self.dim, allow_1d=True)
-            single, texts = was_1d, None
-        else:
-            raise IndexInputError(
-                "query must be a str, a list of str, or a numpy array (1-D for one query, 2-D for a batch); "
-                f"got {type(query).__name__}"
-                + (" holding non-str items; pass vectors as np.asarray(...)" if isinstance(query, list | tuple) else "")
-            )
+        single, texts, vectors = parse_query(query, dim=self.dim)
         if mode == "hybrid" and texts is None:
             raise IndexInputError("mode='hybrid' needs text queries (BM25 reads the words), got a vector")
-        if texts is not None and self._encoder is None:
-            raise IndexInputError(
-                "text queries need an encoder: pass encoder= to PassageIndex(...), build(...) or load(...), "
-                "or search with a query vector"
-            )
+        if texts is not None:
+            _require_encoder(self._encoder, "PassageIndex")
         return single, texts, vectors
 
     def _encode(self, texts: list[str]) -> np.ndarray:
-        out = self._encoder.encode(list(texts))
-        arr, _ = _as_matrix(out, name="encoder.encode(...) output", dim=self.dim)
-        if arr.shape[0] != len(texts):
-            raise IndexInputError(f"encoder.encode returned {arr.shape[0]} rows for {len(texts)} texts")
-        return arr
+        return encode_queries(self._encoder, texts, dim=self.dim, owner="PassageIndex")
 
     def _allowed(self, labels: Any, doc_ids: Any) -> np.ndarray | None:
         """Sorted row ids passing the filters, or None when there is no filter."""

@@ -60,6 +60,8 @@ from indexer.index import (
     _normalized,
     _str_list,
     check_fingerprint,
+    encode_queries,
+    parse_query,
 )
 from indexer.passages import validate_passages
 
@@ -577,29 +579,12 @@ class ShardedPassageIndex:
         return [dataclasses.replace(h, rank=r) for r, h in enumerate(itertools.islice(best, k), start=1)]
 
     def _query_vectors(self, query: Any) -> tuple[bool, np.ndarray]:
-        if isinstance(query, str) or (isinstance(query, list | tuple) and query and
-                                      all(isinstance(q, str) for q in query)):
-            single = isinstance(query, str)
-            texts = [query] if single else list(query)
-            if self._encoder is None:
-                raise IndexInputError(
-                    "text queries need an encoder: pass encoder= to ShardedPassageIndex(...), build(...) or "
-                    "load(...), or search with a query vector"
-                )
-            out = self._encoder.encode(texts)
-            arr, _ = _as_matrix(out, name="encoder.encode(...) output", dim=self.dim)
-            if arr.shape[0] != len(texts):
-                raise IndexInputError(f"encoder.encode returned {arr.shape[0]} rows for {len(texts)} texts")
-            return single, arr
-        if isinstance(query, list | tuple) and not query:
+        single, texts, vectors = parse_query(query, dim=self.dim)
+        if texts is None:
+            return single, vectors
+        if not texts:
             return False, np.empty((0, self.dim), dtype=np.float32)
-        if isinstance(query, np.ndarray) or (hasattr(query, "detach") and hasattr(query, "cpu")):
-            arr, was_1d = _as_matrix(query, name="query", dim=self.dim, allow_1d=True)
-            return was_1d, arr
-        raise IndexInputError(
-            "query must be a str, a list of str, or a numpy array (1-D for one query, 2-D for a batch); "
-            f"got {type(query).__name__}"
-        )
+        return single, encode_queries(self._encoder, texts, dim=self.dim, owner="ShardedPassageIndex")
 
     # -- persistence -----------------------------------------------------------------------------------------
     def lock(self, directory: str | os.PathLike[str]) -> None:

@@ -214,6 +214,7 @@ def compare_with_baselines(
         model = _sibling(clf, "mean")
         tok = clf.encoder.tokenizer
         split = {}
+        head = head_tokens(truncation_config(clf, max_windows=2))
         for name, enc in data.items():
             if name not in truncated:
                 truncated[name] = truncation_windows(clf, enc.documents, enc.windows)
@@ -222,8 +223,7 @@ def compare_with_baselines(
             if method == "first512":
                 split[name] = _with_windows(enc, model, first_windows(windows), reencode=not reuse)
             else:
-                win = head_tail_windows(windows, head=128 * truncation_length(clf) // 512,
-                                        cls_id=tok.cls_token_id, sep_id=tok.sep_token_id)
+                win = head_tail_windows(windows, head=head, cls_id=tok.cls_token_id, sep_id=tok.sep_token_id)
                 split[name] = _with_windows(enc, model, win, reencode=True)
         run(method, model, split)
     run("hierarchical", clf, data)
