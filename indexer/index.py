@@ -701,28 +701,19 @@ class PassageIndex:
         meta = metadata_columns(self._table)
         col = {name: rows[name].to_list() for name in ("doc_id", "window_index", "text", "char_start", "char_end",
                                                         "labels", "pred_labels", "weight", *meta)}
+        pred = [tuple(p) if p is not None else () for p in col["pred_labels"]]
+        labels = [tuple(g) if g is not None else p for g, p in zip(col["labels"], pred, strict=True)]
+        metadata = ([dict(zip(meta, values, strict=True)) for values in zip(*(col[m] for m in meta), strict=True)]
+                    if meta else [{} for _ in positions])
+        scores = [score for picked in results for _, score in picked]
+        ranks = [rank for picked in results for rank in range(1, len(picked) + 1)]
+        flat = list(map(Hit, scores, ranks, col["doc_id"], col["window_index"], col["text"], col["char_start"],
+                        col["char_end"], labels, metadata, pred, col["weight"]))
         out: list[list[Hit]] = []
         i = 0
         for picked in results:
-            hits = []
-            for rank, (_, score) in enumerate(picked, start=1):
-                pred = tuple(col["pred_labels"][i] or ())
-                gold = col["labels"][i]
-                hits.append(Hit(
-                    score=score,
-                    rank=rank,
-                    doc_id=col["doc_id"][i],
-                    window_index=col["window_index"][i],
-                    text=col["text"][i],
-                    char_start=col["char_start"][i],
-                    char_end=col["char_end"][i],
-                    labels=tuple(gold) if gold is not None else pred,
-                    metadata={name: col[name][i] for name in meta},
-                    pred_labels=pred,
-                    weight=col["weight"][i],
-                ))
-                i += 1
-            out.append(hits)
+            out.append(flat[i : i + len(picked)])
+            i += len(picked)
         return out
 
     # -- persistence -----------------------------------------------------------------------------------------
