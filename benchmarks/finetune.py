@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stride", type=int, default=32)
     parser.add_argument("--max-windows", type=int, default=6)
     parser.add_argument("--max-train-windows", type=int, default=4)
-    parser.add_argument("--keep-first-window", action="store_true",
+    parser.add_argument("--keep-first-window", action=argparse.BooleanOptionalAction, default=True,
                         help="always train on each page's first window (TrainConfig.keep_first_window)")
     parser.add_argument("--pooling", default="attention")
     parser.add_argument("--epochs", type=int, default=4)

@@ -60,7 +60,8 @@ class TrainConfig:
         keep_first_window: when a document has more than ``max_train_windows`` windows, always train on its first
             window and sample the others from the rest. Prediction reads every window, and the first one (title,
             NAME/SYNOPSIS, lead paragraph) is where most documents say what they are; a purely random sample
-            leaves it out of many steps.
+            leaves it out of many steps. Measured on man-page sections (benchmarks/RESULTS.md): +5.4 and +4.7
+            points of macro-F1 on the two seeds run both ways. ``False``: a uniformly random subset.
         train_top_layers: fine-tune only the top N encoder layers (``None``: all layers and embeddings).
         gradient_checkpointing: trade compute for memory in fine-tuning.
         attention_dropout: dropout on the attention probabilities while fine-tuning. ``0.0`` (the default) keeps
@@ -88,7 +89,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     max_train_windows: int = 8
-    keep_first_window: bool = False
+    keep_first_window: bool = True
     train_top_layers: int | None = None
     gradient_checkpointing: bool = False
     attention_dropout: float | None = 0.0
