@@ -6,9 +6,10 @@ Three parts, each printing JSON lines:
   fine-tune and TF-IDF, all through ``compare_with_baselines(..., args=TrainConfig(mode="finetune"))``, on
   ``--corpus``: the man-page sections of ``longdoc demo`` (same pages, same stratified split; the default),
   BBC (``--folds``) or 20 Newsgroups by date (bodies only).
-* ``retrieval``: on the test pages (never trained on), the NAME line as the query and its own page as the
-  relevant document, all windows indexed, with the pretrained encoder and with each fine-tuned one. This says
-  whether classification fine-tuning hurts the embeddings the index keeps.
+* ``retrieval`` (man pages only, part of ``quality`` unless ``--no-retrieval``): on the test pages (never
+  trained on), the NAME line as the query and its own page as the relevant document, all windows indexed,
+  with the pretrained encoder and with each fine-tuned one. This says whether classification fine-tuning
+  hurts the embeddings the index keeps.
 * ``throughput``: training tokens/s of the fine-tuning step (windows of a batch of documents through the
   encoder and the head, backward, AdamW) against a plain Hugging Face ``BertModel`` + linear layer trained on
   the same padded windows, for a BERT-base-sized random model (``--throughput-model``).
@@ -230,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first-seed", type=int, default=0, help="seeds run: first-seed ... first-seed+seeds-1")
     parser.add_argument("--corpus", choices=("manpages", "bbc", "20news"), default="manpages")
-    parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="BBC folds to run")
+    parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="BBC folds to run (--corpus bbc)")
     parser.add_argument("--pages-per-section", type=int, default=100)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--stride", type=int, default=32)

@@ -109,7 +109,6 @@ def _as_matrix(x: Any, *, name: str, dim: int | None, allow_1d: bool = False) ->
     return arr, was_1d
 
 
-
 def parse_query(query: Any, *, dim: int) -> tuple[bool, list[str] | None, np.ndarray | None]:
     """``(single, texts, vectors)`` of a search query: a str or a list of str gives ``texts``, a 1-D or 2-D
     array (numpy or torch) of width ``dim`` gives float32 ``vectors``; ``single`` when one query came as a str
@@ -561,7 +560,7 @@ class PassageIndex:
         single, texts, vectors = parse_query(query, dim=self.dim)
         if mode == "hybrid" and texts is None:
             raise IndexInputError("mode='hybrid' needs text queries (BM25 reads the words), got a vector")
-        if texts is not None:
+        if texts:  # an empty list is an empty batch: [] back, encoder or not (as ShardedPassageIndex)
             _require_encoder(self._encoder, "PassageIndex")
         return single, texts, vectors
 
@@ -707,8 +706,11 @@ class PassageIndex:
                     if meta else [{} for _ in positions])
         scores = [score for picked in results for _, score in picked]
         ranks = [rank for picked in results for rank in range(1, len(picked) + 1)]
-        flat = list(map(Hit, scores, ranks, col["doc_id"], col["window_index"], col["text"], col["char_start"],
-                        col["char_end"], labels, metadata, pred, col["weight"]))
+        flat = [Hit(score=score, rank=rank, doc_id=doc_id, window_index=window_index, text=text, char_start=start,
+                    char_end=end, labels=gold, metadata=meta_row, pred_labels=predicted, weight=weight)
+                for score, rank, doc_id, window_index, text, start, end, gold, meta_row, predicted, weight in zip(
+                    scores, ranks, col["doc_id"], col["window_index"], col["text"], col["char_start"],
+                    col["char_end"], labels, metadata, pred, col["weight"], strict=True)]
         out: list[list[Hit]] = []
         i = 0
         for picked in results:

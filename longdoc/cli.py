@@ -265,7 +265,8 @@ _TRAIN_HELP = {
     "head_lr": "learning rate of the head",
     "weight_decay": "AdamW weight decay (not on biases and norms)",
     "warmup_ratio": "fraction of the steps with a linear warmup",
-    "max_train_windows": "windows per document per training step in finetune (a random ordered subset)",
+    "max_train_windows": "windows per document per training step in finetune (an ordered random subset, the "
+                         "first window always in it unless --no-keep-first-window)",
     "keep_first_window": "always train on a document's first window, sample the rest (finetune)",
     "train_top_layers": "finetune only the top N encoder layers (default: all)",
     "gradient_checkpointing": "trade compute for memory in finetune",

@@ -70,8 +70,8 @@ def label_schema(multi_label: bool) -> dict[str, pl.DataType]:
 
 
 def conform_rows(rows: pl.DataFrame, multi_label: bool) -> pl.DataFrame:
-    """``rows`` with exactly the part columns, in order and typed (error rows of ``longdoc.labeling.label_chunk`` have three);
-    a missing or null ``failed`` is ``False``."""
+    """``rows`` with exactly the part columns, in order and typed (the error rows of
+    ``longdoc.labeling.label_chunk`` have three); a missing or null ``failed`` is ``False``."""
     schema = label_schema(multi_label)
     cols = []
     for name, dtype in schema.items():

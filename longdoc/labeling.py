@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["LabelSummary", "label_chunk", "label_documents", "label_names", "label_rows", "read_labels"]
 
+
 @dataclass(frozen=True)
 class LabelSummary:
     """What a :func:`label_documents` call did.

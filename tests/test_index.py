@@ -13,6 +13,7 @@ from indexer import (
     IndexLockedError,
     IndexUnsupportedError,
     PassageIndex,
+    ShardedPassageIndex,
 )
 
 DIM = 32
@@ -294,6 +295,14 @@ def test_bad_queries():
     index = PassageIndex.build(vectors(20), passages(20))
     with pytest.raises(IndexInputError, match="need an encoder"):
         index.search("text without an encoder")
+    assert index.search([]) == []  # an empty batch needs no encoder, like ShardedPassageIndex
+    sharded = ShardedPassageIndex.build(vectors(20), passages(20), shards=2)
+    assert sharded.search([]) == []
+    for idx in (index, sharded):
+        with pytest.raises(IndexInputError, match="holding non-str items"):
+            idx.search(["a", 3])
+        with pytest.raises(IndexInputError, match="need an encoder"):
+            idx.search(["text"])
     with pytest.raises(IndexInputError, match="dimension 5, the index has dim=32"):
         index.search(np.ones(5, np.float32))
     with pytest.raises(IndexInputError, match="NaN or Inf"):
