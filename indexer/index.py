@@ -145,6 +145,7 @@ def encode_queries(encoder: QueryEncoder | None, texts: list[str], *, dim: int, 
         raise IndexInputError(f"encoder.encode returned {arr.shape[0]} rows for {len(texts)} texts")
     return arr
 
+
 def _normalized(arr: np.ndarray, *, name: str) -> np.ndarray:
     norms = np.linalg.norm(arr, axis=1, keepdims=True)
     zero = np.flatnonzero(norms[:, 0] == 0)
