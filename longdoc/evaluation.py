@@ -185,6 +185,7 @@ def compare_with_baselines(
         logger.info("%s: accuracy %.4f, macro-F1 %.4f", method, reports[method]["accuracy"], reports[method]["macro_f1"])
 
     truncated: dict[str, Windows] = {}  # the truncation baselines' windows of each split, cut once
+    head = head_tokens(truncation_config(clf, max_windows=2))  # head length of head+tail
 
     for method in baselines:
         if method == "tfidf":
@@ -214,7 +215,6 @@ def compare_with_baselines(
         model = _sibling(clf, "mean")
         tok = clf.encoder.tokenizer
         split = {}
-        head = head_tokens(truncation_config(clf, max_windows=2))
         for name, enc in data.items():
             if name not in truncated:
                 truncated[name] = truncation_windows(clf, enc.documents, enc.windows)
