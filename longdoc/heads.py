@@ -12,6 +12,10 @@ Poolings (``HeadConfig.pooling``):
   maximum.
 - ``"attention"``: a learned scorer ``v . tanh(W h_i)`` gives one score per window, a masked softmax turns the
   scores into weights, the pooled vector is ``sum_i w_i h_i``. The weights are the attribution.
+- ``"lead_attention"``: the first ("lead") window's vector concatenated with the attention pooling above, so
+  the classifier sees where most documents say what they are (title, lead paragraph, NAME/SYNOPSIS) on its
+  own, plus everything else weighted by attention; a superset of classifying the first window alone.
+  Attribution: half on the first window, half spread by the attention weights.
 - ``"transformer"`` (ToBERT-style): learned window-position embeddings are added, a small pre-norm
   ``nn.TransformerEncoder`` lets windows see each other, then attention pooling as above.
 
@@ -37,7 +41,7 @@ from longdoc.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-POOLINGS = ("mean", "max", "attention", "transformer")
+POOLINGS = ("mean", "max", "attention", "lead_attention", "transformer")
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,8 @@ class HeadConfig:
     """Configuration of one :class:`DocumentHead`; saved as JSON through :meth:`to_dict` / :meth:`from_dict`.
 
     Args:
-        pooling: how windows are combined: ``"mean"``, ``"max"``, ``"attention"`` or ``"transformer"``.
+        pooling: how windows are combined: ``"mean"``, ``"max"``, ``"attention"``, ``"lead_attention"`` or
+            ``"transformer"``.
         hidden_size: window-embedding dimension d (the encoder's hidden size).
         num_labels: number of labels L (at least 2 for single-label, at least 1 for multi-label).
         multi_label: False: one label per document (softmax, cross-entropy); True: any subset (sigmoid, BCE).
@@ -197,10 +202,11 @@ class DocumentHead(nn.Module):
             self.encoder = nn.TransformerEncoder(
                 layer, config.transformer_layers, norm=nn.LayerNorm(d), enable_nested_tensor=False
             )
-        if config.pooling in ("attention", "transformer"):
+        if config.pooling in ("attention", "lead_attention", "transformer"):
             self.attention = AttentionPooling(d)
         self.dropout = nn.Dropout(config.dropout)
-        self.classifier = nn.Linear(d, config.num_labels)
+        pooled_size = 2 * d if config.pooling == "lead_attention" else d
+        self.classifier = nn.Linear(pooled_size, config.num_labels)
         # Per-dimension standardisation of the input window embeddings (identity until fitted). Sentence
         # encoders put every window in a narrow cone; centring and scaling it makes the head train fast.
         self.register_buffer("input_shift", torch.zeros(d))
@@ -218,7 +224,8 @@ class DocumentHead(nn.Module):
         self.input_scale.copy_(1.0 / x.std(0).clamp_min(1e-6))
 
     def pool(self, windows: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """Pool (B, W, d) windows under a (B, W) bool mask into ((B, d) pooled, (B, W) window weights)."""
+        """Pool (B, W, d) windows under a (B, W) bool mask into ((B, d) pooled, (B, W) window weights); the
+        pooled vector is (B, 2d) for ``"lead_attention"``."""
         pooling = self.config.pooling
         m = mask.unsqueeze(-1)  # (B, W, 1)
         # Standardise, then zero the padding so garbage there (even NaN) can never leak into a sum.
@@ -238,6 +245,14 @@ class DocumentHead(nn.Module):
             weights = hits.mean(dim=1) * has_any.to(h.dtype)  # (B, W)
         elif pooling == "attention":
             pooled, weights = self.attention(h, mask)
+        elif pooling == "lead_attention":
+            attended, attention = self.attention(h, mask)  # (B, d), (B, W)
+            first = h[:, 0] if h.shape[1] else torch.zeros_like(attended)  # zero for a document without windows
+            pooled = torch.cat([first, attended], dim=-1)  # (B, 2d)
+            lead = torch.zeros_like(attention)
+            if h.shape[1]:
+                lead[:, 0] = has_any[:, 0].to(h.dtype)
+            weights = 0.5 * (lead + attention)  # (B, W)
         else:  # transformer
             W = h.shape[1]
             positions = torch.arange(W, device=h.device).clamp(max=self.config.max_windows - 1)  # (W,)
@@ -274,7 +289,7 @@ class DocumentHead(nn.Module):
             raise ValueError(f"mask must have shape {tuple(windows.shape[:2])}, got {tuple(mask.shape)}")
         mask = mask.to(torch.bool)
 
-        pooled, weights = self.pool(windows, mask)  # (B, d), (B, W)
+        pooled, weights = self.pool(windows, mask)  # (B, d) or (B, 2d), (B, W)
         logits = self.classifier(self.dropout(pooled))  # (B, L)
 
         loss = None

@@ -164,11 +164,28 @@ def train(head: DocumentHead, windows, mask, labels, steps: int) -> float:
     return float((pred == labels).float().mean())
 
 
-@pytest.mark.parametrize("pooling,steps", [("max", 200), ("attention", 200), ("transformer", 150)])
+@pytest.mark.parametrize("pooling,steps", [("max", 200), ("attention", 200), ("lead_attention", 200),
+                                           ("transformer", 150)])
 def test_overfits_marker_problem(pooling, steps):
     head = make_head(pooling, num_labels=2, dropout=0.0)
     windows, mask, labels = marker_problem()
     assert train(head, windows, mask, labels, steps) == 1.0
+
+
+def test_lead_attention_sees_the_first_window_on_its_own():
+    head = make_head("lead_attention", num_labels=3, dropout=0.0).eval()
+    windows, mask = ragged()
+    out = head(windows, mask)
+    pooled, _ = head.pool(windows, mask)
+    attended, attention = head.attention(windows, mask)  # identity input scaling: the head's own inputs
+    torch.testing.assert_close(pooled, torch.cat([windows[:, 0] * mask[:, :1], attended], dim=-1))
+    has = mask.any(dim=1)
+    lead = torch.zeros_like(attention)
+    lead[has, 0] = 1.0
+    torch.testing.assert_close(out.window_weights, 0.5 * (lead + attention))
+    # a batch without a single window still pools (to zeros)
+    empty = head(torch.zeros(2, 0, D), torch.zeros(2, 0, dtype=torch.bool))
+    torch.testing.assert_close(empty.logits, head.classifier.bias.detach().expand(2, 3))
 
 
 def test_mean_overfits_mean_separable_problem():
@@ -271,7 +288,7 @@ def test_config_json_round_trip_and_errors():
     again = HeadConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert again == cfg
     assert HeadConfig.from_dict({}) == HeadConfig()
-    with pytest.raises(ConfigError, match=r"pooling='sum'.*\['mean', 'max', 'attention', 'transformer'\]"):
+    with pytest.raises(ConfigError, match=r"pooling='sum'.*\['mean', 'max', 'attention', 'lead_attention', 'transformer'\]"):
         HeadConfig(pooling="sum")
     with pytest.raises(ConfigError, match="unknown HeadConfig keys \\['poolng'\\]"):
         HeadConfig.from_dict({"poolng": "mean"})
