@@ -121,7 +121,7 @@ def quality_on(args: argparse.Namespace, device: str, dtype: torch.dtype, split_
                                              device=device, dtype=dtype)
         config = TrainConfig(mode="finetune", epochs=args.epochs, batch_size=args.batch_size,
                              max_train_windows=args.max_train_windows, keep_first_window=args.keep_first_window,
-                             head_warmup_epochs=args.head_warmup_epochs, encoder_lr=args.encoder_lr, head_lr=args.head_lr, patience=args.patience, seed=seed)
+                             encoder_lr=args.encoder_lr, head_lr=args.head_lr, patience=args.patience, seed=seed)
         t0 = time.perf_counter()
         comparison = compare_with_baselines(clf, train, test, args=config, val_docs=val,
                                             baselines=tuple(args.baselines), show_progress_bar=False)
@@ -132,8 +132,7 @@ def quality_on(args: argparse.Namespace, device: str, dtype: torch.dtype, split_
             emit({"bench": "finetune", "what": "classification", "corpus": args.corpus, "split": split_name,
                   "seed": seed, "window": window.to_dict(),
                   "epochs": args.epochs, "max_train_windows": args.max_train_windows,
-                  "keep_first_window": args.keep_first_window, "head_warmup_epochs": args.head_warmup_epochs,
-                  **row})
+                  "keep_first_window": args.keep_first_window, **row})
         logger.info("%s, %s, seed %d: %.0f s", args.corpus, split_name, seed, time.perf_counter() - t0)
         if retrieval_too:
             emit({"bench": "finetune", "what": "retrieval", "seed": seed,
@@ -240,8 +239,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-train-windows", type=int, default=4)
     parser.add_argument("--keep-first-window", action=argparse.BooleanOptionalAction, default=True,
                         help="always train on each page's first window (TrainConfig.keep_first_window)")
-    parser.add_argument("--head-warmup-epochs", type=int, default=0,
-                        help="train the head alone on frozen embeddings first (TrainConfig.head_warmup_epochs)")
     parser.add_argument("--pooling", default="attention")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=8)

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import shutil
@@ -39,7 +38,6 @@ from longdoc.training import (
     TrainConfig,
     attention_dropout,
     freeze_encoder_layers,
-    has_checkpoint,
     linear_schedule,
     load_checkpoint,
     param_groups,
@@ -545,25 +543,11 @@ class LongDocClassifier:
         self._epoch_loop(n_train=n_train, args=args, step_fn=step, evaluate_fn=evaluate,
                          encoder_trains=False, show=show)
 
-    def _warm_up_head(self, train_docs, y_train, val_docs, y_val, args, class_weights, show) -> None:
-        """Linear probing before fine-tuning: the head trains alone on the pretrained encoder's window embeddings
-        (``TrainConfig.head_warmup_epochs``); its epochs are in ``history`` with ``"phase": "head_warmup"``."""
-        logger.info("head warmup: up to %d epochs on frozen window embeddings", args.head_warmup_epochs)
-        warmup = dataclasses.replace(args, mode="frozen", epochs=args.head_warmup_epochs, checkpoint_dir=None,
-                                     head_warmup_epochs=0)
-        first = len(self.history)
-        self._fit_frozen(train_docs, y_train, val_docs, y_val, warmup, class_weights, show)
-        for record in self.history[first:]:
-            record["phase"] = "head_warmup"
-
     def _fit_finetune(self, train_docs, y_train, val_docs, y_val, args, class_weights, show) -> None:
         if args.retrieval_encoder == "finetuned":
             self.retrieval_encoder = self.encoder
         elif self.retrieval_encoder is self.encoder:  # keep the weights as they are now for the index
             self.retrieval_encoder = self.encoder.copy()
-        resuming = args.checkpoint_dir is not None and has_checkpoint(Path(args.checkpoint_dir))
-        if args.head_warmup_epochs and not resuming:  # a resumed run's checkpoint already holds the head
-            self._warm_up_head(train_docs, y_train, val_docs, y_val, args, class_weights, show)
         model = self.encoder.model
         freeze_encoder_layers(model, args.train_top_layers)
         if args.gradient_checkpointing:
@@ -575,8 +559,7 @@ class LongDocClassifier:
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _nullcontext()
         # train in fp32 weights (bf16 autocast on CUDA); inference dtype is restored afterwards
         sample = np.sort(rng.choice(len(train_w), size=min(512, len(train_w)), replace=False))
-        if not args.head_warmup_epochs:  # a warmed-up head keeps the input scaling it was trained with
-            self._fit_input_scaling(torch.from_numpy(self.encoder.encode_windows(train_w.take(sample))).to(device))
+        self._fit_input_scaling(torch.from_numpy(self.encoder.encode_windows(train_w.take(sample))).to(device))
         model.to(torch.float32)
 
         def step(idx: np.ndarray) -> torch.Tensor:

@@ -268,7 +268,6 @@ _TRAIN_HELP = {
     "max_train_windows": "windows per document per training step in finetune (an ordered random subset, the "
                          "first window always in it unless --no-keep-first-window)",
     "keep_first_window": "always train on a document's first window, sample the rest (finetune)",
-    "head_warmup_epochs": "finetune: train the head alone on frozen embeddings for up to N epochs first (LP-FT)",
     "train_top_layers": "finetune only the top N encoder layers (default: all)",
     "gradient_checkpointing": "trade compute for memory in finetune",
     "attention_dropout": "attention-probability dropout while fine-tuning (0 keeps the fused attention kernels)",
@@ -298,7 +297,7 @@ def _train_config_options(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, default=default, choices=["balanced"], help=help_text)
         elif f.name == "retrieval_encoder":
             p.add_argument(flag, default=default, choices=list(RETRIEVAL_ENCODERS), help=help_text)
-        elif f.name in ("seed", "train_top_layers", "head_warmup_epochs"):
+        elif f.name in ("seed", "train_top_layers"):
             p.add_argument(flag, type=int, default=default, help=help_text)
         elif isinstance(default, int):
             p.add_argument(flag, type=_positive_int, default=default, help=help_text)

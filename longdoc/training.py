@@ -65,11 +65,6 @@ class TrainConfig:
             sections (benchmarks/RESULTS.md): +5.4 and +4.7 points of macro-F1 on the two seeds run both ways.
             ``False``: a uniformly random subset (the only sampling before this option existed: seeded runs of
             older versions reproduce with ``False``).
-        head_warmup_epochs: fine-tuning only: first train the head alone on frozen window embeddings for up to
-            this many epochs (early stopping as usual), then fine-tune end to end from that head (linear probing
-            then fine-tuning, "LP-FT", Kumar et al. 2022): a randomly initialised head otherwise sends large,
-            noisy gradients into the pretrained encoder in the first steps. Costs one inference pass over the
-            training (and validation) windows. ``0`` starts end-to-end training from a fresh head.
         train_top_layers: fine-tune only the top N encoder layers (``None``: all layers and embeddings).
         gradient_checkpointing: trade compute for memory in fine-tuning.
         attention_dropout: dropout on the attention probabilities while fine-tuning. ``0.0`` (the default) keeps
@@ -98,7 +93,6 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     max_train_windows: int = 8
     keep_first_window: bool = True
-    head_warmup_epochs: int = 0
     train_top_layers: int | None = None
     gradient_checkpointing: bool = False
     attention_dropout: float | None = 0.0
@@ -116,9 +110,6 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
-        if isinstance(self.head_warmup_epochs, bool) or not isinstance(self.head_warmup_epochs, int) \
-                or self.head_warmup_epochs < 0:
-            raise ConfigError(f"head_warmup_epochs must be an int >= 0, got {self.head_warmup_epochs!r}")
         for name in ("encoder_lr", "head_lr"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
@@ -273,13 +264,6 @@ def _write_checkpoint(tmp: Path, *, epoch, best_score, bad_epochs, head, best_he
     (tmp / "state.json").write_text(json.dumps(meta))
 
 
-def has_checkpoint(directory: Path) -> bool:
-    """Whether ``directory`` holds a checkpoint that ``load_checkpoint`` would resume from."""
-    path = directory / "checkpoint"
-    recover_stale(path)
-    return (path / "state.json").exists()
-
-
 def load_checkpoint(
     directory: Path,
     *,
@@ -288,9 +272,10 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer,
 ) -> dict[str, Any] | None:
     """Restore a checkpoint written by ``save_checkpoint``; ``None`` when there is none."""
-    if not has_checkpoint(directory):
-        return None
     path = directory / "checkpoint"
+    recover_stale(path)
+    if not (path / "state.json").exists():
+        return None
     meta = json.loads((path / "state.json").read_text())
     head.load_state_dict(load_file(path / "head.safetensors"))
     if encoder is not None and (path / "encoder.safetensors").exists():

@@ -132,29 +132,6 @@ def test_finetune_updates_the_encoder_and_resumes(tiny_model_dir, tmp_path):
     assert np.allclose(again.predict_proba(texts), clf.predict_proba(texts), atol=1e-5)
 
 
-def test_head_warmup_trains_the_head_first_and_is_skipped_on_resume(tiny_model_dir, tmp_path):
-    texts, labels = _corpus(15, 8)
-    val_texts, val_labels = _corpus(6, 9)
-    args = TrainConfig(mode="finetune", epochs=2, batch_size=4, head_warmup_epochs=3, patience=5,
-                       checkpoint_dir=str(tmp_path / "ckpt"), calibrate=False)
-
-    def fitted() -> LongDocClassifier:
-        clf = LongDocClassifier.from_encoder(tiny_model_dir, labels=["sport", "tech", "news"],
-                                             window=WindowConfig(max_length=32, stride=8), device="cpu")
-        return clf.fit(texts, labels, eval_dataset=val_texts, eval_labels=val_labels, args=args)
-
-    clf = fitted()
-    phases = [r.get("phase", "finetune") for r in clf.history]
-    assert phases == ["head_warmup"] * 3 + ["finetune"] * 2
-    assert all("eval_macro_f1" in r for r in clf.history)
-    # resuming from the fine-tuning checkpoint does not train the head alone again
-    again = fitted()
-    assert again.history == []
-    assert np.allclose(again.predict_proba(texts), clf.predict_proba(texts), atol=1e-5)
-    with pytest.raises(ConfigError, match="head_warmup_epochs"):
-        TrainConfig(head_warmup_epochs=-1)
-
-
 def test_attention_dropout_is_set_while_fine_tuning_and_restored(tiny_model_dir):
     import torch
 
