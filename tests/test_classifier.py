@@ -102,13 +102,20 @@ def test_bad_labels_are_named(tiny_model_dir):
         clf.fit(documents_from_texts(["x y", "y z"]), args=TrainConfig(epochs=1))
 
 
-@pytest.mark.parametrize("pooling", ["mean", "max", "transformer"])
-def test_every_pooling_trains_and_predicts(tiny_model_dir, pooling):
+@pytest.mark.parametrize("pooling", ["mean", "max", "lead_attention", "transformer"])
+def test_every_pooling_trains_predicts_and_round_trips(tiny_model_dir, tmp_path, pooling):
     texts, labels = _corpus(12, 4)
     clf = LongDocClassifier.from_encoder(tiny_model_dir, labels=["sport", "tech", "news"], pooling=pooling,
                                          window=WindowConfig(max_length=32, stride=8), device="cpu")
     clf.fit(texts, labels, args=TrainConfig(epochs=2))
     assert len(clf.predict(texts)) == 12
+    loaded = LongDocClassifier.load(clf.save(tmp_path / "model"))
+    assert loaded.head.config.pooling == pooling
+    np.testing.assert_array_equal(loaded.predict_proba(texts), clf.predict_proba(texts))
+    spans = loaded.explain(texts[0], top_k=None)
+    assert sum(w.weight for w in spans) == pytest.approx(1.0, abs=1e-5)
+    if pooling == "lead_attention":  # half of the attribution sits on the first window
+        assert next(w for w in spans if w.window_index == 0).weight >= 0.5 - 1e-6
 
 
 def test_finetune_updates_the_encoder_and_resumes(tiny_model_dir, tmp_path):
