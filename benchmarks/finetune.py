@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-train-windows", type=int, default=4)
     parser.add_argument("--keep-first-window", action=argparse.BooleanOptionalAction, default=True,
                         help="always train on each page's first window (TrainConfig.keep_first_window)")
-    parser.add_argument("--pooling", default="attention")
+    parser.add_argument("--pooling", default="lead_attention")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--encoder-lr", type=float, default=3e-5)

@@ -199,7 +199,7 @@ class LongDocClassifier:
         *,
         labels: Sequence[str],
         window: WindowConfig | None = None,
-        pooling: str = "attention",
+        pooling: str = "lead_attention",
         multi_label: bool = False,
         device: str | None = None,
         dtype: torch.dtype | None = None,
@@ -212,7 +212,8 @@ class LongDocClassifier:
             path_or_name: a BERT-family checkpoint directory or hub name.
             labels: the label names, in the order of ``predict_proba``'s columns.
             window: window geometry (default 512 tokens, overlap 128).
-            pooling: ``"mean"``, ``"max"``, ``"attention"`` or ``"transformer"``.
+            pooling: ``"lead_attention"`` (default: the first window beside attention over all windows),
+                ``"attention"``, ``"mean"``, ``"max"`` or ``"transformer"``; see ``longdoc.heads``.
             multi_label: documents may carry any subset of the labels.
             device: ``None`` picks CUDA when present.
             dtype: encoder compute dtype (default bf16 on CUDA, fp32 on CPU).

@@ -580,7 +580,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-fraction", type=_fraction, default=None, help="hold out this fraction for validation")
     p.add_argument("--model", default=None, help="encoder checkpoint (default: the packaged MiniLM)")
     p.add_argument("--multi-label", action="store_true", help="documents carry any number of labels")
-    p.add_argument("--pooling", default="attention", choices=["mean", "max", "attention", "lead_attention", "transformer"])
+    p.add_argument("--pooling", default="lead_attention",
+                   choices=["mean", "max", "attention", "lead_attention", "transformer"],
+                   help="how window embeddings pool into the document (default: lead_attention, the first window "
+                        "beside attention over all windows)")
     p.add_argument("--max-length", type=_positive_int, default=512, help="tokens per window (default 512)")
     p.add_argument("--stride", type=int, default=128, help="tokens shared by consecutive windows (default 128)")
     p.add_argument("--max-windows", type=_positive_int, default=None, help="cap windows per document (head+tail)")

@@ -7,7 +7,7 @@ Steps (each logged, with its elapsed time):
    render or have fewer than 50 words are dropped. The label is the section digit.
 2. **Split.** Fixed and stratified: 25 % of each section is the test set (``stratified_split(seed=0)``), then
    15 % of the rest is the validation set (``seed=1``, early stopping and calibration), the remainder trains.
-3. **Train and compare.** The hierarchical classifier (attention pooling over windows of ``--max-length``
+3. **Train and compare.** The hierarchical classifier (lead_attention pooling over windows of ``--max-length``
    tokens, overlap ``--stride``, at most ``--max-windows`` windows per page, head + tail) is trained with the
    default MiniLM encoder: frozen on a CPU (bfloat16 when the CPU has avx512_bf16 or amx_bf16, else float32),
    fine-tuned when CUDA is present. The first-512 / head+tail / TF-IDF baselines are trained on the same split
@@ -175,7 +175,7 @@ def run_demo(
 
     window = WindowConfig(max_length=max_length, stride=stride, max_windows=max_windows)
     clf = steps.run("load encoder", LongDocClassifier.from_encoder, model, labels=labels, window=window,
-                    pooling="attention", device=device, dtype=dtype)
+                    pooling="lead_attention", device=device, dtype=dtype)
     config = TrainConfig(mode=mode, epochs=epochs, head_lr=2e-3 if mode == "frozen" else 1e-3,
                          patience=8 if mode == "frozen" else 2, batch_size=16 if mode == "frozen" else 8)
     comparison = steps.run(

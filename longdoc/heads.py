@@ -15,7 +15,9 @@ Poolings (``HeadConfig.pooling``):
 - ``"lead_attention"``: the first ("lead") window's vector concatenated with the attention pooling above, so
   the classifier sees where most documents say what they are (title, lead paragraph, NAME/SYNOPSIS) on its
   own, plus everything else weighted by attention; a superset of classifying the first window alone.
-  Attribution: half on the first window, half spread by the attention weights.
+  Attribution: the two halves share it by how much each moves the logits (the norm of its part of the
+  classifier's output); the first window gets the lead half's share, the attention half's share is spread by
+  the attention weights.
 - ``"transformer"`` (ToBERT-style): learned window-position embeddings are added, a small pre-norm
   ``nn.TransformerEncoder`` lets windows see each other, then attention pooling as above.
 
@@ -60,7 +62,7 @@ class HeadConfig:
         max_windows: learned window positions of the ``"transformer"`` head; windows past it share the last.
     """
 
-    pooling: str = "attention"
+    pooling: str = "lead_attention"
     hidden_size: int = 384
     num_labels: int = 2
     multi_label: bool = False
@@ -252,7 +254,8 @@ class DocumentHead(nn.Module):
             lead = torch.zeros_like(attention)
             if h.shape[1]:
                 lead[:, 0] = has_any[:, 0].to(h.dtype)
-            weights = 0.5 * (lead + attention)  # (B, W)
+            share = self._lead_share(first, attended)  # (B, 1)
+            weights = share * lead + (1 - share) * attention  # (B, W)
         else:  # transformer
             W = h.shape[1]
             positions = torch.arange(W, device=h.device).clamp(max=self.config.max_windows - 1)  # (W,)
@@ -264,6 +267,15 @@ class DocumentHead(nn.Module):
             x = x.masked_fill(~m, 0.0)
             pooled, weights = self.attention(x, mask)
         return pooled, weights
+
+    @torch.no_grad()
+    def _lead_share(self, first: Tensor, attended: Tensor) -> Tensor:
+        """(B, 1): the lead window's share of the logits' magnitude, ``|W_lead f| / (|W_lead f| + |W_att a|)``."""
+        d = self.config.hidden_size
+        weight = self.classifier.weight  # (L, 2d)
+        lead = (first @ weight[:, :d].T).norm(dim=-1, keepdim=True)  # (B, 1)
+        rest = (attended @ weight[:, d:].T).norm(dim=-1, keepdim=True)  # (B, 1)
+        return lead / (lead + rest).clamp_min(torch.finfo(lead.dtype).tiny)
 
     def forward(
         self,

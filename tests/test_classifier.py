@@ -114,8 +114,6 @@ def test_every_pooling_trains_predicts_and_round_trips(tiny_model_dir, tmp_path,
     np.testing.assert_array_equal(loaded.predict_proba(texts), clf.predict_proba(texts))
     spans = loaded.explain(texts[0], top_k=None)
     assert sum(w.weight for w in spans) == pytest.approx(1.0, abs=1e-5)
-    if pooling == "lead_attention":  # half of the attribution sits on the first window
-        assert next(w for w in spans if w.window_index == 0).weight >= 0.5 - 1e-6
 
 
 def test_finetune_updates_the_encoder_and_resumes(tiny_model_dir, tmp_path):

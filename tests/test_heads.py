@@ -179,10 +179,20 @@ def test_lead_attention_sees_the_first_window_on_its_own():
     pooled, _ = head.pool(windows, mask)
     attended, attention = head.attention(windows, mask)  # identity input scaling: the head's own inputs
     torch.testing.assert_close(pooled, torch.cat([windows[:, 0] * mask[:, :1], attended], dim=-1))
+    # attribution: the first window gets the lead half's share of the logits, the rest follows attention
+    W = head.classifier.weight
+    lead_norm = (windows[:, 0] * mask[:, :1]) @ W[:, :D].T
+    rest_norm = attended @ W[:, D:].T
+    share = lead_norm.norm(dim=-1) / (lead_norm.norm(dim=-1) + rest_norm.norm(dim=-1)).clamp_min(1e-30)
+    expected = (1 - share)[:, None] * attention
+    expected[:, 0] += share * mask.any(dim=1)
+    torch.testing.assert_close(out.window_weights, expected)
+    # a head that reads only the lead half puts all of the attribution on the first window
+    with torch.no_grad():
+        head.classifier.weight[:, D:] = 0.0
+    only_lead = head(windows, mask).window_weights
     has = mask.any(dim=1)
-    lead = torch.zeros_like(attention)
-    lead[has, 0] = 1.0
-    torch.testing.assert_close(out.window_weights, 0.5 * (lead + attention))
+    torch.testing.assert_close(only_lead[has, 0], torch.ones(int(has.sum())))
     # a batch without a single window still pools (to zeros)
     empty = head(torch.zeros(2, 0, D), torch.zeros(2, 0, dtype=torch.bool))
     torch.testing.assert_close(empty.logits, head.classifier.bias.detach().expand(2, 3))
