@@ -61,7 +61,8 @@ class TrainConfig:
         keep_first_window: when a document has more than ``max_train_windows`` windows, always train on its first
             window and sample the others from the rest (with ``max_train_windows=1``: the first window only).
             Prediction reads every window, and the first one (title, NAME/SYNOPSIS, lead paragraph) is where most
-            documents say what they are; a purely random sample leaves it out of many steps. Measured on man-page
+            documents say what they are (the ``lead_attention`` head reads it on its own); a purely random sample
+            leaves it out of many steps. Measured on man-page
             sections (benchmarks/RESULTS.md): +5.4 and +4.7 points of macro-F1 on the two seeds run both ways.
             ``False``: a uniformly random subset (the only sampling before this option existed: seeded runs of
             older versions reproduce with ``False``).
