@@ -62,8 +62,8 @@ class TrainConfig:
             window and sample the others from the rest (with ``max_train_windows=1``: the first window only).
             Prediction reads every window, and the first one (title, NAME/SYNOPSIS, lead paragraph) is where most
             documents say what they are (the ``lead_attention`` head reads it on its own); a purely random sample
-            leaves it out of many steps. Measured on man-page
-            sections (benchmarks/RESULTS.md): +5.4 and +4.7 points of macro-F1 on the two seeds run both ways.
+            leaves it out of many steps. Measured on man-page sections (benchmarks/RESULTS.md): +5.4 and +4.7
+            points of macro-F1 on the two seeds run both ways.
             ``False``: a uniformly random subset (the only sampling before this option existed: seeded runs of
             older versions reproduce with ``False``).
         train_top_layers: fine-tune only the top N encoder layers (``None``: all layers and embeddings).
