@@ -566,6 +566,7 @@ def format_table(table: Any) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from longdoc import demo
+    from longdoc.heads import POOLINGS  # the parser already imports torch through the TrainConfig flags
 
     parser = _Parser(prog="longdoc", description="Long-document classification and retrieval over BERT windows.")
     parser.add_argument("--version", action="version", version=_version())
@@ -581,7 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="encoder checkpoint (default: the packaged MiniLM)")
     p.add_argument("--multi-label", action="store_true", help="documents carry any number of labels")
     p.add_argument("--pooling", default="lead_attention",
-                   choices=["mean", "max", "attention", "lead_attention", "transformer"],
+                   choices=list(POOLINGS),
                    help="how window embeddings pool into the document (default: lead_attention, the first window "
                         "beside attention over all windows)")
     p.add_argument("--max-length", type=_positive_int, default=512, help="tokens per window (default 512)")
