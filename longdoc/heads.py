@@ -249,11 +249,10 @@ class DocumentHead(nn.Module):
             pooled, weights = self.attention(h, mask)
         elif pooling == "lead_attention":
             attended, attention = self.attention(h, mask)  # (B, d), (B, W)
-            first = h[:, 0] if h.shape[1] else torch.zeros_like(attended)  # zero for a document without windows
-            pooled = torch.cat([first, attended], dim=-1)  # (B, 2d)
             lead = torch.zeros_like(attention)
-            if h.shape[1]:
-                lead[:, 0] = has_any[:, 0].to(h.dtype)
+            lead[:, :1] = has_any.to(h.dtype)  # one-hot on the first window (none for an empty document or batch)
+            first = torch.einsum("bw,bwd->bd", lead, h)  # (B, d): the first window, zero without windows
+            pooled = torch.cat([first, attended], dim=-1)  # (B, 2d)
             share = self._lead_share(first, attended)  # (B, 1)
             weights = share * lead + (1 - share) * attention  # (B, W)
         else:  # transformer
