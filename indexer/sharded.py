@@ -155,18 +155,7 @@ def write_sharded_directory(
     """
     shards = _check_shards(shards)
     target = Path(os.path.abspath(directory))
-    if os.path.lexists(target):
-        if not target.is_dir():
-            raise IndexInputError(f"directory={str(target)!r} exists and is not a directory")
-        if any(target.iterdir()) and not (target / storage.MANIFEST).is_file():
-            raise IndexInputError(
-                f"directory={str(target)!r} exists, is not empty and holds no {storage.MANIFEST}: refusing to "
-                "replace a directory that is not an index; choose a new or empty directory"
-            )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    storage.recover_stale(target)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    os.mkdir(tmp)
+    tmp = storage.start_directory(target)
     try:
         paths = [tmp / shard_name(i) for i in range(shards)]
         write_shards(paths)
@@ -210,16 +199,7 @@ def write_sharded_directory(
             "shard_entries": entries,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),  # noqa: UP017 (py3.10)
         }
-        data = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8")
-        fd = os.open(tmp / storage.MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            storage._write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        storage._fsync_path(tmp, directory=True)
-        storage._swap_into_place(tmp, target)
-        storage._fsync_path(target.parent, directory=True)
+        storage.commit_directory(tmp, target, manifest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

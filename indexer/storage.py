@@ -41,7 +41,9 @@ __all__ = [
     "DirectoryLock",
     "Snapshot",
     "atomic_save",
+    "commit_directory",
     "open_snapshot",
+    "start_directory",
 ]
 
 logger = logging.getLogger(__name__)
@@ -181,14 +183,13 @@ def recover_stale(target: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def atomic_save(
-    target: Path,
-    writers: Mapping[str, Callable[[Path], None]],
-    manifest: dict[str, Any],
-) -> dict[str, str]:
-    """Write ``writers`` (name -> function writing that file) and ``manifest.json`` atomically at ``target``.
+def start_directory(target: Path) -> Path:
+    """A new empty temporary sibling of ``target`` to write the next version of the index directory into.
 
-    The caller holds the directory's lock. Returns the sha256 checksums that went into the manifest.
+    The caller holds the directory's lock. Refuses (``IndexInputError``) a ``target`` that is not a directory,
+    or that is a non-empty directory holding no ``manifest.json`` (never replace what is not an index); clears
+    what an interrupted save left (``recover_stale``). Finish with ``commit_directory``; on failure remove the
+    temporary directory.
     """
     target = Path(os.path.abspath(target))
     if os.path.lexists(target):
@@ -203,6 +204,37 @@ def atomic_save(
     recover_stale(target)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     os.mkdir(tmp)
+    return tmp
+
+
+def commit_directory(tmp: Path, target: Path, manifest: dict[str, Any]) -> None:
+    """Write ``manifest`` as ``tmp/manifest.json`` (sorted, indented JSON), fsync it and ``tmp``, then swap
+    ``tmp`` into place at ``target`` and fsync the parent: the last step of a save begun with
+    ``start_directory``. The files already in ``tmp`` must be fsynced by the caller."""
+    target = Path(os.path.abspath(target))
+    data = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8")
+    fd = os.open(tmp / MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _fsync_path(tmp, directory=True)
+    _swap_into_place(tmp, target)
+    _fsync_path(target.parent, directory=True)
+
+
+def atomic_save(
+    target: Path,
+    writers: Mapping[str, Callable[[Path], None]],
+    manifest: dict[str, Any],
+) -> dict[str, str]:
+    """Write ``writers`` (name -> function writing that file) and ``manifest.json`` atomically at ``target``.
+
+    The caller holds the directory's lock. Returns the sha256 checksums that went into the manifest.
+    """
+    target = Path(os.path.abspath(target))
+    tmp = start_directory(target)
     try:
         checksums: dict[str, str] = {}
         for name, write in writers.items():
@@ -212,16 +244,7 @@ def atomic_save(
             checksums[name] = _sha256_file(path)
         body = dict(manifest)
         body["checksums"] = checksums
-        data = json.dumps(body, indent=2, sort_keys=True).encode("utf-8")
-        fd = os.open(tmp / MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        _fsync_path(tmp, directory=True)
-        _swap_into_place(tmp, target)
-        _fsync_path(target.parent, directory=True)
+        commit_directory(tmp, target, body)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
