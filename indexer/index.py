@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import os
 import platform
 import threading
@@ -18,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, Protocol, overload, runtime_checkable
+from typing import Any, Literal, overload
 
 import numpy as np
 import polars as pl
@@ -27,6 +26,24 @@ from indexer import storage
 from indexer.backend import AUTO_IVF_THRESHOLD, FaissBackend, check_device, faiss_version
 from indexer.errors import IndexInputError, IndexLoadError
 from indexer.hybrid import RRF_K, Bm25Index, reciprocal_rank_fusion
+from indexer.inputs import (
+    Query,
+    QueryEncoder,
+    as_matrix,
+    check_encoder,
+    check_fingerprint,
+    check_known_labels,
+    check_min_score,
+    check_mode,
+    check_no_clash,
+    check_positive_int,
+    encode_queries,
+    fingerprint_of,
+    normalized,
+    parse_query,
+    require_encoder,
+    str_list,
+)
 from indexer.passages import empty_table, metadata_columns, validate_passages, validate_stored_table
 
 __all__ = ["FORMAT_VERSION", "Hit", "PassageIndex", "QueryEncoder"]
@@ -37,22 +54,6 @@ FORMAT_VERSION = 1
 METRIC = "inner_product"
 #: How many candidates each ranking contributes to reciprocal rank fusion, at least.
 HYBRID_MIN_DEPTH = 50
-
-Query = str | Sequence[str] | np.ndarray
-
-
-@runtime_checkable
-class QueryEncoder(Protocol):
-    """What a text query needs: ``encode(texts) -> float32 array (len(texts), dim)`` and ``dim``.
-
-    An optional ``fingerprint: str`` attribute identifies the model; it is recorded in the index manifest and
-    checked when the index is loaded with an encoder.
-    """
-
-    dim: int
-
-    def encode(self, texts: list[str]) -> np.ndarray: ...
-
 
 @dataclass(frozen=True)
 class Hit:
@@ -76,136 +77,6 @@ class Hit:
     metadata: dict[str, Any] = field(default_factory=dict)
     pred_labels: tuple[str, ...] = ()
     weight: float | None = None
-
-
-# -- input checks ------------------------------------------------------------------------------------------------
-def _as_matrix(x: Any, *, name: str, dim: int | None, allow_1d: bool = False) -> tuple[np.ndarray, bool]:
-    """``x`` as a C-contiguous float32 (n, dim) array, and whether it came in 1-D. Raises IndexInputError."""
-    if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor, without importing torch
-        x = x.detach().cpu().float().numpy()
-    try:
-        arr = np.asarray(x)
-    except Exception as exc:
-        raise IndexInputError(f"{name} must be a float array, got {type(x).__name__} ({exc})") from None
-    if arr.dtype.kind != "f":
-        raise IndexInputError(f"{name} must be a float array (float32 preferred), got dtype {arr.dtype}")
-    was_1d = arr.ndim == 1
-    if was_1d and allow_1d:
-        arr = arr[None, :]
-    if arr.ndim != 2:
-        shape = "1-D or 2-D (n, dim)" if allow_1d else "2-D (n, dim)"
-        raise IndexInputError(f"{name} must be {shape}, got shape {arr.shape}")
-    if dim is not None and arr.shape[1] != dim:
-        raise IndexInputError(f"{name} has dimension {arr.shape[1]}, the index has dim={dim}")
-    if arr.shape[1] == 0:
-        raise IndexInputError(f"{name} has dimension 0")
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    finite = np.isfinite(arr).all(axis=1)
-    if not finite.all():
-        bad = np.flatnonzero(~finite)
-        raise IndexInputError(
-            f"{name} has NaN or Inf in {len(bad)} row(s) (first: row {int(bad[0])}); every value must be finite"
-        )
-    return arr, was_1d
-
-
-def parse_query(query: Any, *, dim: int) -> tuple[bool, list[str] | None, np.ndarray | None]:
-    """``(single, texts, vectors)`` of a search query: a str or a list of str gives ``texts``, a 1-D or 2-D
-    array (numpy or torch) of width ``dim`` gives float32 ``vectors``; ``single`` when one query came as a str
-    or a 1-D vector. Anything else is an ``IndexInputError``."""
-    if isinstance(query, str):
-        return True, [query], None
-    if isinstance(query, list | tuple) and all(isinstance(q, str) for q in query):
-        return False, list(query), None
-    if isinstance(query, np.ndarray) or (hasattr(query, "detach") and hasattr(query, "cpu")):
-        vectors, was_1d = _as_matrix(query, name="query", dim=dim, allow_1d=True)
-        return was_1d, None, vectors
-    raise IndexInputError(
-        "query must be a str, a list of str, or a numpy array (1-D for one query, 2-D for a batch); "
-        f"got {type(query).__name__}"
-        + (" holding non-str items; pass vectors as np.asarray(...)" if isinstance(query, list | tuple) else "")
-    )
-
-
-def _require_encoder(encoder: QueryEncoder | None, owner: str) -> None:
-    if encoder is None:
-        raise IndexInputError(
-            f"text queries need an encoder: pass encoder= to {owner}(...), build(...) or load(...), "
-            "or search with a query vector"
-        )
-
-
-def encode_queries(encoder: QueryEncoder | None, texts: list[str], *, dim: int, owner: str) -> np.ndarray:
-    """``encoder.encode(texts)`` checked: float32 ``(len(texts), dim)``, finite; ``owner`` names the index class
-    in the error raised when there is no encoder."""
-    _require_encoder(encoder, owner)
-    out = encoder.encode(list(texts))
-    arr, _ = _as_matrix(out, name="encoder.encode(...) output", dim=dim)
-    if arr.shape[0] != len(texts):
-        raise IndexInputError(f"encoder.encode returned {arr.shape[0]} rows for {len(texts)} texts")
-    return arr
-
-
-def _normalized(arr: np.ndarray, *, name: str) -> np.ndarray:
-    norms = np.linalg.norm(arr, axis=1, keepdims=True)
-    zero = np.flatnonzero(norms[:, 0] == 0)
-    if len(zero):
-        raise IndexInputError(
-            f"{name} row {int(zero[0])} is all zeros and cannot be L2-normalised ({len(zero)} such row(s)); "
-            "drop it or build the index with normalize=False"
-        )
-    return np.ascontiguousarray(arr / norms, dtype=np.float32)
-
-
-def _str_list(value: Any, *, name: str) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, Iterable) and not isinstance(value, bytes | dict):
-        items = list(value)
-        bad = [v for v in items if not isinstance(v, str)]
-        if not bad:
-            return items
-        raise IndexInputError(f"{name} must hold str values, found {bad[0]!r} ({type(bad[0]).__name__})")
-    raise IndexInputError(f"{name} must be a str or a list of str, got {type(value).__name__}")
-
-
-def _check_positive_int(value: Any, *, name: str, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
-        valid = "a positive int or None" if allow_none else "a positive int"
-        raise IndexInputError(f"{name} must be {valid}, got {value!r}")
-    return int(value)
-
-
-def _fingerprint(encoder: Any) -> str | None:
-    value = getattr(encoder, "fingerprint", None)
-    if callable(value):
-        value = value()
-    return None if value is None else str(value)
-
-
-def check_fingerprint(recorded: str | None, encoder: Any, *, dim: int) -> str | None:
-    """The fingerprint to record for ``encoder``; ``IndexInputError`` when the index already records another
-    one (its vectors came from a different encoder, so text queries would be encoded wrongly)."""
-    new = _fingerprint(encoder)
-    if recorded is not None and new is not None and new != recorded:
-        raise IndexInputError(
-            f"encoder fingerprint {new} differs from the index's {recorded}: the stored vectors come from "
-            "another encoder; use that encoder, or rebuild the index"
-        )
-    return new if new is not None else recorded
-
-
-def _check_encoder(encoder: Any, dim: int) -> None:
-    if encoder is None:
-        return
-    if not callable(getattr(encoder, "encode", None)) or not hasattr(encoder, "dim"):
-        raise IndexInputError(
-            f"encoder must have encode(texts) -> array and a dim attribute, got {type(encoder).__name__}"
-        )
-    if int(encoder.dim) != dim:
-        raise IndexInputError(f"encoder.dim={encoder.dim} does not match the index dim={dim}")
 
 
 class _Caches:
@@ -260,12 +131,12 @@ class PassageIndex:
         ivf_threshold: int = AUTO_IVF_THRESHOLD,
         device: str | None = None,
     ) -> None:
-        dim = _check_positive_int(dim, name="dim")
-        ivf_threshold = _check_positive_int(ivf_threshold, name="ivf_threshold")
+        dim = check_positive_int(dim, name="dim")
+        ivf_threshold = check_positive_int(ivf_threshold, name="ivf_threshold")
         backend = FaissBackend(dim, factory=factory, fp16=bool(fp16), ivf_threshold=ivf_threshold, nprobe=nprobe,
                                device=device)
         self._setup(backend, empty_table(), 0, normalize=bool(normalize), encoder=encoder,
-                    fingerprint=_fingerprint(encoder) if encoder is not None else None)
+                    fingerprint=fingerprint_of(encoder) if encoder is not None else None)
 
     def _setup(
         self,
@@ -277,7 +148,7 @@ class PassageIndex:
         encoder: QueryEncoder | None,
         fingerprint: str | None,
     ) -> None:
-        _check_encoder(encoder, backend.dim)
+        check_encoder(encoder, backend.dim)
         self._backend = backend
         self._table = table
         self._row_ids = table["row_id"].to_numpy().astype(np.int64, copy=True)
@@ -306,7 +177,7 @@ class PassageIndex:
         device: str | None = None,
     ) -> PassageIndex:
         """A new index over ``embeddings`` (float (n, dim)) and ``passages`` (n rows, see ``indexer.passages``)."""
-        arr, _ = _as_matrix(embeddings, name="embeddings", dim=None)
+        arr, _ = as_matrix(embeddings, name="embeddings", dim=None)
         index = cls(arr.shape[1], encoder=encoder, factory=factory, normalize=normalize, fp16=fp16, nprobe=nprobe,
                     ivf_threshold=ivf_threshold, device=device)
         index.add(arr, passages)
@@ -357,7 +228,7 @@ class PassageIndex:
 
     @encoder.setter
     def encoder(self, encoder: QueryEncoder | None) -> None:
-        _check_encoder(encoder, self.dim)
+        check_encoder(encoder, self.dim)
         with self._mutex:
             if encoder is not None:
                 self._fingerprint = check_fingerprint(self._fingerprint, encoder, dim=self.dim)
@@ -402,10 +273,10 @@ class PassageIndex:
 
     # -- changes ---------------------------------------------------------------------------------------------
     def _prepare(self, embeddings: Any, passages: Any) -> tuple[np.ndarray, pl.DataFrame]:
-        arr, _ = _as_matrix(embeddings, name="embeddings", dim=self.dim)
+        arr, _ = as_matrix(embeddings, name="embeddings", dim=self.dim)
         table = validate_passages(passages, n_rows=arr.shape[0])
         if self._normalize and len(arr):
-            arr = _normalized(arr, name="embeddings")
+            arr = normalized(arr, name="embeddings")
         return arr, table
 
     def _concat(self, kept: pl.DataFrame, new: pl.DataFrame) -> pl.DataFrame:
@@ -427,15 +298,7 @@ class PassageIndex:
             arr, new = self._prepare(embeddings, passages)
             if new.height == 0:
                 return
-            clash = self._table.select("doc_id", "window_index").join(
-                new.select("doc_id", "window_index"), on=["doc_id", "window_index"], how="inner"
-            )
-            if clash.height:
-                pairs = [tuple(r) for r in clash.head(5).iter_rows()]
-                raise IndexInputError(
-                    f"passages has {clash.height} (doc_id, window_index) pair(s) already in the index, e.g. "
-                    f"{pairs}; use upsert() to replace documents"
-                )
+            check_no_clash(self._table, new)
             self._commit_add(arr, new, kept=self._table)
 
     def _commit_add(self, arr: np.ndarray, new: pl.DataFrame, *, kept: pl.DataFrame,
@@ -477,7 +340,7 @@ class PassageIndex:
 
         Unknown document ids are ignored.
         """
-        docs = _str_list(doc_ids, name="doc_ids")
+        docs = str_list(doc_ids, name="doc_ids")
         with self._mutex:
             gone = self._table["doc_id"].is_in(pl.Series(docs, dtype=pl.String).implode())
             ids = self._table.filter(gone)["row_id"].to_numpy()
@@ -529,14 +392,10 @@ class PassageIndex:
         (k=60; each ranking contributes its top max(50, 4 * k * per_doc) candidates); ``Hit.score`` is then
         the fused score. Needs text queries and an encoder.
         """
-        k = _check_positive_int(k, name="k")
-        per_doc = _check_positive_int(per_doc, name="per_doc", allow_none=True)
-        if mode not in ("dense", "hybrid"):
-            raise IndexInputError(f"mode must be 'dense' or 'hybrid', got {mode!r}")
-        if min_score is not None:
-            if isinstance(min_score, bool) or not isinstance(min_score, int | float | np.floating) or math.isnan(min_score):
-                raise IndexInputError(f"min_score must be a number or None, got {min_score!r}")
-            min_score = float(min_score)
+        k = check_positive_int(k, name="k")
+        per_doc = check_positive_int(per_doc, name="per_doc", allow_none=True)
+        check_mode(mode)
+        min_score = check_min_score(min_score)
         single, texts, vectors = self._parse_query(query, mode)
         n_queries = 1 if single else (len(texts) if texts is not None else len(vectors))
         with self._mutex:
@@ -549,7 +408,7 @@ class PassageIndex:
                 if texts is not None:
                     vectors = self._encode(texts)
                 if self._normalize:
-                    vectors = _normalized(vectors, name="query")
+                    vectors = normalized(vectors, name="query")
                 if mode == "dense":
                     results = self._dense(vectors, k, allowed, per_doc, min_score)
                 else:
@@ -562,7 +421,7 @@ class PassageIndex:
         if mode == "hybrid" and texts is None:
             raise IndexInputError("mode='hybrid' needs text queries (BM25 reads the words), got a vector")
         if texts:  # an empty list is an empty batch: [] back, encoder or not (as ShardedPassageIndex)
-            _require_encoder(self._encoder, "PassageIndex")
+            require_encoder(self._encoder, "PassageIndex")
         return single, texts, vectors
 
     def _encode(self, texts: list[str]) -> np.ndarray:
@@ -575,16 +434,13 @@ class PassageIndex:
         caches = self._caches_now()
         allowed: np.ndarray | None = None
         if labels is not None:
-            wanted = _str_list(labels, name="labels")
-            unknown = [lab for lab in wanted if lab not in caches.label_rows]
-            if unknown and len(self):
-                raise IndexInputError(
-                    f"labels={wanted!r}: unknown label(s) {unknown}; known labels: {sorted(caches.label_rows)}"
-                )
+            wanted = str_list(labels, name="labels")
+            if len(self):
+                check_known_labels(wanted, caches.label_rows)
             parts = [caches.label_rows[lab] for lab in wanted if lab in caches.label_rows]
             allowed = np.unique(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
         if doc_ids is not None:
-            docs = _str_list(doc_ids, name="doc_ids")
+            docs = str_list(doc_ids, name="doc_ids")
             parts = [caches.doc_rows[d] for d in docs if d in caches.doc_rows]
             rows = np.unique(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
             allowed = rows if allowed is None else np.intersect1d(allowed, rows, assume_unique=True)
@@ -867,7 +723,7 @@ class PassageIndex:
         if encoder is not None:
             if int(getattr(encoder, "dim", -1)) != m["dim"]:
                 raise fail(f"encoder dim {getattr(encoder, 'dim', None)!r} does not match the index dim {m['dim']}")
-            given = _fingerprint(encoder)
+            given = fingerprint_of(encoder)
             if m["encoder_fingerprint"] is not None and given is not None and given != m["encoder_fingerprint"]:
                 raise fail(
                     f"encoder fingerprint {given!r} differs from the one the index was built with "
@@ -878,8 +734,8 @@ class PassageIndex:
                                m["encoder_fingerprint"])
         index = cls.__new__(cls)
         index._setup(backend, table, m["next_row_id"], normalize=m["normalize"], encoder=encoder,
-                     fingerprint=m["encoder_fingerprint"] if encoder is None or _fingerprint(encoder) is None
-                     else _fingerprint(encoder))
+                     fingerprint=m["encoder_fingerprint"] if encoder is None or fingerprint_of(encoder) is None
+                     else fingerprint_of(encoder))
         logger.info("loaded %d windows from %s (%s%s)", len(index), target, backend.layout, ", mmap" if backend.mmapped else "")
         attributes = m.get("attributes", {})
         if not isinstance(attributes, dict):

@@ -48,20 +48,21 @@ import polars as pl
 from indexer import storage
 from indexer.backend import AUTO_IVF_THRESHOLD
 from indexer.errors import IndexInputError, IndexLoadError, IndexUnsupportedError
-from indexer.index import (
-    METRIC,
-    Hit,
-    PassageIndex,
+from indexer.index import METRIC, Hit, PassageIndex
+from indexer.inputs import (
     QueryEncoder,
-    _as_matrix,
-    _check_encoder,
-    _check_positive_int,
-    _fingerprint,
-    _normalized,
-    _str_list,
+    as_matrix,
+    check_encoder,
     check_fingerprint,
+    check_known_labels,
+    check_min_score,
+    check_no_clash,
+    check_positive_int,
     encode_queries,
+    fingerprint_of,
+    normalized,
     parse_query,
+    str_list,
 )
 from indexer.passages import validate_passages
 
@@ -117,7 +118,7 @@ def _check_shards(value: Any) -> int:
 def _pool_size(workers: int | None, shards: int) -> int:
     if workers is None:
         return max(1, min(shards, os.cpu_count() or 1))
-    return _check_positive_int(workers, name="workers")
+    return check_positive_int(workers, name="workers")
 
 
 # -- the directory ---------------------------------------------------------------------------------------------
@@ -282,7 +283,7 @@ class ShardedPassageIndex:
         shards = _check_shards(shards)
         parts = [PassageIndex(dim, encoder=encoder, factory=factory, normalize=normalize, fp16=fp16, nprobe=nprobe,
                               ivf_threshold=ivf_threshold, device=device) for _ in range(shards)]
-        self._setup(parts, encoder=encoder, fingerprint=_fingerprint(encoder) if encoder is not None else None,
+        self._setup(parts, encoder=encoder, fingerprint=fingerprint_of(encoder) if encoder is not None else None,
                     workers=workers)
 
     @property
@@ -322,7 +323,7 @@ class ShardedPassageIndex:
     ) -> ShardedPassageIndex:
         """A new sharded index over ``embeddings`` (float (n, dim)) and ``passages`` (n rows); the shards are
         filled in parallel."""
-        arr, _ = _as_matrix(embeddings, name="embeddings", dim=None)
+        arr, _ = as_matrix(embeddings, name="embeddings", dim=None)
         index = cls(arr.shape[1], shards=shards, encoder=encoder, factory=factory, normalize=normalize, fp16=fp16,
                     nprobe=nprobe, ivf_threshold=ivf_threshold, workers=workers, device=device)
         index.add(arr, passages)
@@ -377,7 +378,7 @@ class ShardedPassageIndex:
 
     @encoder.setter
     def encoder(self, encoder: QueryEncoder | None) -> None:
-        _check_encoder(encoder, self.dim)
+        check_encoder(encoder, self.dim)
         with self._mutex:
             if encoder is not None:
                 self._fingerprint = check_fingerprint(self._fingerprint, encoder, dim=self.dim)
@@ -430,10 +431,10 @@ class ShardedPassageIndex:
     # -- changes ---------------------------------------------------------------------------------------------
     def _route(self, embeddings: Any, passages: Any) -> dict[int, tuple[np.ndarray, pl.DataFrame]]:
         """Validate the whole change (as one PassageIndex would) and split it by shard."""
-        arr, _ = _as_matrix(embeddings, name="embeddings", dim=self.dim)
+        arr, _ = as_matrix(embeddings, name="embeddings", dim=self.dim)
         table = validate_passages(passages, n_rows=arr.shape[0])
         if self.normalize and len(arr):
-            _normalized(arr, name="embeddings")  # rejects all-zero rows before any shard changes
+            normalized(arr, name="embeddings")  # rejects all-zero rows before any shard changes
         if table.height == 0:
             return {}
         owner = _shards_of(table["doc_id"].to_list(), self.n_shards)
@@ -452,15 +453,7 @@ class ShardedPassageIndex:
         with self._mutex:
             routed = self._route(embeddings, passages)
             for i, (_, part) in routed.items():
-                existing = self._shards[i].passages.select("doc_id", "window_index")
-                clash = existing.join(part.select("doc_id", "window_index"), on=["doc_id", "window_index"],
-                                      how="inner")
-                if clash.height:
-                    pairs = [tuple(r) for r in clash.head(5).iter_rows()]
-                    raise IndexInputError(
-                        f"passages has {clash.height} (doc_id, window_index) pair(s) already in the index, e.g. "
-                        f"{pairs}; use upsert() to replace documents"
-                    )
+                check_no_clash(self._shards[i].passages, part)
             self._map(lambda i: self._shards[i].add(*routed[i]), routed)
 
     def upsert(self, embeddings: Any, passages: Any) -> None:
@@ -478,7 +471,7 @@ class ShardedPassageIndex:
 
         Unknown document ids are ignored.
         """
-        docs = _str_list(doc_ids, name="doc_ids")
+        docs = str_list(doc_ids, name="doc_ids")
         by_shard: dict[int, list[str]] = {}
         for d in docs:
             by_shard.setdefault(shard_of(d, self.n_shards), []).append(d)
@@ -503,29 +496,24 @@ class ShardedPassageIndex:
         Every shard answers with its top-k under the filters (a document's windows all live in one shard, so
         ``per_doc`` is exact per shard); the answers are merged by score and re-ranked. Only ``mode="dense"``.
         """
-        k = _check_positive_int(k, name="k")
-        _check_positive_int(per_doc, name="per_doc", allow_none=True)
-        if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, int | float | np.floating)
-                                      or np.isnan(min_score)):
-            raise IndexInputError(f"min_score must be a number or None, got {min_score!r}")
+        k = check_positive_int(k, name="k")
+        check_positive_int(per_doc, name="per_doc", allow_none=True)
+        check_min_score(min_score)
         if mode != "dense":
             raise IndexUnsupportedError(
                 f"mode={mode!r}: a sharded index searches densely only (BM25 scores and fused ranks are per shard "
                 "and do not merge exactly); search a single PassageIndex for hybrid mode"
             )
         single, vectors = self._query_vectors(query)
-        wanted_labels = None if labels is None else _str_list(labels, name="labels")
-        wanted_docs = None if doc_ids is None else _str_list(doc_ids, name="doc_ids")
+        wanted_labels = None if labels is None else str_list(labels, name="labels")
+        wanted_docs = None if doc_ids is None else str_list(doc_ids, name="doc_ids")
         n_queries = len(vectors)
         with self._mutex:
             targets: dict[int, dict[str, Any]] = {i: {} for i in range(self.n_shards) if len(self._shards[i])}
             if wanted_labels is not None:
                 known = {i: set(self._shards[i].labels) for i in targets}
-                unknown = [lab for lab in wanted_labels if not any(lab in ks for ks in known.values())]
-                if unknown and len(self):
-                    raise IndexInputError(
-                        f"labels={wanted_labels!r}: unknown label(s) {unknown}; known labels: {self.labels}"
-                    )
+                if len(self):
+                    check_known_labels(wanted_labels, set().union(*known.values()))
                 for i in list(targets):
                     mine = [lab for lab in wanted_labels if lab in known[i]]
                     if mine:
@@ -683,13 +671,13 @@ class ShardedPassageIndex:
                 raise fail(f"{name} holds documents that hash to other shards (e.g. {wrong[:3]}): it was built with "
                            "another shard count or routing")
         if encoder is not None:
-            given = _fingerprint(encoder)
+            given = fingerprint_of(encoder)
             if m["encoder_fingerprint"] is not None and given is not None and given != m["encoder_fingerprint"]:
                 raise fail(f"encoder fingerprint {given!r} differs from the one the index was built with "
                            f"({m['encoder_fingerprint']!r}): its query vectors would not match the stored ones")
         index = cls.__new__(cls)
-        fingerprint = m["encoder_fingerprint"] if encoder is None or _fingerprint(encoder) is None \
-            else _fingerprint(encoder)
+        fingerprint = m["encoder_fingerprint"] if encoder is None or fingerprint_of(encoder) is None \
+            else fingerprint_of(encoder)
         index._setup(parts, encoder=encoder, fingerprint=fingerprint, workers=workers)
         logger.info("loaded %d windows in %d shards from %s", len(index), n, target)
         return index
