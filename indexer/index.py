@@ -24,7 +24,7 @@ import polars as pl
 
 from indexer import storage
 from indexer.backend import AUTO_IVF_THRESHOLD, FaissBackend, check_device, faiss_version
-from indexer.errors import IndexInputError, IndexLoadError
+from indexer.errors import IndexInputError, IndexLoadError, IndexUnsupportedError
 from indexer.hybrid import RRF_K, Bm25Index, reciprocal_rank_fusion
 from indexer.inputs import (
     Query,
@@ -159,7 +159,7 @@ class PassageIndex:
         self._mutex = threading.RLock()
         self.attributes: dict[str, Any] = {}
         self._dir_locks: dict[Path, storage.DirectoryLock] = {}
-        self._version = 0
+        self._revision = 0
         self._caches: tuple[int, _Caches] | None = None
 
     @classmethod
@@ -258,6 +258,36 @@ class PassageIndex:
         """Vectors in the faiss index; always equal to ``len(self)``."""
         return self._backend.ntotal
 
+    @property
+    def revision(self) -> int:
+        """A counter that grows with every change of the passage table (``add``, ``upsert``, ``remove``), so
+        whatever a caller derives from ``passages`` can be cached until it moves. Not saved."""
+        return self._revision
+
+    def vectors(self) -> np.ndarray:
+        """The stored vectors, float32 ``(len(self), dim)``, row ``i`` belonging to row ``i`` of ``passages``
+        (normalised when the index normalises; fp16 storage decoded to float32).
+
+        Flat layouts only (the automatic layout below ``ivf_threshold``, 'Flat', 'SQfp16'): the others cannot
+        hand their vectors back and raise ``IndexUnsupportedError``.
+        """
+        with self._mutex:
+            row_ids = self._row_ids
+            try:
+                ids, vecs = self._backend.ids_and_vectors()
+            except IndexUnsupportedError:
+                raise IndexUnsupportedError(
+                    f"cannot export the vectors of the {self.layout!r} layout: only flat layouts (the automatic "
+                    "layout below ivf_threshold, 'Flat', 'SQfp16') can hand their vectors back; export the vectors "
+                    "where they are made instead (longdoc.distributed.index_with_ray(..., vectors_output=...))"
+                ) from None
+        pos = np.searchsorted(row_ids, ids)
+        if len(ids) != len(row_ids) or not np.array_equal(row_ids[np.minimum(pos, len(row_ids) - 1)], ids):
+            raise RuntimeError("the faiss ids differ from the passage table's row ids")
+        out = np.empty((len(row_ids), self.dim), dtype=np.float32)
+        out[pos] = vecs
+        return out
+
     def __len__(self) -> int:
         return self._table.height
 
@@ -267,8 +297,8 @@ class PassageIndex:
 
     def _caches_now(self) -> _Caches:
         with self._mutex:
-            if self._caches is None or self._caches[0] != self._version:
-                self._caches = (self._version, _Caches(self._table))
+            if self._caches is None or self._caches[0] != self._revision:
+                self._caches = (self._revision, _Caches(self._table))
             return self._caches[1]
 
     # -- changes ---------------------------------------------------------------------------------------------
@@ -318,9 +348,14 @@ class PassageIndex:
     def _set_table(self, table: pl.DataFrame) -> None:
         self._table = table
         self._row_ids = table["row_id"].to_numpy().astype(np.int64, copy=True)
-        self._version += 1
+        self._revision += 1
         if self._backend.ntotal != table.height:  # the invariant every operation keeps
             raise RuntimeError(f"faiss holds {self._backend.ntotal} vectors but the table {table.height} rows")
+
+    def check_can_remove(self) -> None:
+        """Raise ``IndexUnsupportedError`` when the layout cannot remove vectors (HNSW), so ``remove()`` and an
+        ``upsert()`` that replaces present documents would fail; call it to refuse before other work starts."""
+        self._backend.check_can_remove()
 
     def upsert(self, embeddings: Any, passages: Any) -> None:
         """Add windows, first removing ALL existing windows of every doc_id present in ``passages``."""
@@ -332,7 +367,7 @@ class PassageIndex:
             replaced = self._table["doc_id"].is_in(docs.implode())
             old_ids = self._table.filter(replaced)["row_id"].to_numpy()
             if len(old_ids):
-                self._backend.check_can_remove()
+                self.check_can_remove()
             self._commit_add(arr, new, kept=self._table.filter(~replaced), remove_ids=old_ids)
 
     def remove(self, *, doc_ids: str | Iterable[str]) -> int:
@@ -585,6 +620,14 @@ class PassageIndex:
         lock = self._dir_locks.get(target)
         if lock is None or not lock.held:
             self._dir_locks[target] = storage.DirectoryLock(target)
+
+    def unlock(self, directory: str | os.PathLike[str]) -> None:
+        """Release the writer lock of ``directory`` if this object holds it (``close()`` releases them all);
+        for a save into a path whose lock is not wanted, such as a temporary directory."""
+        with self._mutex:
+            lock = self._dir_locks.pop(Path(os.path.abspath(directory)), None)
+            if lock is not None:
+                lock.release()
 
     def _manifest(self) -> dict[str, Any]:
         import bm25s

@@ -394,7 +394,7 @@ class ShardedPassageIndex:
     def passages(self) -> pl.DataFrame:
         """Every shard's passage table, concatenated in shard order. ``row_id`` is per shard (not unique here)."""
         with self._mutex:
-            key = tuple(s._version for s in self._shards)
+            key = tuple(s.revision for s in self._shards)
             if self._passages_cache is None or self._passages_cache[0] != key:
                 table = pl.concat([s.passages for s in self._shards], how="diagonal_relaxed")
                 self._passages_cache = (key, table)
@@ -463,7 +463,7 @@ class ShardedPassageIndex:
             for i, (_, part) in routed.items():
                 shard = self._shards[i]
                 if shard.passages["doc_id"].is_in(part["doc_id"].unique().implode()).any():
-                    shard._backend.check_can_remove()  # refuse before any shard changes
+                    shard.check_can_remove()  # refuse before any shard changes
             self._map(lambda i: self._shards[i].upsert(*routed[i]), routed)
 
     def remove(self, *, doc_ids: str | Iterable[str]) -> int:
@@ -577,9 +577,7 @@ class ShardedPassageIndex:
                 def save_one(i: int) -> None:
                     shard = self._shards[i]
                     shard.save(paths[i])
-                    lock = shard._dir_locks.pop(paths[i], None)  # the lock file of a temporary path: drop it
-                    if lock is not None:
-                        lock.release()
+                    shard.unlock(paths[i])  # the lock of a temporary path: drop it
 
                 self._map(save_one, range(self.n_shards))
 
@@ -715,26 +713,6 @@ def load_index(
 
 
 # -- export ----------------------------------------------------------------------------------------------------
-def _vectors_in_table_order(index: PassageIndex) -> np.ndarray:
-    """The stored vectors of ``index`` (normalised when the index normalises), aligned with its passage table."""
-    backend = index._backend
-    row_ids = index.passages["row_id"].to_numpy()
-    try:
-        ids, vecs = backend.ids_and_vectors()
-    except IndexUnsupportedError:
-        raise IndexUnsupportedError(
-            f"cannot export the vectors of the {index.layout!r} layout: only flat layouts (the automatic layout "
-            "below ivf_threshold, 'Flat', 'SQfp16') can hand their vectors back; export the vectors where they "
-            "are made instead (longdoc.distributed.index_with_ray(..., vectors_output=...))"
-        ) from None
-    pos = np.searchsorted(row_ids, ids)
-    if len(ids) != len(row_ids) or not np.array_equal(row_ids[np.minimum(pos, len(row_ids) - 1)], ids):
-        raise RuntimeError("the faiss ids differ from the passage table's row ids")
-    out = np.empty((len(row_ids), index.dim), dtype=np.float32)
-    out[pos] = vecs
-    return out
-
-
 def export_vectors_parquet(
     index: PassageIndex | ShardedPassageIndex,
     path: str | os.PathLike[str],
@@ -769,7 +747,7 @@ def export_vectors_parquet(
     try:
         for shard in shards:
             table = shard.passages
-            vectors = _vectors_in_table_order(shard)
+            vectors = shard.vectors()
             frame = table.select(
                 pl.col("doc_id"), pl.col("window_index"), pl.col("char_start"), pl.col("char_end"),
                 pl.coalesce("labels", "pred_labels").alias("labels"), pl.col("pred_labels"),
