@@ -10,8 +10,8 @@
 Every subcommand takes ``--json`` (machine-readable output on stdout), ``--quiet`` (no progress, warnings only)
 and ``--debug`` (tracebacks). Exit codes: 0 ok, 2 bad input (unreadable or malformed documents, bad option
 values), 3 a model or index that cannot be loaded, 1 any other failure; the reason is one line on stderr.
-Passage text printed for a terminal is escaped with :func:`safe_text` (control characters, ANSI escapes and
-bidi controls are shown as ``\\x1b``-style escapes), so a document cannot drive the terminal.
+Passage text printed for a terminal is escaped with :func:`longdoc.terminal.safe_text` (control characters,
+ANSI escapes and bidi controls are shown as ``\\x1b``-style escapes), so a document cannot drive the terminal.
 """
 
 from __future__ import annotations
@@ -20,41 +20,40 @@ import argparse
 import dataclasses
 import json
 import logging
-import re
 import sys
 import time
-import unicodedata
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import torch
+
+import longdoc
+from indexer import PassageIndex
+from indexer.errors import IndexInputError, IndexLoadError
+from indexer.sharded import load_index
+from longdoc import demo
+from longdoc.classifier import LongDocClassifier
+from longdoc.corpora import stratified_split
+from longdoc.data import load_documents
+from longdoc.encoder import WindowEncoder
+from longdoc.errors import ConfigError, DataError, ModelLoadError
+from longdoc.heads import POOLINGS
+from longdoc.indexing import index_documents
+from longdoc.labeling import label_documents
+from longdoc.metrics import format_report
+from longdoc.terminal import format_hit, format_table, safe_text
+from longdoc.training import MODES, RETRIEVAL_ENCODERS, TrainConfig
+from longdoc.windows import WindowConfig
 
 logger = logging.getLogger("longdoc.cli")
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_LOAD = 0, 1, 2, 3
 
-_UNSAFE = {"Cc", "Cf", "Co", "Cs", "Cn", "Zl", "Zp"}
-
 
 # --------------------------------------------------------------------------------------------------- output helpers
-
-
-def safe_text(text: str, *, max_chars: int | None = None, one_line: bool = True) -> str:
-    """Text made safe for a terminal: control, format (bidi, zero-width) and private-use characters become
-    visible escapes (``\\x1b``, ``\\u202e``); with ``one_line`` runs of spaces, tabs and newlines become one
-    space. ``max_chars`` cuts the (unescaped) text and appends ``...``."""
-    text = str(text)
-    if one_line:
-        text = re.sub(r"[ \t\r\n]+", " ", text).strip()
-    if max_chars is not None and len(text) > max_chars:
-        text = text[: max(0, max_chars - 3)].rstrip() + "..."
-    out = []
-    for ch in text:
-        if unicodedata.category(ch) in _UNSAFE and not (not one_line and ch in "\n\t"):
-            code = ord(ch)
-            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
-        else:
-            out.append(ch)
-    return "".join(out)
 
 
 def _print_json(data: Any) -> None:
@@ -62,8 +61,6 @@ def _print_json(data: Any) -> None:
 
 
 def _json_default(obj: Any) -> Any:
-    import numpy as np
-
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):
@@ -83,14 +80,6 @@ def hit_to_dict(hit: Any) -> dict[str, Any]:
         "pred_labels": list(hit.pred_labels), "weight": hit.weight, "text": hit.text,
         "metadata": {k: v for k, v in hit.metadata.items() if k != "content_hash"},
     }
-
-
-def format_hit(hit: Any, *, snippet_chars: int = 160) -> str:
-    """Two lines for a terminal: rank, score, document, labels, span; then an escaped snippet."""
-    labels = ",".join(hit.labels) or "-"
-    head = (f"  {hit.rank:>2}. {hit.score:7.4f}  {safe_text(hit.doc_id)}  [{safe_text(labels)}]  "
-            f"window {hit.window_index}, chars {hit.char_start}-{hit.char_end}")
-    return f"{head}\n      {safe_text(hit.text, max_chars=snippet_chars)}"
 
 
 # --------------------------------------------------------------------------------------------------- setup
@@ -136,7 +125,7 @@ def _setup_logging(quiet: bool, debug: bool) -> list[tuple[logging.Logger | None
         log.propagate = False
     if quiet and not debug:
         try:  # transformers' own bars ("Loading weights", "Writing model shards")
-            from transformers.utils import logging as hf_logging
+            from transformers.utils import logging as hf_logging  # here, not on top: keeps start-up fast
 
             if hf_logging.is_progress_bar_enabled():
                 hf_logging.disable_progress_bar()
@@ -149,7 +138,7 @@ def _setup_logging(quiet: bool, debug: bool) -> list[tuple[logging.Logger | None
 def _restore_logging(saved: list[tuple[logging.Logger | None, int, bool, logging.Handler]]) -> None:
     for log, level, propagate, handler in saved:
         if log is None:
-            from transformers.utils import logging as hf_logging
+            from transformers.utils import logging as hf_logging  # here, not on top: keeps start-up fast
 
             hf_logging.enable_progress_bar()
             continue
@@ -189,25 +178,17 @@ def _reader_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _load_documents(path: str, args: argparse.Namespace) -> Any:
-    from longdoc.data import load_documents
-    from longdoc.errors import DataError
-
     if not Path(path).exists():
         raise DataError(f"documents not found: {path!r}")
     return load_documents(path, **_reader_kwargs(args))
 
 
 def _dtype(bf16: bool) -> Any:
-    import torch
-
     return torch.bfloat16 if bf16 else None
 
 
 def load_classifier(path: str, *, device: str | None = None, bf16: bool = False) -> Any:
     """``LongDocClassifier.load`` with every load failure reported as ``ModelLoadError`` (exit code 3)."""
-    from longdoc.classifier import LongDocClassifier
-    from longdoc.errors import ConfigError, ModelLoadError
-
     try:
         clf = LongDocClassifier.load(path, device=device, dtype=_dtype(bf16))
     except (ModelLoadError, ConfigError):
@@ -220,9 +201,6 @@ def load_classifier(path: str, *, device: str | None = None, bf16: bool = False)
 def load_query_encoder(path: str | None, *, device: str | None = None, bf16: bool = False) -> Any:
     """The encoder of a saved classifier's passage index (``retrieval_encoder/`` after fine-tuning, else
     ``encoder/``), or any encoder checkpoint, or (``None``) the packaged MiniLM."""
-    from longdoc.encoder import WindowEncoder
-    from longdoc.errors import ModelLoadError
-
     settings: dict[str, Any] = {}
     if path is not None and (Path(path) / "config.json").is_file() and (Path(path) / "encoder").is_dir():
         try:  # a classifier directory: only the encoder of its index is needed (the head is never read)
@@ -251,8 +229,6 @@ def load_query_encoder(path: str | None, *, device: str | None = None, bf16: boo
 
 
 def _train_config(args: argparse.Namespace) -> Any:
-    from longdoc.training import TrainConfig
-
     return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
 
 
@@ -283,8 +259,6 @@ _TRAIN_HELP = {
 
 def _train_config_options(p: argparse.ArgumentParser) -> None:
     """One flag per ``TrainConfig`` field (the CLI mirrors the config; defaults come from it)."""
-    from longdoc.training import MODES, RETRIEVAL_ENCODERS, TrainConfig
-
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         flag, default = "--" + f.name.replace("_", "-"), getattr(defaults, f.name)
@@ -308,8 +282,6 @@ def _train_config_options(p: argparse.ArgumentParser) -> None:
 
 
 def _window_config(args: argparse.Namespace) -> Any:
-    from longdoc.windows import WindowConfig
-
     return WindowConfig(max_length=args.max_length, stride=args.stride, max_windows=args.max_windows)
 
 
@@ -318,12 +290,6 @@ def _labels_of(docs: Any) -> list[str]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import torch
-
-    from longdoc.classifier import LongDocClassifier
-    from longdoc.corpora import stratified_split
-    from longdoc.errors import ConfigError, DataError
-
     started = time.perf_counter()
     config = _train_config(args)
     window = _window_config(args)
@@ -365,9 +331,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_label(args: argparse.Namespace) -> int:
-    from longdoc.errors import DataError
-    from longdoc.labeling import label_documents
-
     if args.engine == "ray":
         return cmd_label_ray(args)
     if not Path(args.documents).exists():
@@ -388,9 +351,6 @@ def cmd_label(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from indexer.sharded import load_index
-    from longdoc.indexing import index_documents
-
     if args.engine == "ray":
         return cmd_index_ray(args)
     started = time.perf_counter()
@@ -403,8 +363,6 @@ def cmd_index(args: argparse.Namespace) -> int:
         existing = load_index(out, encoder=clf.retrieval_encoder, lock=True)  # plain or sharded
         logger.info("updating the index at %s (%d windows)", out, len(existing))
     else:
-        from indexer import PassageIndex
-
         existing = PassageIndex(clf.retrieval_encoder.dim, encoder=clf.retrieval_encoder)
         existing.lock(out)
     index, _ = result = index_documents(clf, docs, index=existing, prune=args.prune,
@@ -441,7 +399,7 @@ def _engine_options(parser: argparse.ArgumentParser, *, index: bool = False) -> 
 
 
 def cmd_label_ray(args: argparse.Namespace) -> int:
-    from longdoc.distributed import label_with_ray
+    from longdoc.distributed import label_with_ray  # here, not on top: the optional Ray engine
 
     summary = label_with_ray(args.model, args.documents, args.out, concurrency=args.concurrency,
                              num_gpus=args.num_gpus, batch_size=args.batch_size, top_passages=args.top_passages,
@@ -456,8 +414,7 @@ def cmd_label_ray(args: argparse.Namespace) -> int:
 
 
 def cmd_index_ray(args: argparse.Namespace) -> int:
-    from longdoc.distributed import index_with_ray
-    from longdoc.errors import ConfigError
+    from longdoc.distributed import index_with_ray  # here, not on top: the optional Ray engine
 
     if args.prune:
         raise ConfigError("--prune updates an existing index; --engine ray builds a new one (drop --prune)")
@@ -475,10 +432,6 @@ def cmd_index_ray(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from indexer import IndexLoadError
-    from indexer.sharded import load_index
-    from longdoc.errors import ModelLoadError
-
     if not (Path(args.index) / "manifest.json").is_file():
         raise ModelLoadError(f"{args.index!r} is not an index directory (manifest.json is missing)")
     encoder = load_query_encoder(args.model, device=args.device, bf16=args.bf16)
@@ -516,9 +469,6 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from longdoc.errors import ConfigError
-    from longdoc.metrics import format_report
-
     clf = load_classifier(args.model, device=args.device, bf16=args.bf16)
     docs = _load_documents(args.documents, args)
     report = clf.evaluate(docs, confusion_png=args.confusion_png)
@@ -527,7 +477,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.baselines is not None:
         if args.train is None:
             raise ConfigError("--baselines needs --train FILE (the baselines are trained on it)")
-        from longdoc.evaluation import compare_with_baselines
+        from longdoc.evaluation import compare_with_baselines  # here, not on top: scikit-learn slows start-up
 
         train = _load_documents(args.train, args)
         fresh = load_classifier(args.model, device=args.device, bf16=args.bf16)  # retrained in place on --train
@@ -547,27 +497,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def format_table(table: Any) -> str:
-    """A plain-text rendering of a small polars table (floats to 4 places)."""
-    import polars as pl
-
-    cols = table.columns
-    rows = [[(f"{v:.4f}" if isinstance(v, float) else safe_text(str(v))) for v in row] for row in table.iter_rows()]
-    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
-    numeric = [table.schema[c].is_numeric() if isinstance(table, pl.DataFrame) else False for c in cols]
-    fmt = lambda vals: "  ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in zip(vals, widths, numeric, strict=True))  # noqa: E731
-    lines = [fmt(cols), "  ".join("-" * w for w in widths)]
-    lines += [fmt(r) for r in rows]
-    return "\n".join(lines)
-
-
 # --------------------------------------------------------------------------------------------------- parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from longdoc import demo
-    from longdoc.heads import POOLINGS  # the parser already imports torch through the TrainConfig flags
-
     parser = _Parser(prog="longdoc", description="Long-document classification and retrieval over BERT windows.")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -653,8 +586,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    import longdoc
-
     return f"longdoc {longdoc.__version__}"
 
 
@@ -675,9 +606,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from indexer.errors import IndexInputError, IndexLoadError
-    from longdoc.errors import ConfigError, DataError, ModelLoadError
-
     try:
         return int(args.func(args) or 0)
     except (DataError, ConfigError, IndexInputError) as exc:
@@ -690,8 +618,6 @@ def _run(args: argparse.Namespace) -> int:
     except Exception as exc:  # anything else: exit code 1, one line (a traceback with --debug)
         code, error = EXIT_FAILURE, exc
     if args.debug:
-        import traceback
-
         traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
     message = " ".join(str(error).split()) or type(error).__name__
     print(f"longdoc {args.command}: error: {safe_text(message)}", file=sys.stderr)

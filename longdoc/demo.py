@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from longdoc.terminal import format_table, safe_text
+
 logger = logging.getLogger(__name__)
 
 SECTIONS = ("1", "2", "3", "4", "5", "7", "8")
@@ -142,7 +144,6 @@ def run_demo(
     import torch
 
     from longdoc.classifier import LongDocClassifier
-    from longdoc.cli import format_table, safe_text
     from longdoc.evaluation import compare_with_baselines
     from longdoc.indexing import index_documents
     from longdoc.metrics import format_report

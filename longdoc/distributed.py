@@ -38,16 +38,30 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
+from transformers import AutoTokenizer
 
-from longdoc.errors import ConfigError, DataError, ModelLoadError
+from indexer import PassageIndex
+from indexer.sharded import shard_of, write_sharded_directory
+from indexer.storage import DirectoryLock
+from longdoc.classifier import Encoded, LongDocClassifier
+from longdoc.data import iter_documents, load_documents
+from longdoc.encoder import WindowEncoder
+from longdoc.errors import DataError, ModelLoadError
+from longdoc.indexing import index_vectors, passages_from_analysis
+from longdoc.label_core import (
+    LabelRun,
+    LabelSummary,
+    check_options,
+    check_top_passages,
+    label_chunk,
+    label_rows,
+    positive_int,
+)
+from longdoc.label_store import conform_rows, label_schema
+from longdoc.windows import _DOCS_SCHEMA, _TABLE_SCHEMA, EMPTY_DOCUMENT, WindowConfig, Windows, make_windows
 
 if TYPE_CHECKING:
     import pyarrow as pa
-
-    from longdoc.classifier import LongDocClassifier
-    from longdoc.encoder import WindowEncoder
-    from longdoc.labeling import LabelSummary
-    from longdoc.windows import WindowConfig, Windows
 
 logger = logging.getLogger(__name__)
 
@@ -65,10 +79,12 @@ WINDOWS_COLUMN = "windows"
 DOC_TOKENS_COLUMN = "doc_n_tokens"
 _WINDOW_FIELDS = ("window_index", "token_start", "token_end", "char_start", "char_end", "n_tokens", "input_ids")
 _STAGING_PREFIX = ".ray-staging-"
+_CLOSING = ("labelled %(n_labelled)d documents with Ray (%(n_errors)d error rows, %(n_retried)d retried, "
+            "%(n_skipped)d already done) into %(output)s")
 
 
 def _require_ray() -> Any:
-    try:
+    try:  # here, not on top: Ray is an optional extra
         import ray
         import ray.data  # noqa: F401
     except ImportError as exc:
@@ -103,8 +119,6 @@ def _to_arrow(frame: pl.DataFrame) -> pa.Table:
 
 def _model_parts(model_dir: str | os.PathLike[str]) -> tuple[Path, WindowConfig, bool]:
     """(encoder checkpoint, window geometry, is a classifier directory) of a model path."""
-    from longdoc.windows import WindowConfig
-
     path = Path(model_dir)
     if not path.exists():
         raise ModelLoadError(f"model not found: {str(path)!r}")
@@ -125,8 +139,6 @@ def _model_parts(model_dir: str | os.PathLike[str]) -> tuple[Path, WindowConfig,
 
 
 def _load_classifier(model_dir: str | os.PathLike[str], device: str | None) -> LongDocClassifier:
-    from longdoc.classifier import LongDocClassifier
-
     _, _, is_classifier = _model_parts(model_dir)
     if not is_classifier:
         raise ModelLoadError(f"{str(model_dir)!r} is not a longdoc model directory (config.json and encoder/); "
@@ -136,8 +148,6 @@ def _load_classifier(model_dir: str | os.PathLike[str], device: str | None) -> L
 
 def _windows_from_rows(docs: pl.DataFrame) -> Windows:
     """Rebuild ``Windows`` from document rows carrying :class:`WindowingStage` columns (no re-tokenization)."""
-    from longdoc.windows import _DOCS_SCHEMA, _TABLE_SCHEMA, EMPTY_DOCUMENT, Windows
-
     per_doc = docs[WINDOWS_COLUMN].to_list()
     doc_ids = docs["doc_id"].to_list()
     table_rows: dict[str, list[Any]] = {k: [] for k in _TABLE_SCHEMA}
@@ -178,8 +188,6 @@ class _DocumentsStage:
         self.skip = skip
 
     def __call__(self, batch: Any) -> pa.Table:
-        from longdoc.data import load_documents
-
         raw = _to_polars(batch)
         docs = load_documents(raw, **self.reader_options) if raw.height else _empty_documents()
         if self.skip:
@@ -188,8 +196,6 @@ class _DocumentsStage:
 
 
 def _empty_documents() -> pl.DataFrame:
-    from longdoc.data import load_documents
-
     return load_documents([], metadata_columns=[])
 
 
@@ -212,8 +218,6 @@ class WindowingStage:
     def __init__(
         self, model_dir: str | os.PathLike[str], *, window: WindowConfig | None = None, explode: bool = False
     ) -> None:
-        from transformers import AutoTokenizer
-
         encoder_dir, default_window, _ = _model_parts(model_dir)
         self.window = window or default_window
         self.explode = bool(explode)
@@ -223,8 +227,6 @@ class WindowingStage:
             raise ModelLoadError(f"could not load a tokenizer from {str(encoder_dir)!r}: {exc}") from exc
 
     def __call__(self, batch: Any) -> pa.Table:
-        from longdoc.windows import make_windows
-
         docs = _to_polars(batch)
         clash = [c for c in (WINDOWS_COLUMN, DOC_TOKENS_COLUMN) if c in docs.columns]
         if clash:
@@ -264,8 +266,6 @@ class EncodingStage:
     """
 
     def __init__(self, model_dir: str | os.PathLike[str], *, device: str | None = None) -> None:
-        from longdoc.encoder import WindowEncoder
-
         _, window, is_classifier = _model_parts(model_dir)
         if is_classifier:  # the encoder whose vectors go into passage indexes
             self.encoder: WindowEncoder = _load_classifier(model_dir, device).retrieval_encoder
@@ -291,28 +291,12 @@ class _ModelStage:
 
     def _analysis(self, docs: pl.DataFrame) -> Any:
         """One encoder pass over the documents; windows from :class:`WindowingStage` are reused as they are."""
-        from longdoc.classifier import Encoded
-
         if WINDOWS_COLUMN not in docs.columns:
             return self.clf.analyze(docs, show_progress_bar=False)
         windows = _windows_from_rows(docs)
         table = docs.drop(WINDOWS_COLUMN, DOC_TOKENS_COLUMN)
         emb = self.clf.encoder.encode_windows(windows, show_progress_bar=False)
         return self.clf.analyze(Encoded(table, windows, emb, self.clf.encoder.fingerprint), show_progress_bar=False)
-
-
-class _Analysed:
-    """``clf`` with ``analyze`` answering from an analysis already made (so labelling code runs unchanged)."""
-
-    def __init__(self, clf: LongDocClassifier, analysis: Any) -> None:
-        self._clf = clf
-        self._analysis = analysis
-
-    def analyze(self, documents: Any, **_: Any) -> Any:
-        return self._analysis
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._clf, name)
 
 
 class LabellingStage(_ModelStage):
@@ -333,21 +317,16 @@ class LabellingStage(_ModelStage):
     """
 
     def __init__(self, model_dir: str | os.PathLike[str], *, top_passages: int = 3, device: str | None = None) -> None:
-        if isinstance(top_passages, bool) or not isinstance(top_passages, int) or top_passages < 0:
-            raise ConfigError(f"top_passages must be an int >= 0, got {top_passages!r}")
+        self.top_passages = check_top_passages(top_passages)
         super().__init__(model_dir, device=device)
-        self.top_passages = top_passages
 
     def __call__(self, batch: Any) -> pa.Table:
-        from longdoc.label_store import conform_rows, label_schema
-        from longdoc.labeling import label_chunk, label_rows
-
         docs = _to_polars(batch)
         if docs.height == 0:
             return _to_arrow(pl.DataFrame(schema=label_schema(self.clf.multi_label)))
         plain = docs.drop([c for c in (WINDOWS_COLUMN, DOC_TOKENS_COLUMN) if c in docs.columns])
         try:
-            rows = label_rows(_Analysed(self.clf, self._analysis(docs)), plain, self.top_passages)
+            rows = label_rows(self.clf, plain, self.top_passages, analysis=self._analysis(docs))
         except Exception as exc:  # noqa: BLE001 - isolate the bad document the single-machine way
             logger.warning("a batch of %d documents failed (%s): labelling them one by one", docs.height, exc)
             rows = label_chunk(self.clf, plain, self.top_passages)
@@ -372,9 +351,6 @@ class PassageStage(_ModelStage):
         self.shards = shards
 
     def __call__(self, batch: Any) -> pa.Table:
-        from indexer.sharded import shard_of
-        from longdoc.indexing import index_vectors, passages_from_analysis
-
         docs = _to_polars(batch)
         analysis = self._analysis(docs)
         passages = passages_from_analysis(analysis, self.clf)
@@ -390,12 +366,6 @@ class PassageStage(_ModelStage):
 # --------------------------------------------------------------------------------------------------- pipelines
 
 
-def _positive(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
-    return value
-
-
 def _documents_dataset(source: Any, reader_options: dict[str, Any], skip: frozenset[str]) -> Any:
     """A Ray Dataset of document-table rows from ``source``.
 
@@ -404,8 +374,6 @@ def _documents_dataset(source: Any, reader_options: dict[str, Any], skip: frozen
     row-number ids need one reader) is streamed by ``longdoc.iter_documents`` on the driver into Ray.
     """
     ray = _require_ray()
-    from longdoc.data import iter_documents
-
     stage = _DocumentsStage(reader_options, skip)
     if isinstance(source, ray.data.Dataset):
         return source.map_batches(stage, batch_format="pyarrow")
@@ -498,28 +466,15 @@ def label_with_ray(
         A ``LabelSummary``: ``n_documents`` counts the documents labelled by this call plus those found done.
     """
     _require_ray()
-    from longdoc.label_store import part_files, prepare_output, write_atomic
-    from longdoc.labeling import LabelSummary
-
-    concurrency = _positive(concurrency, "concurrency")
-    batch_size = _positive(batch_size, "batch_size")
-    if isinstance(top_passages, bool) or not isinstance(top_passages, int) or top_passages < 0:
-        raise ConfigError(f"top_passages must be an int >= 0, got {top_passages!r}")
-    if not isinstance(retry_failed, bool):
-        raise ConfigError(f"retry_failed must be True or False, got {retry_failed!r}")
+    check_options(concurrency=concurrency, batch_size=batch_size, top_passages=top_passages,
+                  retry_failed=retry_failed)
     started = time.perf_counter()
     model_dir = str(Path(model_dir).resolve())
-    out = Path(output).resolve()
-    driver_clf = _load_classifier(model_dir, "cpu")
-    done, retry, part_no = prepare_output(out, driver_clf, retry_failed=retry_failed)
-    del driver_clf
-    for stale in out.glob(f"{_STAGING_PREFIX}*"):
-        logger.info("removing %s, left by an interrupted Ray run", stale.name)
-        shutil.rmtree(stale, ignore_errors=True)
-    if done:
-        logger.info("resuming: %d documents already labelled in %s", len(done), out)
+    run = LabelRun(_load_classifier(model_dir, "cpu"), Path(output).resolve(), retry_failed=retry_failed,
+                   log=logger, started=started, tidy=_remove_staging)
+    out, done = run.output, frozenset(run.done)
 
-    ds = _documents_dataset(source, reader_options, frozenset(done))
+    ds = _documents_dataset(source, reader_options, done)
     ds = _windowed(ds, model_dir, batch_size, windowing_cpus)
     ds = ds.map_batches(LabellingStage, fn_constructor_kwargs={"model_dir": model_dir, "top_passages": top_passages,
                                                                 "device": "cuda" if num_gpus else "cpu"},
@@ -527,30 +482,19 @@ def label_with_ray(
                         **_model_stage_options(concurrency, num_gpus, num_cpus))
     staging = out / f"{_STAGING_PREFIX}{os.getpid()}-{time.time_ns()}"
     ds.write_parquet(str(staging))
-    n_new = n_errors = n_retried = n_failed = 0
-    files = sorted(staging.glob("*.parquet")) if staging.is_dir() else []
-    for f in files:
+    for f in sorted(staging.glob("*.parquet")) if staging.is_dir() else []:
         table = pl.read_parquet(f, columns=["doc_id", "error", "failed"])
-        if table.height == 0:
-            continue
-        n_new += table.height
-        n_errors += table.height - table["error"].null_count()
-        n_failed += int(table["failed"].fill_null(False).sum())
-        if retry:
-            n_retried += sum(i in retry for i in table["doc_id"].to_list())
-        target = out / f"part-{part_no:05d}.parquet"
-        write_atomic(target, lambda p, f=f: os.replace(f, p))
-        part_no += 1
+        if table.height:
+            run.write_part(table, lambda p, f=f: os.replace(f, p))
     shutil.rmtree(staging, ignore_errors=True)
-    summary = LabelSummary(output=str(out), n_documents=n_new + len(done), n_labelled=n_new, n_skipped=len(done),
-                           n_retried=n_retried, n_errors=n_errors, n_parts=len(part_files(out)),
-                           seconds=time.perf_counter() - started)
-    logger.info("labelled %d documents with Ray (%d error rows, %d retried, %d already done) into %s", n_new,
-                n_errors, n_retried, len(done), out)
-    if n_failed:
-        logger.warning("%d documents failed (their analysis raised): run the same call again to retry them",
-                       n_failed)
-    return summary
+    return run.finish(n_documents=run.n_labelled + len(done), n_skipped=len(done), closing=_CLOSING)
+
+
+def _remove_staging(out: Path) -> None:
+    """Remove the staging folders that interrupted Ray runs left in the labels directory ``out``."""
+    for stale in out.glob(f"{_STAGING_PREFIX}*"):
+        logger.info("removing %s, left by an interrupted Ray run", stale.name)
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 class _FingerprintOnly:
@@ -567,8 +511,6 @@ class _FingerprintOnly:
 def _build_shard(group: Any, *, paths: Sequence[str], dim: int, fingerprint: str,
                  index_options: dict[str, Any]) -> pa.Table:
     """Build and save one shard from all its passage rows (a Ray ``map_groups`` task)."""
-    from indexer import PassageIndex
-
     rows = _to_polars(group)
     shard = int(rows["shard"][0])
     emb = np.asarray(rows["embedding"].to_list(), dtype=np.float32).reshape(-1, dim)
@@ -621,12 +563,9 @@ def index_with_ray(
         ``{"index": path, "shards": n, "windows": count, "per_shard": [...], "seconds": s}``.
     """
     _require_ray()
-    from indexer.sharded import write_sharded_directory
-    from indexer.storage import DirectoryLock
-
-    shards = _positive(shards, "shards")
-    concurrency = _positive(concurrency, "concurrency")
-    batch_size = _positive(batch_size, "batch_size")
+    shards = positive_int(shards, "shards")
+    concurrency = positive_int(concurrency, "concurrency")
+    batch_size = positive_int(batch_size, "batch_size")
     started = time.perf_counter()
     model_dir = str(Path(model_dir).resolve())
     target = Path(output_dir).resolve()
@@ -647,8 +586,6 @@ def index_with_ray(
     counts: dict[int, int] = {}
 
     def write_shards(paths: list[Path]) -> None:
-        from indexer import PassageIndex
-
         builder = functools.partial(_build_shard, paths=[str(p) for p in paths], dim=dim, fingerprint=fingerprint,
                                     index_options=index_options)
         grouping = {"num_partitions": shards} if "num_partitions" in inspect.signature(ds.groupby).parameters else {}

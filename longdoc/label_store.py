@@ -71,7 +71,7 @@ def label_schema(multi_label: bool) -> dict[str, pl.DataType]:
 
 def conform_rows(rows: pl.DataFrame, multi_label: bool) -> pl.DataFrame:
     """``rows`` with exactly the part columns, in order and typed (the error rows of
-    ``longdoc.labeling.label_chunk`` have three); a missing or null ``failed`` is ``False``."""
+    ``longdoc.label_core.label_chunk`` have three); a missing or null ``failed`` is ``False``."""
     schema = label_schema(multi_label)
     cols = []
     for name, dtype in schema.items():

@@ -3,35 +3,25 @@ and a run killed at any moment (even SIGKILL) resumes where it stopped with the 
 
 The output is a labels directory: one atomically written Parquet part per chunk of documents, every input
 document with a row (error rows included), read back by :func:`read_labels`. Its layout, columns and
-exactly-once rules are in :mod:`longdoc.label_store`; ``longdoc.distributed`` writes the same directory with Ray
-from the same rows (:func:`label_rows`, :func:`label_chunk`).
+exactly-once rules are in :mod:`longdoc.label_store`. This module is the local engine: it reads the source chunk
+by chunk and labels each chunk in this process. The rows, the checks and the counting are
+:mod:`longdoc.label_core`'s, which ``longdoc.distributed`` runs with Ray into the same directory.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import polars as pl
 from tqdm.auto import tqdm
 
 from longdoc.data import iter_documents
-from longdoc.errors import ConfigError
-from longdoc.label_store import (
-    conform_rows,
-    label_names,
-    label_schema,
-    part_files,
-    prepare_output,
-    read_labels,
-    write_atomic,
-)
+from longdoc.label_core import LabelRun, LabelSummary, check_options, label_chunk, label_rows
+from longdoc.label_store import conform_rows, label_names, read_labels
 
 if TYPE_CHECKING:
     from longdoc.classifier import LongDocClassifier
@@ -40,93 +30,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["LabelSummary", "label_chunk", "label_documents", "label_names", "label_rows", "read_labels"]
 
-
-@dataclass(frozen=True)
-class LabelSummary:
-    """What a :func:`label_documents` call did.
-
-    ``n_documents``: documents in the source; ``n_labelled``: labelled by this call; ``n_skipped``: already done
-    by an earlier (interrupted) call; ``n_retried``: labelled by this call again because an earlier call's row
-    for them is ``failed`` (counted in ``n_labelled`` too); ``n_errors``: error rows written by this call
-    (``failed`` ones included); ``n_parts``: part files in the output now.
-    """
-
-    output: str
-    n_documents: int
-    n_labelled: int
-    n_skipped: int
-    n_retried: int
-    n_errors: int
-    n_parts: int
-    seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _error_of(warning: str | None, n_windows: int) -> str | None:
-    """Why a document gets no label: it has no tokens (empty, whitespace only, an unreadable line...)."""
-    if n_windows == 0:
-        return warning or "document has no tokens: no label"
-    return None
-
-
-def label_chunk(clf: LongDocClassifier, docs: pl.DataFrame, top_passages: int) -> pl.DataFrame:
-    """Rows for one chunk; on an unexpected failure, documents are retried one by one to isolate the bad one.
-
-    A document whose analysis still raises alone gets an error row with ``failed=True`` (the next
-    ``label_documents`` call labels it again); every other row has ``failed=False``.
-    """
-    try:
-        return label_rows(clf, docs, top_passages)
-    except Exception as exc:  # noqa: BLE001 - a bad document must not stop the batch
-        if docs.height == 1:
-            logger.warning("document %r failed: %s", docs["doc_id"][0], exc)
-            return pl.DataFrame(
-                {"doc_id": docs["doc_id"], "error": [f"{type(exc).__name__}: {exc}"], "failed": [True]},
-            )
-        logger.warning("a chunk of %d documents failed (%s): retrying them one by one", docs.height, exc)
-        return pl.concat([label_chunk(clf, docs.slice(i, 1), top_passages) for i in range(docs.height)],
-                         how="diagonal_relaxed")
-
-
-def label_rows(clf: LongDocClassifier, docs: pl.DataFrame, top_passages: int) -> pl.DataFrame:
-    """The part rows of ``docs`` from one analysis (one encoder pass); raises when the analysis raises
-    (:func:`label_chunk` isolates the bad document). Documents without tokens get error rows."""
-    analysis = clf.analyze(docs, show_progress_bar=False)
-    decided = clf._decide(analysis.probs)
-    counts = analysis.windows.documents["n_windows"].to_numpy().astype(np.int64)
-    offsets = np.concatenate([[0], np.cumsum(counts)])
-    table = analysis.windows.table
-    w_index = table["window_index"].to_numpy()
-    starts, ends = table["char_start"].to_numpy(), table["char_end"].to_numpy()
-    weights = np.asarray(analysis.window_weights, dtype=np.float64)
-    warnings = docs["warning"].to_list() if "warning" in docs.columns else [None] * docs.height
-    out_labels, probs, passages, errors, kept_warnings = [], [], [], [], []
-    for i in range(docs.height):
-        error = _error_of(warnings[i], int(counts[i]))
-        lo, hi = offsets[i], offsets[i + 1]
-        if error is not None or np.isnan(analysis.probs[i]).any():
-            out_labels.append(None)
-            probs.append(None)
-            passages.append(None)
-            errors.append(error or "no prediction")
-            kept_warnings.append(None)
-            continue
-        order = lo + np.argsort(-weights[lo:hi], kind="stable")[:top_passages]
-        passages.append([{"window_index": int(w_index[j]), "char_start": int(starts[j]), "char_end": int(ends[j]),
-                          "weight": float(weights[j])} for j in order])
-        out_labels.append(decided[i])
-        probs.append([float(p) for p in analysis.probs[i]])
-        errors.append(None)
-        kept_warnings.append(warnings[i])
-    schema = label_schema(clf.multi_label)
-    label_col = "labels" if clf.multi_label else "label"
-    return pl.DataFrame(
-        {"doc_id": docs["doc_id"].to_list(), label_col: out_labels, "probs": probs, "top_passages": passages,
-         "warning": kept_warnings, "error": errors, "failed": [False] * docs.height},
-        schema=schema,
-    )
+_CLOSING = ("labelled %(n_labelled)d documents (%(n_skipped)d skipped as done, %(n_retried)d retried, "
+            "%(n_errors)d error rows) into %(output)s")
 
 
 def _chunks(source: Any, chunk_size: int, reader_options: dict[str, Any]) -> Iterator[pl.DataFrame]:
@@ -168,18 +73,10 @@ def label_documents(
         DataError: the source cannot be read at all, or ``output`` is a non-empty foreign directory. Parts
             written before a mid-stream reader error are kept; fix the input and call again to finish.
     """
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ConfigError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
-    if isinstance(top_passages, bool) or not isinstance(top_passages, int) or top_passages < 0:
-        raise ConfigError(f"top_passages must be an int >= 0, got {top_passages!r}")
-    if not isinstance(retry_failed, bool):
-        raise ConfigError(f"retry_failed must be True or False, got {retry_failed!r}")
-    started = time.perf_counter()
-    out = Path(output)
-    done, retry, part_no = prepare_output(out, clf, retry_failed=retry_failed)
-    if done:
-        logger.info("resuming: %d documents already labelled in %s", len(done), out)
-    n_docs = n_new = n_skipped = n_retried = n_errors = n_failed = 0
+    check_options(chunk_size=chunk_size, top_passages=top_passages, retry_failed=retry_failed)
+    run = LabelRun(clf, Path(output), retry_failed=retry_failed, log=logger)
+    done = run.done
+    n_docs = n_skipped = 0
     show = logger.isEnabledFor(logging.INFO) if show_progress_bar is None else bool(show_progress_bar)
     bar = tqdm(desc="label documents", unit="doc", disable=not show)
     try:
@@ -189,25 +86,10 @@ def label_documents(
                 if done else chunk
             n_skipped += chunk.height - todo.height
             if todo.height:
-                if retry:
-                    n_retried += sum(i in retry for i in todo["doc_id"].to_list())
                 rows = conform_rows(label_chunk(clf, todo, top_passages), clf.multi_label)
-                path = out / f"part-{part_no:05d}.parquet"
-                write_atomic(path, lambda p, rows=rows: rows.write_parquet(p))
-                part_no += 1
-                n_new += rows.height
-                n_errors += rows.height - rows["error"].null_count()
-                n_failed += int(rows["failed"].sum())
+                run.write_part(rows, lambda p, rows=rows: rows.write_parquet(p))
                 done.update(todo["doc_id"].to_list())
             bar.update(chunk.height)
     finally:
         bar.close()
-    summary = LabelSummary(output=str(out), n_documents=n_docs, n_labelled=n_new, n_skipped=n_skipped,
-                           n_retried=n_retried, n_errors=n_errors, n_parts=len(part_files(out)),
-                           seconds=time.perf_counter() - started)
-    logger.info("labelled %d documents (%d skipped as done, %d retried, %d error rows) into %s", n_new, n_skipped,
-                n_retried, n_errors, out)
-    if n_failed:
-        logger.warning("%d documents failed (their analysis raised): run the same call again to retry them",
-                       n_failed)
-    return summary
+    return run.finish(n_documents=n_docs, n_skipped=n_skipped, closing=_CLOSING)
