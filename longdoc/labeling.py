@@ -94,7 +94,7 @@ def label_rows(clf: LongDocClassifier, docs: pl.DataFrame, top_passages: int) ->
     """The part rows of ``docs`` from one analysis (one encoder pass); raises when the analysis raises
     (:func:`label_chunk` isolates the bad document). Documents without tokens get error rows."""
     analysis = clf.analyze(docs, show_progress_bar=False)
-    decided = clf._decide(analysis.probs)
+    decided = clf.decide(analysis.probs)
     counts = analysis.windows.documents["n_windows"].to_numpy().astype(np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)])
     table = analysis.windows.table
