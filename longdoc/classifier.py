@@ -235,6 +235,7 @@ class LongDocClassifier:
         return docs
 
     def _targets(self, docs: pl.DataFrame) -> torch.Tensor:
+        """Targets of the main labels: class indices (n_docs,), or multi-hot rows (n_docs, n_labels)."""
         index = {label: i for i, label in enumerate(self.labels)}
         unknown = sorted({x for row in docs["labels"].to_list() for x in row if x not in index})
         if unknown:
@@ -259,8 +260,7 @@ class LongDocClassifier:
                 raise DataError(f"task {name!r} reads its labels from column {task.column!r}, which is missing; "
                                 f"found {docs.columns}")
             index = {label: i for i, label in enumerate(task.labels)}
-            rows = [[] if v is None else [str(v)] if isinstance(v, (str, int)) else [str(x) for x in v]
-                    for v in docs[task.column].to_list()]
+            rows = _label_lists(docs[task.column].to_list())
             unknown = sorted({x for r in rows for x in r if x not in index})
             if unknown:
                 raise DataError(f"task {name!r}: labels {unknown[:10]} are not among {list(task.labels)}")
@@ -331,6 +331,7 @@ class LongDocClassifier:
         if args.mode == "frozen":  # reuse embeddings the caller already has
             train_docs = train if isinstance(train, Encoded) else train_docs
             val_docs = eval_dataset if isinstance(eval_dataset, Encoded) else val_docs
+        # the loops (epochs, early stopping, checkpoints) are in longdoc.training
         training.fit(self, train_docs, y_train, val_docs, y_val, args, show_progress_bar)
         if args.calibrate and val_docs is not None:
             self.calibrate(val_docs)
@@ -492,8 +493,7 @@ class LongDocClassifier:
             for name, task in self.tasks.items():
                 if task.column not in docs.columns:
                     continue
-                truth = [[] if v is None else [str(v)] if isinstance(v, (str, int)) else [str(x) for x in v]
-                         for v in docs[task.column].to_list()]
+                truth = _label_lists(docs[task.column].to_list())
                 t_true = truth if task.multi_label else [r[0] if r else None for r in truth]
                 t_pred = self.decide(a.task_probs[name], name)
                 pairs = [(t, p) for t, p, k in zip(t_true, t_pred, keep, strict=True) if k]
@@ -614,6 +614,11 @@ class LongDocClassifier:
                 clf.task_thresholds[name] = np.asarray(t["thresholds"], dtype=np.float32)
         clf.history = config.get("history", [])
         return clf
+
+
+def _label_lists(values: list[Any]) -> list[list[str]]:
+    """A task column's labels per document: ``None`` gives none, a str or int one, a list its items."""
+    return [[] if v is None else [str(v)] if isinstance(v, (str, int)) else [str(x) for x in v] for v in values]
 
 
 def _load_weights(module: torch.nn.Module, path: Path, what: str) -> Any:
