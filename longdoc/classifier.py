@@ -14,7 +14,6 @@ import json
 import logging
 import shutil
 import tempfile
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,25 +24,15 @@ import polars as pl
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from indexer.storage import recover_stale, replace_directory
-from longdoc import calibration
+from longdoc import calibration, training
 from longdoc.data import check_unique_ids, documents_from_texts, load_documents
 from longdoc.encoder import WindowEncoder
 from longdoc.errors import ConfigError, DataError, ModelLoadError
 from longdoc.heads import DocumentHead, HeadConfig, MultiTaskHead, predict_probs
 from longdoc.metrics import classification_report, save_confusion_matrix_png
-from longdoc.training import (
-    TrainConfig,
-    attention_dropout,
-    freeze_encoder_layers,
-    linear_schedule,
-    load_checkpoint,
-    param_groups,
-    save_checkpoint,
-    seed_everything,
-)
+from longdoc.training import Targets, TrainConfig, doc_offsets, pad_windows, seed_everything
 from longdoc.windows import WindowConfig, Windows
 
 logger = logging.getLogger(__name__)
@@ -90,6 +79,7 @@ class Analysis:
         window_weights: (n_windows,) each window's attribution within its document (sums to 1 per document).
         logits: (n_docs, n_labels) raw head logits (before temperature).
         task_probs: probabilities of each extra task (multi-task), same layout as ``probs``.
+        task_logits: raw logits of each extra task (before temperature), same layout as ``logits``.
     """
 
     documents: pl.DataFrame
@@ -99,6 +89,7 @@ class Analysis:
     window_weights: np.ndarray
     logits: torch.Tensor
     task_probs: dict[str, np.ndarray] = field(default_factory=dict)
+    task_logits: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -114,43 +105,11 @@ class Encoded:
     def select(self, doc_indices: Sequence[int] | np.ndarray) -> Encoded:
         """The documents at ``doc_indices`` (in that order) with their windows and embeddings."""
         idx = np.asarray(doc_indices, dtype=np.int64)
-        offsets = _doc_offsets(self.windows)
+        offsets = doc_offsets(self.windows)
         rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in idx]) if len(idx) else np.zeros(0, np.int64)
         windows = self.windows.take(rows)
         windows.documents = self.windows.documents[idx.tolist()]
         return Encoded(self.documents[idx.tolist()], windows, self.embeddings[rows], self.fingerprint)
-
-
-def _doc_offsets(windows: Windows) -> np.ndarray:
-    """Window row where each document starts (windows are contiguous per document, in document order)."""
-    counts = windows.documents["n_windows"].to_numpy().astype(np.int64)
-    offsets = np.zeros(len(counts) + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
-    return offsets
-
-
-def _pad_windows(
-    emb: torch.Tensor, doc_offsets: np.ndarray, docs: Sequence[int], rows: list[np.ndarray] | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, W, d) padded window embeddings and (B, W) mask for documents ``docs`` (or the given window rows)."""
-    rows = rows if rows is not None else [np.arange(doc_offsets[i], doc_offsets[i + 1]) for i in docs]
-    width = max(1, max(len(r) for r in rows))
-    out = emb.new_zeros((len(rows), width, emb.shape[-1]))
-    mask = torch.zeros((len(rows), width), dtype=torch.bool, device=emb.device)
-    for b, r in enumerate(rows):
-        if len(r):
-            out[b, : len(r)] = emb[torch.as_tensor(r, device=emb.device)]
-            mask[b, : len(r)] = True
-    return out, mask
-
-
-def _sample_windows(rows: np.ndarray, size: int, keep_first: bool, rng: np.random.Generator) -> np.ndarray:
-    """An ordered random subset of ``size`` of a document's window ``rows`` (its first window always in it when
-    ``keep_first``): the windows one fine-tuning step trains on."""
-    if keep_first:
-        rest = rng.choice(rows[1:], size=size - 1, replace=False)
-        return np.sort(np.concatenate([rows[:1], rest]))
-    return np.sort(rng.choice(rows, size=size, replace=False))
 
 
 class LongDocClassifier:
@@ -247,11 +206,13 @@ class LongDocClassifier:
         return self.encoder.window
 
     # ------------------------------------------------------------------ inputs
-    def _documents(
+    def document_table(
         self, data: Any, labels: Sequence[Any] | None = None, *, text_column: str = "text",
         label_column: str | None = None, id_column: str | None = None, require_labels: bool = False,
     ) -> pl.DataFrame:
-        """A document table from any supported input; column names default to ``load_documents``'s."""
+        """The document table (``doc_id``, ``text``, ``labels``, ...) of any input ``fit`` and ``analyze`` take:
+        a str, a list of texts (with ``labels``), a document table, ``Encoded``, or what ``load_documents``
+        reads (column names default to its own). ``require_labels`` refuses documents without a label."""
         if isinstance(data, Encoded):
             data = data.documents
         if isinstance(data, str):
@@ -274,6 +235,7 @@ class LongDocClassifier:
         return docs
 
     def _targets(self, docs: pl.DataFrame) -> torch.Tensor:
+        """Targets of the main labels: class indices (n_docs,), or multi-hot rows (n_docs, n_labels)."""
         index = {label: i for i, label in enumerate(self.labels)}
         unknown = sorted({x for row in docs["labels"].to_list() for x in row if x not in index})
         if unknown:
@@ -298,8 +260,7 @@ class LongDocClassifier:
                 raise DataError(f"task {name!r} reads its labels from column {task.column!r}, which is missing; "
                                 f"found {docs.columns}")
             index = {label: i for i, label in enumerate(task.labels)}
-            rows = [[] if v is None else [str(v)] if isinstance(v, (str, int)) else [str(x) for x in v]
-                    for v in docs[task.column].to_list()]
+            rows = _label_lists(docs[task.column].to_list())
             unknown = sorted({x for r in rows for x in r if x not in index})
             if unknown:
                 raise DataError(f"task {name!r}: labels {unknown[:10]} are not among {list(task.labels)}")
@@ -316,21 +277,12 @@ class LongDocClassifier:
             out[name] = y
         return out
 
-    def _loss(self, x: torch.Tensor, mask: torch.Tensor, y: torch.Tensor, y_tasks: dict[str, torch.Tensor],
-              idx: np.ndarray, class_weights: torch.Tensor | None) -> torch.Tensor:
-        """Main-label loss plus the extra tasks' losses for documents ``idx`` of the batch."""
-        device = x.device
-        loss = self.head(x, mask, labels=y[idx].to(device), class_weights=class_weights).loss
-        if self.task_head is not None:
-            loss = loss + self.task_head(x, mask, labels={k: v[idx].to(device) for k, v in y_tasks.items()}).loss
-        return loss
-
     # ------------------------------------------------------------------ encoding
     def encode(self, documents: Any, *, show_progress_bar: bool | None = None, **columns: Any) -> Encoded:
         """Cut documents into windows and encode them once, for reuse by ``fit``, ``analyze`` and indexing."""
         if isinstance(documents, Encoded):
             return self._encoded(documents, show_progress_bar)
-        docs = self._documents(documents, **columns)
+        docs = self.document_table(documents, **columns)
         windows, emb = self.encoder.encode_documents(docs, show_progress_bar=show_progress_bar)
         return Encoded(docs, windows, emb, self.encoder.fingerprint)
 
@@ -370,251 +322,37 @@ class LongDocClassifier:
         args = args or TrainConfig()
         seed_everything(args.seed)
         cols = {"text_column": text_column, "label_column": label_column, "id_column": id_column}
-        train_docs = self._documents(train, labels, require_labels=True, **cols)
-        y_train = self._targets(train_docs)
-        self._y_tasks = self._task_targets(train_docs)
+        train_docs = self.document_table(train, labels, require_labels=True, **cols)
+        y_train = Targets(self._targets(train_docs), self._task_targets(train_docs))
         val_docs = y_val = None
         if eval_dataset is not None:
-            val_docs = self._documents(eval_dataset, eval_labels, require_labels=True, **cols)
-            y_val = self._targets(val_docs)
-            self._y_val_tasks = self._task_targets(val_docs)
+            val_docs = self.document_table(eval_dataset, eval_labels, require_labels=True, **cols)
+            y_val = Targets(self._targets(val_docs), self._task_targets(val_docs))
         if args.mode == "frozen":  # reuse embeddings the caller already has
             train_docs = train if isinstance(train, Encoded) else train_docs
             val_docs = eval_dataset if isinstance(eval_dataset, Encoded) else val_docs
-        class_weights = self._class_weights(y_train) if args.class_weights == "balanced" else None
-        if args.mode == "frozen":
-            self._fit_frozen(train_docs, y_train, val_docs, y_val, args, class_weights, show_progress_bar)
-        else:
-            self._fit_finetune(train_docs, y_train, val_docs, y_val, args, class_weights, show_progress_bar)
+        # the loops (epochs, early stopping, checkpoints) are in longdoc.training
+        training.fit(self, train_docs, y_train, val_docs, y_val, args, show_progress_bar)
         if args.calibrate and val_docs is not None:
             self.calibrate(val_docs)
         return self
 
-    def _class_weights(self, y: torch.Tensor) -> torch.Tensor:
-        if self.multi_label:
-            pos = y.sum(0).clamp(min=1.0)
-            return (len(y) - pos) / pos
-        counts = torch.bincount(y, minlength=len(self.labels)).float().clamp(min=1.0)
-        return len(y) / (len(self.labels) * counts)
-
-    def _heads(self) -> torch.nn.ModuleList:
-        """The main head and, multi-task, the extra tasks' heads: what trains besides the encoder."""
-        return torch.nn.ModuleList([self.head] + ([self.task_head] if self.task_head is not None else []))
-
-    def _fit_input_scaling(self, window_embeddings: torch.Tensor) -> None:
-        """Standardise every head's input with statistics of the training windows (before training)."""
-        if len(window_embeddings) < 2:
-            return
-        self.head.fit_input_scaling(window_embeddings)
-        if self.task_head is not None:
-            for head in self.task_head.heads.values():
-                head.fit_input_scaling(window_embeddings)
-
-    def _optimizer(self, encoder_trains: bool, args: TrainConfig) -> torch.optim.Optimizer:
-        groups = param_groups(self._heads(), self.encoder.model if encoder_trains else None, args)
-        return torch.optim.AdamW(groups, fused=False)
-
-    def _epoch_loop(
-        self, *, n_train: int, args: TrainConfig, step_fn, evaluate_fn, encoder_trains: bool, show: bool | None
-    ) -> None:
-        """Shared epoch logic: shuffling, accumulation, schedule, early stopping, checkpoints, resume."""
-        heads = self._heads()
-        optimizer = self._optimizer(encoder_trains, args)
-        steps_per_epoch = max(1, -(-n_train // (args.batch_size * args.grad_accum)))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, linear_schedule(steps_per_epoch * args.epochs, args.warmup_ratio)
-        )
-        start_epoch, best, bad_epochs, step = 0, (-np.inf,), 0, 0
-        best_head = {k: v.detach().clone() for k, v in heads.state_dict().items()}
-        best_encoder = None
-        ckpt_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else None
-        if ckpt_dir is not None:
-            meta = load_checkpoint(ckpt_dir, head=heads, encoder=self.encoder.model if encoder_trains else None,
-                                   optimizer=optimizer)
-            if meta is not None:
-                start_epoch, bad_epochs, step = meta["epoch"] + 1, meta["bad_epochs"], meta["step"]
-                best = tuple(meta["best_score"])
-                best_head = meta["best_head"]
-                best_encoder = meta["best_encoder"]
-                with warnings.catch_warnings():  # fast-forwarding the schedule, not skipping an optimizer step
-                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
-                    for _ in range(step):
-                        scheduler.step()
-                if bad_epochs >= args.patience:
-                    start_epoch = args.epochs
-        rng = np.random.default_rng(args.seed)
-        for _ in range(start_epoch):
-            rng.permutation(n_train)  # keep the shuffles of a resumed run identical to an uninterrupted one
-        for epoch in range(start_epoch, args.epochs):
-            heads.train()
-            if encoder_trains:
-                self.encoder.model.train()
-            order = rng.permutation(n_train)
-            total, batches = 0.0, 0
-            bar = tqdm(total=n_train, desc=f"epoch {epoch + 1}/{args.epochs}", unit="doc",
-                       disable=not (logger.isEnabledFor(logging.INFO) if show is None else show))
-            optimizer.zero_grad(set_to_none=True)
-            for b, start in enumerate(range(0, n_train, args.batch_size)):
-                idx = order[start : start + args.batch_size]
-                loss = step_fn(idx)
-                (loss / args.grad_accum).backward()
-                total += float(loss.detach())
-                batches += 1
-                if (b + 1) % args.grad_accum == 0 or start + args.batch_size >= n_train:
-                    torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    step += 1
-                bar.update(len(idx))
-            bar.close()
-            heads.eval()
-            self.encoder.model.eval()
-            record = {"epoch": epoch + 1, "train_loss": total / max(1, batches)}
-            score = evaluate_fn()
-            if score is not None:
-                record["eval_macro_f1"], record["eval_loss"] = score[0], -score[1]
-            self.history.append(record)
-            logger.info("epoch %d: %s", epoch + 1, record)
-            current = score if score is not None else (-record["train_loss"],)
-            if current > best:
-                best, bad_epochs = current, 0
-                best_head = {k: v.detach().clone() for k, v in heads.state_dict().items()}
-                if encoder_trains:  # the head and the encoder of the best epoch always travel together
-                    best_encoder = {k: v.detach().clone() for k, v in self.encoder.model.state_dict().items()}
-            else:
-                bad_epochs += 1
-            if ckpt_dir is not None:
-                save_checkpoint(ckpt_dir, epoch=epoch, best_score=best, bad_epochs=bad_epochs, head=heads,
-                                best_head=best_head, encoder=self.encoder.model if encoder_trains else None,
-                                best_encoder=best_encoder, optimizer=optimizer, step=step)
-            if score is not None and bad_epochs >= args.patience:
-                logger.info("early stop after epoch %d (best eval macro-F1 %.4f)", epoch + 1, best[0])
-                break
-        heads.load_state_dict(best_head)
-        if best_encoder is not None:
-            self.encoder.model.load_state_dict(best_encoder)
-        heads.eval()
-        self.encoder.model.eval()
-        if encoder_trains:
-            self.encoder.invalidate_fingerprint()
-
-    def _validation_score(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-        """(macro-F1, -loss) on validation data, averaged over the main labels and every extra task (whose
-        logits ``_head_logits`` left on ``_last_task_logits``): F1 decides, the loss breaks ties."""
-        from sklearn.metrics import f1_score
-
-        def score(head: DocumentHead, z: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
-            z = torch.nan_to_num(z.float())
-            loss = float(head.loss(z, target.to(z.device)))
-            probs = predict_probs(z, head.config.multi_label).numpy()
-            if head.config.multi_label:
-                f1 = f1_score(target.numpy(), probs >= 0.5, average="macro", zero_division=0)
-            else:
-                f1 = f1_score(target.numpy(), probs.argmax(1), average="macro",
-                              labels=range(head.config.num_labels), zero_division=0)
-            return float(f1), -loss
-
-        scores = [score(self.head, logits, y)]
-        for name, z in self._last_task_logits.items():
-            scores.append(score(self.task_head.heads[name], z, self._y_val_tasks[name]))
-        return float(np.mean([f for f, _ in scores])), float(np.sum([neg_loss for _, neg_loss in scores]))
-
-    def _fit_frozen(self, train_docs, y_train, val_docs, y_val, args, class_weights, show) -> None:
-        logger.info("encoding the training documents once (frozen encoder)")
-        train_enc = self._encoded(train_docs, show)
-        emb = torch.from_numpy(train_enc.embeddings).to(self.encoder.device)
-        offsets = _doc_offsets(train_enc.windows)
-        val = None
-        if val_docs is not None:
-            val_enc = self._encoded(val_docs, show)
-            val = (torch.from_numpy(val_enc.embeddings).to(self.encoder.device), _doc_offsets(val_enc.windows))
-        n_train = len(offsets) - 1
-        self._fit_input_scaling(emb)
-
-        def step(idx: np.ndarray) -> torch.Tensor:
-            x, mask = _pad_windows(emb, offsets, idx)
-            return self._loss(x, mask, y_train, self._y_tasks, idx, class_weights)
-
-        def evaluate() -> float | None:
-            if val is None:
-                return None
-            return self._validation_score(self._head_logits(*val), y_val)
-
-        self._epoch_loop(n_train=n_train, args=args, step_fn=step, evaluate_fn=evaluate,
-                         encoder_trains=False, show=show)
-
-    def _fit_finetune(self, train_docs, y_train, val_docs, y_val, args, class_weights, show) -> None:
-        if args.retrieval_encoder == "finetuned":
-            self.retrieval_encoder = self.encoder
-        elif self.retrieval_encoder is self.encoder:  # keep the weights as they are now for the index
-            self.retrieval_encoder = self.encoder.copy()
-        model = self.encoder.model
-        freeze_encoder_layers(model, args.train_top_layers)
-        if args.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-        train_w = _windows_only(self.encoder, train_docs)
-        offsets = _doc_offsets(train_w)
-        rng = np.random.default_rng(args.seed + 1)
-        device = self.encoder.device
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _nullcontext()
-        # train in fp32 weights (bf16 autocast on CUDA); inference dtype is restored afterwards
-        sample = np.sort(rng.choice(len(train_w), size=min(512, len(train_w)), replace=False))
-        self._fit_input_scaling(torch.from_numpy(self.encoder.encode_windows(train_w.take(sample))).to(device))
-        model.to(torch.float32)
-
-        def step(idx: np.ndarray) -> torch.Tensor:
-            rows = []
-            for i in idx:
-                r = np.arange(offsets[i], offsets[i + 1])
-                if len(r) > args.max_train_windows:
-                    r = _sample_windows(r, args.max_train_windows, args.keep_first_window, rng)
-                rows.append(r)
-            flat = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-            ids, mask = _pad_ids(train_w, flat)
-            with autocast:
-                window_emb = torch.zeros((0, self.encoder.dim), device=device)
-                if len(flat):
-                    window_emb = self.encoder.embed(ids.to(device), mask.to(device)).float()
-                # rows of `window_emb` are in `flat` order: re-index per document
-                local, pos = [], 0
-                for r in rows:
-                    local.append(np.arange(pos, pos + len(r)))
-                    pos += len(r)
-                x, m = _pad_windows(window_emb, np.zeros(1, np.int64), idx, rows=local)
-                return self._loss(x, m, y_train, self._y_tasks, idx, class_weights)
-
-        def evaluate() -> float | None:
-            if val_docs is None:
-                return None
-            model.eval()
-            logits = self._analyze(val_docs, show_progress_bar=False).logits
-            model.train()
-            return self._validation_score(logits, y_val)
-
-        try:
-            with attention_dropout(model, args.attention_dropout):
-                self._epoch_loop(n_train=train_docs.height, args=args, step_fn=step, evaluate_fn=evaluate,
-                                 encoder_trains=True, show=show)
-        finally:
-            if args.gradient_checkpointing:
-                model.gradient_checkpointing_disable()
-            for p in model.parameters():
-                p.requires_grad = True
-            model.to(self.encoder.dtype)
-
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
-    def _head_logits(self, emb: torch.Tensor, offsets: np.ndarray, batch: int = 64) -> torch.Tensor:
-        """Logits (n_docs, L) from window embeddings; the attribution is stored on ``self._last_weights`` and
-        the extra tasks' logits on ``self._last_task_logits``."""
+    def _head_logits(
+        self, emb: torch.Tensor, offsets: np.ndarray, batch: int = 64
+    ) -> tuple[torch.Tensor, np.ndarray, dict[str, torch.Tensor]]:
+        """Logits (n_docs, L) from window embeddings, each window's attribution (n_windows,) and the extra
+        tasks' logits."""
         n_docs = len(offsets) - 1
         logits, weights = [], np.zeros(len(emb), dtype=np.float32)
         task_logits: dict[str, list[torch.Tensor]] = {name: [] for name in self.tasks}
-        self._heads().eval()
+        self.head.eval()
+        if self.task_head is not None:
+            self.task_head.eval()
         for start in range(0, n_docs, batch):
             idx = list(range(start, min(n_docs, start + batch)))
-            x, mask = _pad_windows(emb, offsets, idx)
+            x, mask = pad_windows(emb, offsets, idx)
             out = self.head(x, mask)
             logits.append(out.logits.float().cpu())
             if self.task_head is not None:
@@ -624,37 +362,36 @@ class LongDocClassifier:
             for b, i in enumerate(idx):
                 k = offsets[i + 1] - offsets[i]
                 weights[offsets[i] : offsets[i + 1]] = w[b, :k]
-        self._last_weights = weights
-        self._last_task_logits = {
-            name: torch.cat(parts) if parts else torch.zeros((0, len(self.tasks[name].labels)))
-            for name, parts in task_logits.items()
-        }
-        return torch.cat(logits) if logits else torch.zeros((0, len(self.labels)))
+        tasks = {name: torch.cat(parts) if parts else torch.zeros((0, len(self.tasks[name].labels)))
+                 for name, parts in task_logits.items()}
+        return torch.cat(logits) if logits else torch.zeros((0, len(self.labels))), weights, tasks
 
     def _analyze(self, data: pl.DataFrame | Encoded, *, show_progress_bar: bool | None = None) -> Analysis:
         enc = self._encoded(data, show_progress_bar)
         docs, windows, emb = enc.documents, enc.windows, enc.embeddings
-        offsets = _doc_offsets(windows)
-        logits = self._head_logits(torch.from_numpy(emb).to(self.encoder.device), offsets)
+        offsets = doc_offsets(windows)
+        logits, weights, task_logits = self._head_logits(torch.from_numpy(emb).to(self.encoder.device), offsets)
         probs = predict_probs(logits, self.multi_label, self.temperature).numpy().astype(np.float32)
         empty = np.diff(offsets) == 0
         probs[empty] = np.nan
         task_probs = {}
-        for name, task_logits in self._last_task_logits.items():
-            p = predict_probs(task_logits, self.tasks[name].multi_label, self.task_temperature[name]).numpy()
+        for name, z in task_logits.items():
+            p = predict_probs(z, self.tasks[name].multi_label, self.task_temperature[name]).numpy()
             p = p.astype(np.float32)
             p[empty] = np.nan
             task_probs[name] = p
-        return Analysis(docs, windows, emb, probs, self._last_weights, logits, task_probs)
+        return Analysis(docs, windows, emb, probs, weights, logits, task_probs, task_logits)
 
     def analyze(self, documents: Any, *, show_progress_bar: bool | None = None, **columns: Any) -> Analysis:
         """One encoder pass: window embeddings, label probabilities and attributions (label + index at once)."""
         if isinstance(documents, Encoded):
             return self._analyze(documents, show_progress_bar=show_progress_bar)
-        return self._analyze(self._documents(documents, **columns), show_progress_bar=show_progress_bar)
+        return self._analyze(self.document_table(documents, **columns), show_progress_bar=show_progress_bar)
 
-    def _decide(self, probs: np.ndarray, task: str | None = None) -> list[Any]:
-        """Label decisions from probabilities, for the main labels or an extra ``task``."""
+    def decide(self, probs: np.ndarray, task: str | None = None) -> list[Any]:
+        """Label decisions from probabilities (rows as ``predict_proba`` gives them), for the main labels or an
+        extra ``task``: the top label, or multi-label the labels at or above their thresholds (0.5 until
+        calibrated); ``None`` for a row of NaN (a document without tokens)."""
         labels = self.labels if task is None else list(self.tasks[task].labels)
         multi = self.multi_label if task is None else self.tasks[task].multi_label
         thresholds = self.thresholds if task is None else self.task_thresholds[task]
@@ -675,7 +412,7 @@ class LongDocClassifier:
 
         A document without tokens (empty or whitespace only) gets ``None``.
         """
-        labels = self._decide(self.analyze(documents, **columns).probs)
+        labels = self.decide(self.analyze(documents, **columns).probs)
         return labels[0] if isinstance(documents, str) else labels
 
     def predict_proba(self, documents: str | Sequence[str] | Any, **columns: Any) -> np.ndarray:
@@ -689,8 +426,8 @@ class LongDocClassifier:
         dict, a list gives a list of dicts). The main labels are under ``"label"``."""
         single = isinstance(documents, str)
         a = self.analyze(documents, **columns)
-        decided = {"label": self._decide(a.probs)}
-        decided.update({name: self._decide(p, name) for name, p in a.task_probs.items()})
+        decided = {"label": self.decide(a.probs)}
+        decided.update({name: self.decide(p, name) for name, p in a.task_probs.items()})
         rows = [dict(zip(decided, values, strict=True)) for values in zip(*decided.values(), strict=True)]
         return rows[0] if single else rows
 
@@ -712,7 +449,7 @@ class LongDocClassifier:
 
     def calibrate(self, eval_dataset: Any, labels: Sequence[Any] | None = None, **columns: Any) -> None:
         """Fit the temperature (and, multi-label, the per-label thresholds) on validation documents."""
-        docs = self._documents(eval_dataset, labels, require_labels=True, **columns)
+        docs = self.document_table(eval_dataset, labels, require_labels=True, **columns)
         y = self._targets(docs)
         a = self._analyze(eval_dataset if isinstance(eval_dataset, Encoded) else docs, show_progress_bar=False)
         keep = torch.from_numpy(~np.isnan(a.probs).any(1))
@@ -723,7 +460,7 @@ class LongDocClassifier:
             self.thresholds = calibration.tune_thresholds(probs, y[keep].numpy())
         if self.tasks:
             y_tasks = self._task_targets(docs)
-            for name, task_logits in self._last_task_logits.items():
+            for name, task_logits in a.task_logits.items():
                 task = self.tasks[name]
                 self.task_temperature[name] = calibration.fit_temperature(
                     task_logits[keep], y_tasks[name][keep], multi_label=task.multi_label)
@@ -737,13 +474,13 @@ class LongDocClassifier:
         **columns: Any,
     ) -> dict[str, Any]:
         """Accuracy, macro/micro-F1, per-label report, expected calibration error, optional confusion PNG."""
-        docs = self._documents(documents, labels, require_labels=True, **columns)
+        docs = self.document_table(documents, labels, require_labels=True, **columns)
         self._targets(docs)  # validates the label names
-        self._last_analysis = self.analyze(documents if isinstance(documents, Encoded) else docs)
-        probs = self._last_analysis.probs
+        a = self.analyze(documents if isinstance(documents, Encoded) else docs)
+        probs = a.probs
         keep = ~np.isnan(probs).any(1)
         y_true = docs["labels"].to_list()
-        y_pred = self._decide(probs)
+        y_pred = self.decide(probs)
         if not self.multi_label:
             y_true = [r[0] for r in y_true]
         y_true = [t for t, k in zip(y_true, keep, strict=True) if k]
@@ -752,15 +489,13 @@ class LongDocClassifier:
         report["n_documents"] = docs.height
         report["n_without_tokens"] = int((~keep).sum())
         if self.tasks:
-            a = self._last_analysis
             report["tasks"] = {}
             for name, task in self.tasks.items():
                 if task.column not in docs.columns:
                     continue
-                truth = [[] if v is None else [str(v)] if isinstance(v, (str, int)) else [str(x) for x in v]
-                         for v in docs[task.column].to_list()]
+                truth = _label_lists(docs[task.column].to_list())
                 t_true = truth if task.multi_label else [r[0] if r else None for r in truth]
-                t_pred = self._decide(a.task_probs[name], name)
+                t_pred = self.decide(a.task_probs[name], name)
                 pairs = [(t, p) for t, p, k in zip(t_true, t_pred, keep, strict=True) if k]
                 report["tasks"][name] = classification_report(
                     [t for t, _ in pairs], [p for _, p in pairs], list(task.labels),
@@ -881,6 +616,11 @@ class LongDocClassifier:
         return clf
 
 
+def _label_lists(values: list[Any]) -> list[list[str]]:
+    """A task column's labels per document: ``None`` gives none, a str or int one, a list its items."""
+    return [[] if v is None else [str(v)] if isinstance(v, (str, int)) else [str(x) for x in v] for v in values]
+
+
 def _load_weights(module: torch.nn.Module, path: Path, what: str) -> Any:
     """Load a safetensors file into ``module``; a missing, truncated or mismatching file is a ModelLoadError."""
     if not path.is_file():
@@ -900,32 +640,6 @@ def _refuse_links_out_of(directory: Path) -> None:
             target = path.resolve()
             if root != target and root not in target.parents:
                 raise ModelLoadError(f"{path} is a symlink pointing outside the model directory ({target}); refused")
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def _windows_only(encoder: WindowEncoder, docs: pl.DataFrame) -> Windows:
-    from longdoc.windows import make_windows
-
-    return make_windows(docs, encoder.tokenizer, encoder.window)
-
-
-def _pad_ids(windows: Windows, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    lengths = windows.lengths[rows] if len(rows) else np.zeros(1, np.int64)
-    width = int(lengths.max()) if len(rows) else 1
-    ids = np.zeros((len(rows), width), dtype=np.int64)
-    mask = np.zeros((len(rows), width), dtype=np.int64)
-    for b, r in enumerate(rows):
-        seq = windows.ids(int(r))
-        ids[b, : len(seq)] = seq
-        mask[b, : len(seq)] = 1
-    return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
 def _versions() -> dict[str, str]:

@@ -172,7 +172,7 @@ def compare_with_baselines(
                                 for name, docs in splits.items()}
         logger.info("encoded every split once in %.1f s", time.perf_counter() - started)
     else:  # each fine-tuned model encodes with its own weights: only read the documents here
-        data = {name: clf._documents(docs) for name, docs in splits.items()}
+        data = {name: clf.document_table(docs) for name, docs in splits.items()}
 
     def documents(name: str) -> pl.DataFrame:
         return data[name].documents if frozen else data[name]

@@ -67,7 +67,7 @@ def passages_from_analysis(analysis: Analysis, clf: LongDocClassifier | None = N
     table = analysis.windows.table
     n_docs = docs.height
     probs = np.asarray(analysis.probs, dtype=np.float64)
-    decided: list[Any] = clf._decide(analysis.probs) if clf is not None else [None] * n_docs
+    decided: list[Any] = clf.decide(analysis.probs) if clf is not None else [None] * n_docs
     pred_labels = [None if d is None else ([d] if isinstance(d, str) else list(d)) for d in decided]
     doc_rows = pl.DataFrame(
         {
@@ -233,7 +233,7 @@ def index_documents(
     elif _is_encoded(documents):
         precomputed, docs = clf.analyze(documents, show_progress_bar=show_progress_bar), documents.documents
     else:
-        docs = clf._documents(documents, **columns)
+        docs = clf.document_table(documents, **columns)
 
     hashes = [content_hash(t) for t in docs["text"].to_list()]
     old = _stored_hashes(index) if index is not None else {}

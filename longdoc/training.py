@@ -13,6 +13,10 @@ Two modes:
 Both use AdamW with separate learning rates for the encoder and the head, linear warmup then linear decay,
 early stopping on validation macro-F1, optional class weights, seeds, and a checkpoint per epoch that a killed
 run resumes from (weights, optimizer moments and the epoch counter, all as safetensors + JSON).
+
+``LongDocClassifier.fit`` reads the documents and their targets, then calls :func:`fit` here, which trains the
+classifier's heads (and, fine-tuning, its encoder) in place. The loops only use the classifier's public parts:
+``encoder``, ``head``, ``task_head``, ``retrieval_encoder``, ``history``, ``encode`` and ``analyze``.
 """
 
 from __future__ import annotations
@@ -24,18 +28,26 @@ import math
 import random
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import polars as pl
 import torch
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
 from indexer.storage import recover_stale, replace_directory
 from longdoc.errors import ConfigError
+from longdoc.heads import DocumentHead, predict_probs
+from longdoc.windows import Windows, make_windows
+
+if TYPE_CHECKING:  # the classifier imports this module; these names are only for type hints
+    from longdoc.classifier import Analysis, Encoded, LongDocClassifier
 
 logger = logging.getLogger(__name__)
 
@@ -206,6 +218,323 @@ def attention_dropout(model: torch.nn.Module, p: float | None) -> Iterator[int]:
     finally:
         for layer, old in changed:
             layer.p = old
+
+
+# ---------------------------------------------------------------------- targets and batches
+@dataclass(frozen=True)
+class Targets:
+    """What a document table trains on, one row per document: the main labels and each extra task's labels
+    (class indices for single-label sets, multi-hot rows for multi-label ones)."""
+
+    labels: torch.Tensor
+    tasks: dict[str, torch.Tensor]
+
+
+def class_weights(y: torch.Tensor, num_labels: int, multi_label: bool) -> torch.Tensor:
+    """``TrainConfig(class_weights="balanced")``: inverse class frequency (multi-label: negatives per positive)."""
+    if multi_label:
+        pos = y.sum(0).clamp(min=1.0)
+        return (len(y) - pos) / pos
+    counts = torch.bincount(y, minlength=num_labels).float().clamp(min=1.0)
+    return len(y) / (num_labels * counts)
+
+
+def doc_offsets(windows: Windows) -> np.ndarray:
+    """Window row where each document starts (windows are contiguous per document, in document order)."""
+    counts = windows.documents["n_windows"].to_numpy().astype(np.int64)
+    offsets = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    return offsets
+
+
+def pad_windows(
+    emb: torch.Tensor, offsets: np.ndarray, docs: Sequence[int], rows: list[np.ndarray] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, W, d) padded window embeddings and (B, W) mask for documents ``docs`` (or the given window rows):
+    the input of a head, for training and prediction alike."""
+    rows = rows if rows is not None else [np.arange(offsets[i], offsets[i + 1]) for i in docs]
+    width = max(1, max(len(r) for r in rows))
+    out = emb.new_zeros((len(rows), width, emb.shape[-1]))
+    mask = torch.zeros((len(rows), width), dtype=torch.bool, device=emb.device)
+    for b, r in enumerate(rows):
+        if len(r):
+            out[b, : len(r)] = emb[torch.as_tensor(r, device=emb.device)]
+            mask[b, : len(r)] = True
+    return out, mask
+
+
+def sample_windows(rows: np.ndarray, size: int, keep_first: bool, rng: np.random.Generator) -> np.ndarray:
+    """An ordered random subset of ``size`` of a document's window ``rows`` (its first window always in it when
+    ``keep_first``): the windows one fine-tuning step trains on."""
+    if keep_first:
+        rest = rng.choice(rows[1:], size=size - 1, replace=False)
+        return np.sort(np.concatenate([rows[:1], rest]))
+    return np.sort(rng.choice(rows, size=size, replace=False))
+
+
+def _pad_ids(windows: Windows, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) token ids and attention mask of window ``rows``, right-padded to the longest."""
+    lengths = windows.lengths[rows] if len(rows) else np.zeros(1, np.int64)
+    width = int(lengths.max()) if len(rows) else 1
+    ids = np.zeros((len(rows), width), dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for b, r in enumerate(rows):
+        seq = windows.ids(int(r))
+        ids[b, : len(seq)] = seq
+        mask[b, : len(seq)] = 1
+    return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+# ---------------------------------------------------------------------- the loops behind LongDocClassifier.fit
+def fit(
+    clf: LongDocClassifier,
+    train: Encoded | pl.DataFrame,
+    y: Targets,
+    val: Encoded | pl.DataFrame | None,
+    y_val: Targets | None,
+    args: TrainConfig,
+    show: bool | None,
+) -> None:
+    """Train ``clf`` in place on documents ``train`` (a document table, or ``Encoded`` for frozen training) with
+    targets ``y``; ``val``/``y_val`` drive early stopping. Appends one record per epoch to ``clf.history``."""
+    weights = class_weights(y.labels, len(clf.labels), clf.multi_label) if args.class_weights == "balanced" else None
+    if args.mode == "frozen":
+        _fit_frozen(clf, train, y, val, y_val, args, weights, show)
+    else:
+        _fit_finetune(clf, train, y, val, y_val, args, weights, show)
+
+
+def _heads(clf: LongDocClassifier) -> torch.nn.ModuleList:
+    """The main head and, multi-task, the extra tasks' heads: what trains besides the encoder (one module, so
+    checkpoints keep one state dict for all of them)."""
+    return torch.nn.ModuleList([clf.head] + ([clf.task_head] if clf.task_head is not None else []))
+
+
+def _fit_input_scaling(clf: LongDocClassifier, window_embeddings: torch.Tensor) -> None:
+    """Standardise every head's input with statistics of the training windows (before training)."""
+    if len(window_embeddings) < 2:
+        return
+    clf.head.fit_input_scaling(window_embeddings)
+    if clf.task_head is not None:
+        for head in clf.task_head.heads.values():
+            head.fit_input_scaling(window_embeddings)
+
+
+def _loss(clf: LongDocClassifier, x: torch.Tensor, mask: torch.Tensor, y: Targets, idx: np.ndarray,
+          weights: torch.Tensor | None) -> torch.Tensor:
+    """Main-label loss plus the extra tasks' losses for documents ``idx`` of the batch."""
+    device = x.device
+    loss = clf.head(x, mask, labels=y.labels[idx].to(device), class_weights=weights).loss
+    if clf.task_head is not None:
+        loss = loss + clf.task_head(x, mask, labels={k: v[idx].to(device) for k, v in y.tasks.items()}).loss
+    return loss
+
+
+def _validation_score(clf: LongDocClassifier, analysis: Analysis, y: Targets) -> tuple[float, float]:
+    """(macro-F1, -loss) on validation data, averaged over the main labels and every extra task: F1 decides,
+    the loss breaks ties."""
+    from sklearn.metrics import f1_score
+
+    def score(head: DocumentHead, z: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
+        z = torch.nan_to_num(z.float())
+        loss = float(head.loss(z, target.to(z.device)))
+        probs = predict_probs(z, head.config.multi_label).numpy()
+        if head.config.multi_label:
+            f1 = f1_score(target.numpy(), probs >= 0.5, average="macro", zero_division=0)
+        else:
+            f1 = f1_score(target.numpy(), probs.argmax(1), average="macro",
+                          labels=range(head.config.num_labels), zero_division=0)
+        return float(f1), -loss
+
+    scores = [score(clf.head, analysis.logits, y.labels)]
+    for name, z in analysis.task_logits.items():
+        scores.append(score(clf.task_head.heads[name], z, y.tasks[name]))
+    return float(np.mean([f for f, _ in scores])), float(np.sum([neg_loss for _, neg_loss in scores]))
+
+
+def _fit_frozen(clf: LongDocClassifier, train: Encoded | pl.DataFrame, y: Targets,
+                val: Encoded | pl.DataFrame | None, y_val: Targets | None, args: TrainConfig,
+                weights: torch.Tensor | None, show: bool | None) -> None:
+    """Encode every window once without gradients, then train the heads on the cached embeddings."""
+    logger.info("encoding the training documents once (frozen encoder)")
+    train_enc = clf.encode(train, show_progress_bar=show)
+    emb = torch.from_numpy(train_enc.embeddings).to(clf.encoder.device)
+    offsets = doc_offsets(train_enc.windows)
+    val_enc = clf.encode(val, show_progress_bar=show) if val is not None else None
+    _fit_input_scaling(clf, emb)
+
+    def step(idx: np.ndarray) -> torch.Tensor:
+        x, mask = pad_windows(emb, offsets, idx)
+        return _loss(clf, x, mask, y, idx, weights)
+
+    def evaluate() -> tuple[float, float] | None:
+        if val_enc is None:
+            return None
+        return _validation_score(clf, clf.analyze(val_enc, show_progress_bar=False), y_val)
+
+    _epoch_loop(clf, n_train=len(offsets) - 1, args=args, step_fn=step, evaluate_fn=evaluate,
+                encoder_trains=False, show=show)
+
+
+def _fit_finetune(clf: LongDocClassifier, train_docs: pl.DataFrame, y: Targets, val_docs: pl.DataFrame | None,
+                  y_val: Targets | None, args: TrainConfig, weights: torch.Tensor | None,
+                  show: bool | None) -> None:
+    """End to end: each step encodes (a sample of) the windows of a batch of documents with gradients."""
+    if args.retrieval_encoder == "finetuned":
+        clf.retrieval_encoder = clf.encoder
+    elif clf.retrieval_encoder is clf.encoder:  # keep the weights as they are now for the index
+        clf.retrieval_encoder = clf.encoder.copy()
+    encoder = clf.encoder
+    model = encoder.model
+    freeze_encoder_layers(model, args.train_top_layers)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    train_w = make_windows(train_docs, encoder.tokenizer, encoder.window)
+    offsets = doc_offsets(train_w)
+    rng = np.random.default_rng(args.seed + 1)
+    device = encoder.device
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    # train in fp32 weights (bf16 autocast on CUDA); inference dtype is restored afterwards
+    sample = np.sort(rng.choice(len(train_w), size=min(512, len(train_w)), replace=False))
+    _fit_input_scaling(clf, torch.from_numpy(encoder.encode_windows(train_w.take(sample))).to(device))
+    model.to(torch.float32)
+
+    def step(idx: np.ndarray) -> torch.Tensor:
+        rows = []
+        for i in idx:
+            r = np.arange(offsets[i], offsets[i + 1])
+            if len(r) > args.max_train_windows:
+                r = sample_windows(r, args.max_train_windows, args.keep_first_window, rng)
+            rows.append(r)
+        flat = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        ids, mask = _pad_ids(train_w, flat)
+        with autocast:
+            window_emb = torch.zeros((0, encoder.dim), device=device)
+            if len(flat):
+                window_emb = encoder.embed(ids.to(device), mask.to(device)).float()
+            # rows of `window_emb` are in `flat` order: re-index per document
+            local, pos = [], 0
+            for r in rows:
+                local.append(np.arange(pos, pos + len(r)))
+                pos += len(r)
+            x, m = pad_windows(window_emb, np.zeros(1, np.int64), idx, rows=local)
+            return _loss(clf, x, m, y, idx, weights)
+
+    def evaluate() -> tuple[float, float] | None:
+        if val_docs is None:
+            return None
+        model.eval()
+        analysis = clf.analyze(val_docs, show_progress_bar=False)
+        model.train()
+        return _validation_score(clf, analysis, y_val)
+
+    try:
+        with attention_dropout(model, args.attention_dropout):
+            _epoch_loop(clf, n_train=train_docs.height, args=args, step_fn=step, evaluate_fn=evaluate,
+                        encoder_trains=True, show=show)
+    finally:
+        if args.gradient_checkpointing:
+            model.gradient_checkpointing_disable()
+        for p in model.parameters():
+            p.requires_grad = True
+        model.to(encoder.dtype)
+
+
+def _epoch_loop(
+    clf: LongDocClassifier,
+    *,
+    n_train: int,
+    args: TrainConfig,
+    step_fn: Callable[[np.ndarray], torch.Tensor],
+    evaluate_fn: Callable[[], tuple[float, float] | None],
+    encoder_trains: bool,
+    show: bool | None,
+) -> None:
+    """Shared epoch logic: shuffling, accumulation, schedule, early stopping, checkpoints, resume.
+
+    ``step_fn(idx)`` returns the loss of the documents ``idx``; ``evaluate_fn()`` the validation
+    ``(macro-F1, -loss)`` or ``None`` without an eval set (then the training loss picks the best epoch).
+    """
+    heads = _heads(clf)
+    encoder = clf.encoder.model
+    optimizer = torch.optim.AdamW(param_groups(heads, encoder if encoder_trains else None, args), fused=False)
+    steps_per_epoch = max(1, -(-n_train // (args.batch_size * args.grad_accum)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, linear_schedule(steps_per_epoch * args.epochs, args.warmup_ratio)
+    )
+    start_epoch, best, bad_epochs, step = 0, (-np.inf,), 0, 0
+    best_head = {k: v.detach().clone() for k, v in heads.state_dict().items()}
+    best_encoder = None
+    ckpt_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else None
+    if ckpt_dir is not None:
+        meta = load_checkpoint(ckpt_dir, head=heads, encoder=encoder if encoder_trains else None, optimizer=optimizer)
+        if meta is not None:
+            start_epoch, bad_epochs, step = meta["epoch"] + 1, meta["bad_epochs"], meta["step"]
+            best = tuple(meta["best_score"])
+            best_head = meta["best_head"]
+            best_encoder = meta["best_encoder"]
+            with warnings.catch_warnings():  # fast-forwarding the schedule, not skipping an optimizer step
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
+                for _ in range(step):
+                    scheduler.step()
+            if bad_epochs >= args.patience:
+                start_epoch = args.epochs
+    rng = np.random.default_rng(args.seed)
+    for _ in range(start_epoch):
+        rng.permutation(n_train)  # keep the shuffles of a resumed run identical to an uninterrupted one
+    for epoch in range(start_epoch, args.epochs):
+        heads.train()
+        if encoder_trains:
+            encoder.train()
+        order = rng.permutation(n_train)
+        total, batches = 0.0, 0
+        bar = tqdm(total=n_train, desc=f"epoch {epoch + 1}/{args.epochs}", unit="doc",
+                   disable=not (logger.isEnabledFor(logging.INFO) if show is None else show))
+        optimizer.zero_grad(set_to_none=True)
+        for b, start in enumerate(range(0, n_train, args.batch_size)):
+            idx = order[start : start + args.batch_size]
+            loss = step_fn(idx)
+            (loss / args.grad_accum).backward()
+            total += float(loss.detach())
+            batches += 1
+            if (b + 1) % args.grad_accum == 0 or start + args.batch_size >= n_train:
+                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+            bar.update(len(idx))
+        bar.close()
+        heads.eval()
+        encoder.eval()
+        record = {"epoch": epoch + 1, "train_loss": total / max(1, batches)}
+        score = evaluate_fn()
+        if score is not None:
+            record["eval_macro_f1"], record["eval_loss"] = score[0], -score[1]
+        clf.history.append(record)
+        logger.info("epoch %d: %s", epoch + 1, record)
+        current = score if score is not None else (-record["train_loss"],)
+        if current > best:
+            best, bad_epochs = current, 0
+            best_head = {k: v.detach().clone() for k, v in heads.state_dict().items()}
+            if encoder_trains:  # the head and the encoder of the best epoch always travel together
+                best_encoder = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
+        else:
+            bad_epochs += 1
+        if ckpt_dir is not None:
+            save_checkpoint(ckpt_dir, epoch=epoch, best_score=best, bad_epochs=bad_epochs, head=heads,
+                            best_head=best_head, encoder=encoder if encoder_trains else None,
+                            best_encoder=best_encoder, optimizer=optimizer, step=step)
+        if score is not None and bad_epochs >= args.patience:
+            logger.info("early stop after epoch %d (best eval macro-F1 %.4f)", epoch + 1, best[0])
+            break
+    heads.load_state_dict(best_head)
+    if best_encoder is not None:
+        encoder.load_state_dict(best_encoder)
+    heads.eval()
+    encoder.eval()
+    if encoder_trains:
+        clf.encoder.invalidate_fingerprint()
 
 
 # ---------------------------------------------------------------------- checkpoints (no pickle)

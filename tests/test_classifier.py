@@ -223,11 +223,11 @@ def test_checkpoint_survives_a_stale_leftover(tiny_model_dir, tmp_path):
 
 @pytest.mark.parametrize("keep_first", [False, True])
 def test_training_window_sample_is_ordered_and_keeps_the_first_window_when_asked(keep_first):
-    from longdoc.classifier import _sample_windows
+    from longdoc.training import sample_windows
 
     rows = np.arange(40, 50)
     rng = np.random.default_rng(0)
-    samples = [_sample_windows(rows, 3, keep_first, rng) for _ in range(200)]
+    samples = [sample_windows(rows, 3, keep_first, rng) for _ in range(200)]
     for s in samples:
         assert len(s) == 3 and len(set(s.tolist())) == 3 and set(s.tolist()) <= set(rows.tolist())
         assert np.all(np.diff(s) > 0)
@@ -237,5 +237,5 @@ def test_training_window_sample_is_ordered_and_keeps_the_first_window_when_asked
         assert {int(x) for s in samples for x in s[1:]} == set(range(41, 50)), "the rest is sampled from all others"
     else:
         assert 0.15 < has_first < 0.5  # 3 of 10: about 0.3
-    only_first = _sample_windows(rows, 1, True, rng)
+    only_first = sample_windows(rows, 1, True, rng)
     assert only_first.tolist() == [40]
