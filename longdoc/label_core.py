@@ -103,7 +103,7 @@ def label_rows(
     """
     if analysis is None:
         analysis = clf.analyze(docs, show_progress_bar=False)
-    decided = clf._decide(analysis.probs)
+    decided = clf.decide(analysis.probs)
     counts = analysis.windows.documents["n_windows"].to_numpy().astype(np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)])
     table = analysis.windows.table
