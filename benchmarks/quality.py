@@ -37,7 +37,7 @@ from _common import emit, machine, setup_logging  # noqa: E402
 
 from longdoc.baselines import TfidfLogReg  # noqa: E402
 from longdoc.classifier import Encoded, LongDocClassifier  # noqa: E402
-from longdoc.evaluation import _sibling, first_windows, head_tail_windows, head_tokens  # noqa: E402
+from longdoc.evaluation import first_windows, head_tail_windows, head_tokens, sibling_classifier  # noqa: E402
 from longdoc.metrics import classification_report  # noqa: E402
 from longdoc.training import TrainConfig  # noqa: E402
 from longdoc.windows import WindowConfig, Windows  # noqa: E402
@@ -184,12 +184,12 @@ def main() -> None:
         train, test = enc.select(train_idx), enc.select(test_idx)
         for seed in range(args.seeds):
             for pooling in args.poolings.split(","):
-                results.setdefault(pooling, []).append(score(_sibling(clf, pooling), train, test, seed, args))
+                results.setdefault(pooling, []).append(score(sibling_classifier(clf, pooling), train, test, seed, args))
             first_train = Encoded(train.documents, *_first(train), train.fingerprint)
             first_test = Encoded(test.documents, *_first(test), test.fingerprint)
-            results.setdefault("first512", []).append(score(_sibling(clf, "mean"), first_train, first_test, seed, args))
+            results.setdefault("first512", []).append(score(sibling_classifier(clf, "mean"), first_train, first_test, seed, args))
             results.setdefault("head_tail", []).append(
-                score(_sibling(clf, "mean"), ht.select(train_idx), ht.select(test_idx), seed, args))
+                score(sibling_classifier(clf, "mean"), ht.select(train_idx), ht.select(test_idx), seed, args))
         t0 = time.perf_counter()
         y = [r[0] for r in docs["labels"].to_list()]
         model = TfidfLogReg().fit([docs["text"][int(i)] for i in train_idx], [y[i] for i in train_idx])
