@@ -125,7 +125,7 @@ def score(model: LongDocClassifier, train: Encoded, test: Encoded, seed: int, ar
 def retrieval(clf: LongDocClassifier, enc: Encoded) -> None:
     """NAME line -> its own page: all windows (best window per page) vs first window only."""
     from indexer import PassageIndex
-    from indexer.evaluation import evaluate
+    from indexer.evaluation import evaluate_retrieval
 
     docs = enc.documents
     queries = docs["name_line"].to_list()
@@ -140,7 +140,7 @@ def retrieval(clf: LongDocClassifier, enc: Encoded) -> None:
         index = PassageIndex.build(enc.embeddings[rows], passages, encoder=clf.encoder)
         for mode in ("dense", "hybrid"):
             t0 = time.perf_counter()
-            metrics = evaluate(index, qv if mode == "dense" else queries, relevant, k=10, mode=mode)
+            metrics = evaluate_retrieval(index, qv if mode == "dense" else queries, relevant, k=10, mode=mode)
             emit({"bench": "quality", "what": "retrieval", "corpus": "manpages", "method": name, "mode": mode,
                   "windows": len(rows), **{k: round(float(v), 4) for k, v in metrics.items()},
                   "search_seconds": round(time.perf_counter() - t0, 2)})
