@@ -200,7 +200,12 @@ class WindowEncoder:
         *,
         show_progress_bar: bool | None = None,
     ) -> np.ndarray:
-        """Encode short texts (queries): each is truncated to one window. A str gives (d,), a list (n, d)."""
+        """Encode short texts (queries): each is truncated to one window. A str gives (d,), a list (n, d).
+
+        This is the ``indexer.QueryEncoder`` call: one vector per text. Long documents go through
+        ``encode_documents`` (every window, with its ``Windows`` table) or ``LongDocClassifier.encode``, which
+        returns an ``Encoded`` bundle (documents, windows, embeddings) for ``fit``/``analyze``/indexing.
+        """
         single = isinstance(texts, str)
         batch = [texts] if single else list(texts)
         if any(not isinstance(t, str) for t in batch):
