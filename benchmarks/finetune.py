@@ -53,7 +53,7 @@ RETRIEVAL_WINDOW = WindowConfig(max_length=256, stride=64)
 def retrieval(encoder: WindowEncoder, pages: pl.DataFrame, name: str) -> dict[str, Any]:
     """NAME line -> its own page over ``pages``: dense and hybrid recall@10 / MRR with all windows indexed."""
     from indexer import PassageIndex
-    from indexer.evaluation import evaluate
+    from indexer.evaluation import evaluate_retrieval
 
     windows = make_windows(pages, encoder.tokenizer, RETRIEVAL_WINDOW)
     t0 = time.perf_counter()
@@ -69,7 +69,7 @@ def retrieval(encoder: WindowEncoder, pages: pl.DataFrame, name: str) -> dict[st
     out: dict[str, Any] = {"encoder": name, "pages": pages.height, "windows": len(windows),
                            "encode_seconds": round(seconds, 1)}
     for mode, q in (("dense", qv), ("hybrid", queries)):
-        metrics = evaluate(index, q, relevant, k=10, mode=mode)
+        metrics = evaluate_retrieval(index, q, relevant, k=10, mode=mode)
         out.update({f"{mode}_{k}": round(float(v), 4) for k, v in metrics.items()})
     return out
 

@@ -37,7 +37,7 @@ from _common import emit, machine, setup_logging  # noqa: E402
 
 from longdoc.baselines import TfidfLogReg  # noqa: E402
 from longdoc.classifier import Encoded, LongDocClassifier  # noqa: E402
-from longdoc.evaluation import _sibling, first_windows, head_tail_windows, head_tokens  # noqa: E402
+from longdoc.evaluation import first_windows, head_tail_windows, head_tokens, sibling_classifier  # noqa: E402
 from longdoc.metrics import classification_report  # noqa: E402
 from longdoc.training import TrainConfig  # noqa: E402
 from longdoc.windows import WindowConfig, Windows  # noqa: E402
@@ -125,7 +125,7 @@ def score(model: LongDocClassifier, train: Encoded, test: Encoded, seed: int, ar
 def retrieval(clf: LongDocClassifier, enc: Encoded) -> None:
     """NAME line -> its own page: all windows (best window per page) vs first window only."""
     from indexer import PassageIndex
-    from indexer.evaluation import evaluate
+    from indexer.evaluation import evaluate_retrieval
 
     docs = enc.documents
     queries = docs["name_line"].to_list()
@@ -140,7 +140,7 @@ def retrieval(clf: LongDocClassifier, enc: Encoded) -> None:
         index = PassageIndex.build(enc.embeddings[rows], passages, encoder=clf.encoder)
         for mode in ("dense", "hybrid"):
             t0 = time.perf_counter()
-            metrics = evaluate(index, qv if mode == "dense" else queries, relevant, k=10, mode=mode)
+            metrics = evaluate_retrieval(index, qv if mode == "dense" else queries, relevant, k=10, mode=mode)
             emit({"bench": "quality", "what": "retrieval", "corpus": "manpages", "method": name, "mode": mode,
                   "windows": len(rows), **{k: round(float(v), 4) for k, v in metrics.items()},
                   "search_seconds": round(time.perf_counter() - t0, 2)})
@@ -184,12 +184,12 @@ def main() -> None:
         train, test = enc.select(train_idx), enc.select(test_idx)
         for seed in range(args.seeds):
             for pooling in args.poolings.split(","):
-                results.setdefault(pooling, []).append(score(_sibling(clf, pooling), train, test, seed, args))
+                results.setdefault(pooling, []).append(score(sibling_classifier(clf, pooling), train, test, seed, args))
             first_train = Encoded(train.documents, *_first(train), train.fingerprint)
             first_test = Encoded(test.documents, *_first(test), test.fingerprint)
-            results.setdefault("first512", []).append(score(_sibling(clf, "mean"), first_train, first_test, seed, args))
+            results.setdefault("first512", []).append(score(sibling_classifier(clf, "mean"), first_train, first_test, seed, args))
             results.setdefault("head_tail", []).append(
-                score(_sibling(clf, "mean"), ht.select(train_idx), ht.select(test_idx), seed, args))
+                score(sibling_classifier(clf, "mean"), ht.select(train_idx), ht.select(test_idx), seed, args))
         t0 = time.perf_counter()
         y = [r[0] for r in docs["labels"].to_list()]
         model = TfidfLogReg().fit([docs["text"][int(i)] for i in train_idx], [y[i] for i in train_idx])

@@ -11,7 +11,7 @@ from indexer.errors import (
     IndexLockedError,
     IndexUnsupportedError,
 )
-from indexer.evaluation import evaluate, mrr, ndcg_at_k, recall_at_k
+from indexer.evaluation import evaluate_retrieval, mrr, ndcg_at_k, recall_at_k
 from indexer.index import FORMAT_VERSION, Hit, PassageIndex, QueryEncoder
 from indexer.rag import Context, build_contexts, format_contexts
 from indexer.sharded import ShardedPassageIndex, export_vectors_parquet
@@ -29,7 +29,7 @@ __all__ = [
     "QueryEncoder",
     "ShardedPassageIndex",
     "build_contexts",
-    "evaluate",
+    "evaluate_retrieval",
     "export_vectors_parquet",
     "format_contexts",
     "mrr",

@@ -14,7 +14,7 @@ from typing import Any
 
 from indexer.errors import IndexInputError
 
-__all__ = ["evaluate", "mrr", "ndcg_at_k", "recall_at_k"]
+__all__ = ["evaluate_retrieval", "mrr", "ndcg_at_k", "recall_at_k"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def ndcg_at_k(rankings: Sequence[Sequence[Any]], relevant: Sequence[Collection[s
     return total / len(pairs)
 
 
-def evaluate(
+def evaluate_retrieval(
     index: Any,
     queries: Sequence[str] | Any,
     relevant: Sequence[Collection[str]],
@@ -95,6 +95,7 @@ def evaluate(
     ``queries``: a list of str (needs the index's encoder) or a 2-D array of query vectors. Extra keyword
     arguments go to ``index.search`` (``labels=``, ``mode="hybrid"``...); ``per_doc`` is 1 so that ``k`` counts
     documents. Returns {"recall@k", "mrr@k", "ndcg@k", "queries"}.
+    (Retrieval metrics of an index; a classifier's labels are scored by ``LongDocClassifier.evaluate``.)
     """
     k = _check_k(k)
     search_kwargs.setdefault("per_doc", 1)

@@ -58,7 +58,14 @@ from longdoc.label_core import (
     positive_int,
 )
 from longdoc.label_store import conform_rows, label_schema
-from longdoc.windows import _DOCS_SCHEMA, _TABLE_SCHEMA, EMPTY_DOCUMENT, WindowConfig, Windows, make_windows
+from longdoc.windows import (
+    DOCUMENTS_SCHEMA,
+    EMPTY_DOCUMENT,
+    WINDOW_TABLE_SCHEMA,
+    WindowConfig,
+    Windows,
+    make_windows,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -150,7 +157,7 @@ def _windows_from_rows(docs: pl.DataFrame) -> Windows:
     """Rebuild ``Windows`` from document rows carrying :class:`WindowingStage` columns (no re-tokenization)."""
     per_doc = docs[WINDOWS_COLUMN].to_list()
     doc_ids = docs["doc_id"].to_list()
-    table_rows: dict[str, list[Any]] = {k: [] for k in _TABLE_SCHEMA}
+    table_rows: dict[str, list[Any]] = {k: [] for k in WINDOW_TABLE_SCHEMA}
     ids: list[np.ndarray] = []
     counts = []
     for doc_id, windows in zip(doc_ids, per_doc, strict=True):
@@ -158,11 +165,11 @@ def _windows_from_rows(docs: pl.DataFrame) -> Windows:
         counts.append(len(windows))
         for w in windows:
             table_rows["doc_id"].append(doc_id)
-            for name in _TABLE_SCHEMA:
+            for name in WINDOW_TABLE_SCHEMA:
                 if name != "doc_id":
                     table_rows[name].append(w[name])
             ids.append(np.asarray(w["input_ids"], dtype=np.int32))
-    table = pl.DataFrame(table_rows, schema=_TABLE_SCHEMA)
+    table = pl.DataFrame(table_rows, schema=WINDOW_TABLE_SCHEMA)
     lengths = np.asarray([len(x) for x in ids], dtype=np.int64)
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
@@ -171,7 +178,7 @@ def _windows_from_rows(docs: pl.DataFrame) -> Windows:
         "n_tokens": docs[DOC_TOKENS_COLUMN].to_list(),
         "n_windows": counts,
         "warning": [None if c else EMPTY_DOCUMENT for c in counts],
-    }, schema=_DOCS_SCHEMA)
+    }, schema=DOCUMENTS_SCHEMA)
     flat = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int32)
     return Windows(table=table, input_ids=flat, offsets=offsets, documents=documents)
 

@@ -31,7 +31,9 @@ from longdoc.windows import WindowConfig, Windows, make_windows
 
 logger = logging.getLogger(__name__)
 
-POOLINGS = ("mean", "cls")
+# Token pooling: how one window's token states become the window vector. Not the head's pooling
+# (``longdoc.heads.POOLINGS``), which turns a document's window vectors into the document vector.
+TOKEN_POOLINGS = ("mean", "cls")
 
 
 def default_model_path() -> str:
@@ -57,7 +59,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """Pool token states (B, T, d) into window embeddings (B, d): mean over real tokens, or the [CLS] state."""
+    """Token pooling: token states (B, T, d) into window embeddings (B, d), mean over real tokens or the [CLS] state."""
     if pooling == "cls":
         return hidden[:, 0]
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
@@ -93,7 +95,8 @@ class WindowEncoder:
         model_name_or_path: a local checkpoint directory or a hub name (default: the packaged MiniLM).
             Only safetensors weights are read; ``trust_remote_code`` stays off.
         device: ``None`` picks CUDA when present, else CPU.
-        pooling: ``"mean"`` over real tokens (what the default model was trained with) or ``"cls"``.
+        pooling: the token pooling (tokens -> window vector, ``TOKEN_POOLINGS``): ``"mean"`` over real tokens
+            (what the default model was trained with) or ``"cls"``. Saved as ``"pooling"`` in ``longdoc_encoder.json``.
         normalize: L2-normalise the embeddings (what inner-product search wants).
         window: how ``encode_documents`` cuts documents (default ``WindowConfig()``: 512 tokens, overlap 128).
         max_tokens_per_batch: token budget per forward batch (padded tokens); default 131072 on CUDA, 8192 on CPU.
@@ -115,8 +118,8 @@ class WindowEncoder:
     ) -> None:
         from transformers import AutoModel, AutoTokenizer
 
-        if pooling not in POOLINGS:
-            raise ConfigError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if pooling not in TOKEN_POOLINGS:
+            raise ConfigError(f"token pooling must be one of {TOKEN_POOLINGS}, got {pooling!r}")
         self.model_name_or_path = str(model_name_or_path or default_model_path())
         self.device = resolve_device(device)
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
@@ -152,7 +155,7 @@ class WindowEncoder:
 
     @property
     def fingerprint(self) -> str:
-        """A hash of the weights, pooling and normalisation: an index records it and refuses another encoder.
+        """A hash of the weights, token pooling and normalisation: an index records it and refuses another encoder.
 
         The weights are hashed at bfloat16 precision, so the same model loaded in fp32 or bf16 has one
         fingerprint (their embeddings agree to a cosine of 0.9999).
@@ -197,7 +200,12 @@ class WindowEncoder:
         *,
         show_progress_bar: bool | None = None,
     ) -> np.ndarray:
-        """Encode short texts (queries): each is truncated to one window. A str gives (d,), a list (n, d)."""
+        """Encode short texts (queries): each is truncated to one window. A str gives (d,), a list (n, d).
+
+        This is the ``indexer.QueryEncoder`` call: one vector per text. Long documents go through
+        ``encode_documents`` (every window, with its ``Windows`` table) or ``LongDocClassifier.encode``, which
+        returns an ``Encoded`` bundle (documents, windows, embeddings) for ``fit``/``analyze``/indexing.
+        """
         single = isinstance(texts, str)
         batch = [texts] if single else list(texts)
         if any(not isinstance(t, str) for t in batch):

@@ -125,8 +125,8 @@ def _row(method: str, report: dict[str, Any], seconds: float) -> dict[str, Any]:
             "micro_f1": report["micro_f1"], "ece": report.get("ece"), "seconds": round(seconds, 2)}
 
 
-def _sibling(clf: LongDocClassifier, pooling: str) -> LongDocClassifier:
-    """A fresh head over the same (frozen) encoder."""
+def sibling_classifier(clf: LongDocClassifier, pooling: str) -> LongDocClassifier:
+    """A classifier with a fresh ``pooling`` head over the same (frozen) encoder, labels and dropout."""
     cfg = HeadConfig(pooling=pooling, hidden_size=clf.encoder.dim, num_labels=len(clf.labels),
                      multi_label=clf.multi_label, dropout=clf.head.config.dropout)
     return LongDocClassifier(clf.encoder, DocumentHead(cfg), clf.labels)
@@ -212,7 +212,7 @@ def compare_with_baselines(
                                                    dtype=clf.encoder.dtype)
             run(method, model, data)
             continue
-        model = _sibling(clf, "mean")
+        model = sibling_classifier(clf, "mean")
         tok = clf.encoder.tokenizer
         split = {}
         for name, enc in data.items():

@@ -43,6 +43,7 @@ from longdoc.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
+# How a document's window vectors become the document vector (not the encoder's TOKEN_POOLINGS).
 POOLINGS = ("mean", "max", "attention", "lead_attention", "transformer")
 
 

@@ -176,7 +176,8 @@ class Windows:
         )
 
 
-_TABLE_SCHEMA = {
+# Column types of ``Windows.table`` (one row per window) and ``Windows.documents`` (one row per document).
+WINDOW_TABLE_SCHEMA = {
     "doc_id": pl.Utf8,
     "window_index": pl.Int32,
     "token_start": pl.Int64,
@@ -185,15 +186,15 @@ _TABLE_SCHEMA = {
     "char_end": pl.Int64,
     "n_tokens": pl.Int32,
 }
-_DOCS_SCHEMA = {"doc_id": pl.Utf8, "n_tokens": pl.Int64, "n_windows": pl.Int32, "warning": pl.Utf8}
+DOCUMENTS_SCHEMA = {"doc_id": pl.Utf8, "n_tokens": pl.Int64, "n_windows": pl.Int32, "warning": pl.Utf8}
 
 
 def _empty_windows() -> Windows:
     return Windows(
-        table=pl.DataFrame(schema=_TABLE_SCHEMA),
+        table=pl.DataFrame(schema=WINDOW_TABLE_SCHEMA),
         input_ids=np.zeros(0, dtype=np.int32),
         offsets=np.zeros(1, dtype=np.int64),
-        documents=pl.DataFrame(schema=_DOCS_SCHEMA),
+        documents=pl.DataFrame(schema=DOCUMENTS_SCHEMA),
     )
 
 
@@ -245,7 +246,7 @@ def _backend(spec: _TokenizerSpec):
 def _cut(doc_ids: list[str], texts: list[str], spec: _TokenizerSpec, config: WindowConfig) -> Windows:
     """Tokenize a chunk of documents once and cut their windows (runs in the caller or in a worker)."""
     encodings = _backend(spec).encode_batch(texts, add_special_tokens=False)
-    table_cols: dict[str, list[np.ndarray]] = {k: [] for k in _TABLE_SCHEMA if k != "doc_id"}
+    table_cols: dict[str, list[np.ndarray]] = {k: [] for k in WINDOW_TABLE_SCHEMA if k != "doc_id"}
     table_doc: list[str] = []
     id_parts: list[np.ndarray] = []
     doc_rows = {"doc_id": [], "n_tokens": [], "n_windows": [], "warning": []}
@@ -277,10 +278,10 @@ def _cut(doc_ids: list[str], texts: list[str], spec: _TokenizerSpec, config: Win
         table_cols["n_tokens"].append(np.full(len(starts), width + 2, dtype=np.int32))
     if not table_doc:
         empty = _empty_windows()
-        empty.documents = pl.DataFrame(doc_rows, schema=_DOCS_SCHEMA)
+        empty.documents = pl.DataFrame(doc_rows, schema=DOCUMENTS_SCHEMA)
         return empty
     table = pl.DataFrame(
-        {"doc_id": table_doc, **{k: np.concatenate(v) for k, v in table_cols.items()}}, schema=_TABLE_SCHEMA
+        {"doc_id": table_doc, **{k: np.concatenate(v) for k, v in table_cols.items()}}, schema=WINDOW_TABLE_SCHEMA
     )
     lengths = table["n_tokens"].to_numpy().astype(np.int64)
     offsets_out = np.zeros(len(lengths) + 1, dtype=np.int64)
@@ -289,7 +290,7 @@ def _cut(doc_ids: list[str], texts: list[str], spec: _TokenizerSpec, config: Win
         table=table,
         input_ids=np.concatenate(id_parts),
         offsets=offsets_out,
-        documents=pl.DataFrame(doc_rows, schema=_DOCS_SCHEMA),
+        documents=pl.DataFrame(doc_rows, schema=DOCUMENTS_SCHEMA),
     )
 
 

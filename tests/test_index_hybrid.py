@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from indexer import IndexInputError, PassageIndex, evaluate, mrr, ndcg_at_k, recall_at_k
+from indexer import IndexInputError, PassageIndex, evaluate_retrieval, mrr, ndcg_at_k, recall_at_k
 from indexer.hybrid import Bm25Index, reciprocal_rank_fusion
 
 DIM = 32
@@ -123,7 +123,7 @@ def test_metrics_by_hand():
 
 def test_evaluate_an_index(flagged):
     index, _ = flagged
-    result = evaluate(index, ["--frobnicate-xyz", "frobnicate"], [{"doc3"}, {"doc3"}], k=5, mode="hybrid")
+    result = evaluate_retrieval(index, ["--frobnicate-xyz", "frobnicate"], [{"doc3"}, {"doc3"}], k=5, mode="hybrid")
     assert result == {"recall@5": 1.0, "mrr@5": 1.0, "ndcg@5": 1.0, "queries": 2.0}
     # hits count a document once, at its best window
     hits = index.search("frobnicate", k=5, mode="hybrid", per_doc=None)
