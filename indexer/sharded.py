@@ -33,8 +33,6 @@ import itertools
 import json
 import logging
 import os
-import secrets
-import shutil
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -156,8 +154,7 @@ def write_sharded_directory(
     """
     shards = _check_shards(shards)
     target = Path(os.path.abspath(directory))
-    tmp = storage.start_directory(target)
-    try:
+    with storage.index_directory(target) as tmp:
         paths = [tmp / shard_name(i) for i in range(shards)]
         write_shards(paths)
         for i in range(shards):  # writer locks that PassageIndex.save left beside each shard
@@ -200,10 +197,7 @@ def write_sharded_directory(
             "shard_entries": entries,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),  # noqa: UP017 (py3.10)
         }
-        storage.commit_directory(tmp, target, manifest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        storage.write_manifest(tmp, manifest)
     return manifest
 
 
@@ -736,44 +730,41 @@ def export_vectors_parquet(
     shards = index.shards if isinstance(index, ShardedPassageIndex) else (index,)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{secrets.token_hex(4)}")
     columns = ["doc_id", "window_index", "char_start", "char_end", "labels", "pred_labels"]
     if include_text:
         columns.append("text")
     metadata = {"longdoc.dim": str(index.dim), "longdoc.metric": METRIC, "longdoc.normalize": str(index.normalize),
                 "longdoc.encoder_fingerprint": str(index.encoder_fingerprint)}
-    written = 0
-    writer = None
-    try:
-        for shard in shards:
-            table = shard.passages
-            vectors = shard.vectors()
-            frame = table.select(
-                pl.col("doc_id"), pl.col("window_index"), pl.col("char_start"), pl.col("char_end"),
-                pl.coalesce("labels", "pred_labels").alias("labels"), pl.col("pred_labels"),
-                *([pl.col("text")] if include_text else []),
-            )
-            arrow = frame.to_arrow()
-            flat = pa.array(vectors.reshape(-1), type=pa.float32())
-            offsets = pa.array(np.arange(0, (len(vectors) + 1) * index.dim, index.dim, dtype=np.int32))
-            arrow = arrow.append_column("vector", pa.ListArray.from_arrays(offsets, flat))
-            arrow = arrow.cast(_export_schema(arrow.schema, metadata))
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, arrow.schema)
-            writer.write_table(arrow)
-            written += arrow.num_rows
-        if writer is None:  # an index without shards cannot happen; an empty table still gets a schema
-            raise RuntimeError("no shard to export")
-        writer.close()
+
+    def write(tmp: Path) -> int:
+        written = 0
         writer = None
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    finally:
-        if writer is not None:
-            writer.close()
-        if tmp.exists():
-            tmp.unlink()
+        try:
+            for shard in shards:
+                table = shard.passages
+                vectors = shard.vectors()
+                frame = table.select(
+                    pl.col("doc_id"), pl.col("window_index"), pl.col("char_start"), pl.col("char_end"),
+                    pl.coalesce("labels", "pred_labels").alias("labels"), pl.col("pred_labels"),
+                    *([pl.col("text")] if include_text else []),
+                )
+                arrow = frame.to_arrow()
+                flat = pa.array(vectors.reshape(-1), type=pa.float32())
+                offsets = pa.array(np.arange(0, (len(vectors) + 1) * index.dim, index.dim, dtype=np.int32))
+                arrow = arrow.append_column("vector", pa.ListArray.from_arrays(offsets, flat))
+                arrow = arrow.cast(_export_schema(arrow.schema, metadata))
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, arrow.schema)
+                writer.write_table(arrow)
+                written += arrow.num_rows
+            if writer is None:  # an index without shards cannot happen; an empty table still gets a schema
+                raise RuntimeError("no shard to export")
+        finally:
+            if writer is not None:
+                writer.close()
+        return written
+
+    written = storage.write_file_atomically(target, write)
     logger.info("exported %d vectors (dim %d) to %s", written, index.dim, target)
     return written
 

@@ -1,6 +1,17 @@
-"""Crash-safe index directories: atomic save, checksummed load, one-writer lock.
+"""Crash-safe writes (the one durable-write recipe of the project) and index directories: atomic save,
+checksummed load, one-writer lock.
 
-Save writes every file into a temporary sibling directory (``.<name>.tmp-<pid>-<random>``), fsyncs the files and
+The recipe, for every file or directory anything here or in ``longdoc`` writes durably:
+
+- ``durable_directory(target)`` (a context manager): write the files into the temporary directory it yields; on
+  success everything is fsynced and swapped into place at ``target`` (then the parent fsynced), on failure the
+  temporary directory is removed. Indexes, sharded indexes, models and training checkpoints use it.
+- ``write_file_atomically(path, write)`` / ``write_bytes_atomically(path, data)``: one file, written through
+  ``write(tmp)`` on a temporary sibling (``.<name>.tmp-<pid>-<random>``), fsynced, renamed over ``path``, the
+  parent fsynced; the temporary file is removed on failure. Label parts, the labels metadata, the man-page cache
+  and vector exports use it.
+
+An index save writes every file into a temporary sibling directory (``.<name>.tmp-<pid>-<random>``), fsyncs the files and
 the directory, then swaps it with the live directory in one step (Linux ``renameat2(RENAME_EXCHANGE)``; elsewhere
 two renames, with the old copy kept as ``.<name>.old-<random>`` until the new one is in place). A crash at any
 moment leaves either the old or the new directory at the path, never a mix.
@@ -28,10 +39,10 @@ import secrets
 import shutil
 import stat
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from indexer.errors import IndexInputError, IndexLoadError, IndexLockedError
 
@@ -42,8 +53,15 @@ __all__ = [
     "Snapshot",
     "atomic_save",
     "commit_directory",
+    "durable_directory",
+    "index_directory",
     "open_snapshot",
+    "recover_stale",
+    "replace_directory",
     "start_directory",
+    "write_bytes_atomically",
+    "write_file_atomically",
+    "write_manifest",
 ]
 
 logger = logging.getLogger(__name__)
@@ -53,6 +71,7 @@ MANIFEST = "manifest.json"
 DATA_FILES = ("faiss.index", "passages.parquet")
 _CHUNK = 1 << 20
 _MAX_MANIFEST_BYTES = 1 << 20
+_T = TypeVar("_T")
 
 
 # -- small file helpers -------------------------------------------------------------------------------
@@ -62,6 +81,21 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         written = os.write(fd, view[:_CHUNK])
         view = view[written:]
+
+
+def _write_new_file(path: Path, data: bytes) -> None:
+    """Create ``path`` (it must not exist), write ``data`` through ``_write_all`` and fsync it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _temporary_name(target: Path) -> Path:
+    """A fresh temporary sibling of ``target`` (``recover_stale`` and readers recognise the ``.tmp-`` prefix)."""
+    return target.parent / f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
 
 
 def _fsync_path(path: Path, *, directory: bool = False) -> None:
@@ -183,15 +217,69 @@ def recover_stale(target: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def start_directory(target: Path) -> Path:
-    """A new empty temporary sibling of ``target`` to write the next version of the index directory into.
+def _new_temporary_directory(target: Path, mode: int) -> Path:
+    """Clear what an interrupted save of ``target`` left and make an empty temporary sibling to write into."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    recover_stale(target)
+    tmp = _temporary_name(target)
+    os.mkdir(tmp, mode)
+    return tmp
 
-    The caller holds the directory's lock. Refuses (``IndexInputError``) a ``target`` that is not a directory,
-    or that is a non-empty directory holding no ``manifest.json`` (never replace what is not an index); clears
-    what an interrupted save left (``recover_stale``). Finish with ``commit_directory``; on failure remove the
-    temporary directory.
+
+@contextlib.contextmanager
+def durable_directory(
+    target: str | os.PathLike[str],
+    *,
+    check: Callable[[Path], None] | None = None,
+    mode: int = 0o777,
+) -> Iterator[Path]:
+    """Write a directory durably and atomically: ``with durable_directory(target) as tmp:`` write the files into
+    ``tmp``; when the block succeeds every file and ``tmp`` are fsynced and ``tmp`` is swapped into place at
+    ``target`` (``replace_directory``), when it raises ``tmp`` is removed and ``target`` is left as it was.
+
+    ``check(target)`` (absolute) runs first and may refuse the target. What an interrupted save left beside
+    ``target`` is cleared first (``recover_stale``); the caller holds whatever lock keeps other writers of
+    ``target`` away. ``mode`` is the new directory's mode (before the umask).
     """
     target = Path(os.path.abspath(target))
+    if check is not None:
+        check(target)
+    tmp = _new_temporary_directory(target, mode)
+    try:
+        yield tmp
+        replace_directory(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_file_atomically(path: str | os.PathLike[str], write: Callable[[Path], _T]) -> _T:
+    """Write the file ``path`` durably and atomically: ``write(tmp)`` creates a temporary sibling, which is
+    fsynced and renamed over ``path``, then the parent directory is fsynced. Returns what ``write`` returned.
+
+    A crash leaves the previous ``path`` (or none) and at most a ``.<name>.tmp-...`` sibling; any failure removes
+    the temporary file and leaves ``path`` as it was. The parent directory must exist.
+    """
+    path = Path(os.path.abspath(path))
+    tmp = _temporary_name(path)
+    try:
+        result = write(tmp)
+        _fsync_path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_path(path.parent, directory=True)
+    return result
+
+
+def write_bytes_atomically(path: str | os.PathLike[str], data: bytes) -> None:
+    """``write_file_atomically`` for bytes already in memory."""
+    write_file_atomically(path, lambda tmp: _write_new_file(tmp, data))
+
+
+def _refuse_non_index(target: Path) -> None:
     if os.path.lexists(target):
         if not target.is_dir():
             raise IndexInputError(f"directory={str(target)!r} exists and is not a directory")
@@ -200,28 +288,41 @@ def start_directory(target: Path) -> Path:
                 f"directory={str(target)!r} exists, is not empty and holds no {MANIFEST}: refusing to replace "
                 "a directory that is not an index; choose a new or empty directory"
             )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    recover_stale(target)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    os.mkdir(tmp)
-    return tmp
+
+
+def write_manifest(tmp: Path, manifest: dict[str, Any]) -> None:
+    """Write ``manifest`` as ``tmp/manifest.json`` (sorted, indented JSON), fsynced: the last file of an index."""
+    _write_new_file(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8"))
+
+
+@contextlib.contextmanager
+def index_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """``durable_directory`` for an index directory: refuses (``IndexInputError``) a ``target`` that is not a
+    directory, or that is a non-empty directory holding no ``manifest.json`` (never replace what is not an
+    index). The caller holds the directory's lock and writes ``manifest.json`` last (``write_manifest``)."""
+    with durable_directory(target, check=_refuse_non_index) as tmp:
+        yield tmp
+
+
+def start_directory(target: Path) -> Path:
+    """A new empty temporary sibling of ``target`` to write the next version of the index directory into.
+
+    For builders that cannot use ``index_directory``'s ``with`` block. The caller holds the directory's lock.
+    Refuses (``IndexInputError``) a ``target`` that is not a directory, or that is a non-empty directory holding
+    no ``manifest.json`` (never replace what is not an index); clears what an interrupted save left
+    (``recover_stale``). Finish with ``commit_directory``; on failure remove the temporary directory.
+    """
+    target = Path(os.path.abspath(target))
+    _refuse_non_index(target)
+    return _new_temporary_directory(target, 0o777)
 
 
 def commit_directory(tmp: Path, target: Path, manifest: dict[str, Any]) -> None:
-    """Write ``manifest`` as ``tmp/manifest.json`` (sorted, indented JSON), fsync it and ``tmp``, then swap
-    ``tmp`` into place at ``target`` and fsync the parent: the last step of a save begun with
-    ``start_directory``. The files already in ``tmp`` must be fsynced by the caller."""
-    target = Path(os.path.abspath(target))
-    data = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8")
-    fd = os.open(tmp / MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        _write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    _fsync_path(tmp, directory=True)
-    _swap_into_place(tmp, target)
-    _fsync_path(target.parent, directory=True)
+    """Write ``manifest`` as ``tmp/manifest.json`` (sorted, indented JSON), then fsync every file and ``tmp``,
+    swap ``tmp`` into place at ``target`` and fsync the parent (``replace_directory``): the last step of a save
+    begun with ``start_directory``."""
+    write_manifest(tmp, manifest)
+    replace_directory(tmp, target)
 
 
 def atomic_save(
@@ -233,21 +334,15 @@ def atomic_save(
 
     The caller holds the directory's lock. Returns the sha256 checksums that went into the manifest.
     """
-    target = Path(os.path.abspath(target))
-    tmp = start_directory(target)
-    try:
-        checksums: dict[str, str] = {}
+    checksums: dict[str, str] = {}
+    with index_directory(target) as tmp:
         for name, write in writers.items():
             path = tmp / name
             write(path)
-            _fsync_path(path)
             checksums[name] = _sha256_file(path)
         body = dict(manifest)
         body["checksums"] = checksums
-        commit_directory(tmp, target, body)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_manifest(tmp, body)
     return checksums
 
 

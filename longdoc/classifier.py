@@ -10,10 +10,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,19 +22,19 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from indexer.storage import recover_stale, replace_directory
+from indexer.storage import durable_directory
 from longdoc import calibration, training
 from longdoc.data import check_unique_ids, documents_from_texts, load_documents
 from longdoc.encoder import WindowEncoder
 from longdoc.errors import ConfigError, DataError, ModelLoadError
 from longdoc.heads import DocumentHead, HeadConfig, MultiTaskHead, predict_probs
 from longdoc.metrics import classification_report, save_confusion_matrix_png
+from longdoc.model_dir import CONFIG, FORMAT_VERSION, read_model_config, write_model_config
 from longdoc.training import Targets, TrainConfig, doc_offsets, pad_windows, seed_everything
 from longdoc.windows import WindowConfig, Windows
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 NO_WINDOWS = "document has no tokens: no prediction"
 
 
@@ -507,47 +504,44 @@ class LongDocClassifier:
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | Path) -> Path:
         """Write ``config.json``, ``encoder/`` (safetensors), ``head.safetensors`` and, after fine-tuning with a
-        separate retrieval encoder, ``retrieval_encoder/``; atomic (temp + rename)."""
+        separate retrieval encoder, ``retrieval_encoder/``; atomic (``indexer.storage.durable_directory``: a
+        temporary sibling, fsynced and swapped into place)."""
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        recover_stale(directory)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-        try:
-            self.encoder.save(tmp / "encoder")
-            separate = self.retrieval_encoder is not self.encoder
+        separate = self.retrieval_encoder is not self.encoder
+        with durable_directory(directory, mode=0o700) as tmp:  # 0o700: as tempfile.mkdtemp made it
+            self.encoder.save(tmp / "encoder", window=False)  # the geometry is stored once, in config.json
             if separate:
-                self.retrieval_encoder.save(tmp / "retrieval_encoder")
+                self.retrieval_encoder.save(tmp / "retrieval_encoder", window=False)
             save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
                       tmp / "head.safetensors")
             if self.task_head is not None:
                 save_file({k: v.detach().cpu().contiguous() for k, v in self.task_head.state_dict().items()},
                           tmp / "task_heads.safetensors")
-            config = {
-                "format_version": FORMAT_VERSION,
-                "labels": self.labels,
-                "head": self.head.config.to_dict(),
-                "window": self.window.to_dict(),
-                "encoder": {**self.encoder.settings(), "dim": self.encoder.dim},
-                "retrieval_encoder": "retrieval_encoder" if separate else "encoder",
-                "temperature": self.temperature,
-                "thresholds": None if self.thresholds is None else [float(t) for t in self.thresholds],
-                "tasks": {
-                    name: {"labels": list(task.labels), "column": task.column, "multi_label": task.multi_label,
-                           "head": self.task_head.heads[name].config.to_dict(),
-                           "temperature": self.task_temperature[name],
-                           "thresholds": None if self.task_thresholds[name] is None
-                           else [float(t) for t in self.task_thresholds[name]]}
-                    for name, task in self.tasks.items()
-                },
-                "history": self.history,
-                "versions": _versions(),
-            }
-            (tmp / "config.json").write_text(json.dumps(config, indent=2))
-            replace_directory(tmp, directory)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+            write_model_config(tmp, self._config(separate))
         return directory
+
+    def _config(self, separate: bool) -> dict[str, Any]:
+        """The ``config.json`` of ``save`` (read back by ``longdoc.model_dir.read_model_config``)."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "labels": self.labels,
+            "head": self.head.config.to_dict(),
+            "window": self.window.to_dict(),
+            "encoder": {"pooling": self.encoder.pooling, "normalize": self.encoder.normalize, "dim": self.encoder.dim},
+            "retrieval_encoder": "retrieval_encoder" if separate else "encoder",
+            "temperature": self.temperature,
+            "thresholds": None if self.thresholds is None else [float(t) for t in self.thresholds],
+            "tasks": {
+                name: {"labels": list(task.labels), "column": task.column, "multi_label": task.multi_label,
+                       "head": self.task_head.heads[name].config.to_dict(),
+                       "temperature": self.task_temperature[name],
+                       "thresholds": None if self.task_thresholds[name] is None
+                       else [float(t) for t in self.task_thresholds[name]]}
+                for name, task in self.tasks.items()
+            },
+            "history": self.history,
+            "versions": _versions(),
+        }
 
     @classmethod
     def load(
@@ -559,60 +553,40 @@ class LongDocClassifier:
         fp32 on CPU; ``torch.bfloat16`` is also fast on CPUs with avx512_bf16/AMX).
         """
         directory = Path(directory)
-        config_path = directory / "config.json"
-        if not config_path.is_file():
-            raise ModelLoadError(f"{directory} is not a longdoc model directory: config.json is missing")
+        if not (directory / CONFIG).is_file():
+            raise ModelLoadError(f"{directory} is not a longdoc model directory: {CONFIG} is missing")
         _refuse_links_out_of(directory)
-        try:
-            config = json.loads(config_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ModelLoadError(f"{config_path} is not valid JSON: {exc}") from exc
-        if not isinstance(config, dict):
-            raise ModelLoadError(f"{config_path} must hold a JSON object, got {type(config).__name__}")
-        if config.get("format_version") != FORMAT_VERSION:
-            raise ModelLoadError(f"{config_path}: format_version {config.get('format_version')!r}, expected {FORMAT_VERSION}")
-        try:
-            head_config = HeadConfig.from_dict(config["head"])
-            labels = [str(x) for x in config["labels"]]
-            window = WindowConfig.from_dict(config["window"])
-            enc_settings = {"pooling": config["encoder"]["pooling"], "normalize": bool(config["encoder"]["normalize"])}
-        except (KeyError, TypeError, ConfigError) as exc:
-            raise ModelLoadError(f"{config_path} is not a valid longdoc model config: {exc!r}") from exc
-        if len(labels) != head_config.num_labels:
-            raise ModelLoadError(f"{config_path}: {len(labels)} labels but the head has {head_config.num_labels} outputs")
-        encoder = WindowEncoder(directory / "encoder", device=device, window=window, dtype=dtype, **enc_settings)
+        config = read_model_config(directory)
+        head_config = config.head
+        encoder = WindowEncoder(directory / "encoder", device=device, window=config.window, dtype=dtype,
+                                **config.encoder_settings)
         if encoder.dim != head_config.hidden_size:
             raise ModelLoadError(f"encoder dim {encoder.dim} does not match the head's hidden_size {head_config.hidden_size}")
         retrieval_encoder = None
-        if config.get("retrieval_encoder", "encoder") == "retrieval_encoder":
+        if config.retrieval_encoder == "retrieval_encoder":
             if not (directory / "retrieval_encoder").is_dir():
                 raise ModelLoadError(f"{directory / 'retrieval_encoder'} is missing (config.json names it as the "
                                      "encoder of the passage index)")
-            retrieval_encoder = WindowEncoder(directory / "retrieval_encoder", device=device, window=window,
-                                              dtype=dtype, **enc_settings)
+            retrieval_encoder = WindowEncoder(directory / "retrieval_encoder", device=device, window=config.window,
+                                              dtype=dtype, **config.encoder_settings)
             if retrieval_encoder.dim != encoder.dim:
                 raise ModelLoadError(f"retrieval_encoder dim {retrieval_encoder.dim} differs from the encoder's "
                                      f"{encoder.dim}")
         head = _load_weights(DocumentHead(head_config), directory / "head.safetensors", "the head")
         tasks, task_head = {}, None
-        task_configs = config.get("tasks") or {}
-        if task_configs:
-            try:
-                tasks = {name: Task(tuple(t["labels"]), t["column"], bool(t["multi_label"]))
-                         for name, t in task_configs.items()}
-                task_head = MultiTaskHead({name: HeadConfig.from_dict(t["head"]) for name, t in task_configs.items()})
-            except (KeyError, TypeError) as exc:
-                raise ModelLoadError(f"{config_path}: malformed 'tasks' entry: {exc}") from exc
+        if config.tasks:
+            tasks = {name: Task(t.labels, t.column, t.multi_label) for name, t in config.tasks.items()}
+            task_head = MultiTaskHead({name: t.head for name, t in config.tasks.items()})
             task_head = _load_weights(task_head, directory / "task_heads.safetensors", f"the tasks {sorted(tasks)}")
-        thresholds = config.get("thresholds")
-        clf = cls(encoder, head.eval(), labels, temperature=config.get("temperature", 1.0),
+        thresholds = config.thresholds
+        clf = cls(encoder, head.eval(), config.labels, temperature=config.temperature,
                   thresholds=None if thresholds is None else np.asarray(thresholds, dtype=np.float32),
                   tasks=tasks, task_head=task_head, retrieval_encoder=retrieval_encoder)
-        for name, t in task_configs.items():
-            clf.task_temperature[name] = float(t.get("temperature", 1.0))
-            if t.get("thresholds") is not None:
-                clf.task_thresholds[name] = np.asarray(t["thresholds"], dtype=np.float32)
-        clf.history = config.get("history", [])
+        for name, t in config.tasks.items():
+            clf.task_temperature[name] = t.temperature
+            if t.thresholds is not None:
+                clf.task_thresholds[name] = np.asarray(t.thresholds, dtype=np.float32)
+        clf.history = config.history
         return clf
 
 

@@ -44,6 +44,7 @@ from longdoc.heads import POOLINGS
 from longdoc.indexing import index_documents
 from longdoc.labeling import label_documents
 from longdoc.metrics import format_report
+from longdoc.model_dir import is_model_directory, read_model_config
 from longdoc.terminal import format_hit, format_table, safe_text
 from longdoc.training import MODES, RETRIEVAL_ENCODERS, TrainConfig
 from longdoc.windows import WindowConfig
@@ -202,18 +203,11 @@ def load_query_encoder(path: str | None, *, device: str | None = None, bf16: boo
     """The encoder of a saved classifier's passage index (``retrieval_encoder/`` after fine-tuning, else
     ``encoder/``), or any encoder checkpoint, or (``None``) the packaged MiniLM."""
     settings: dict[str, Any] = {}
-    if path is not None and (Path(path) / "config.json").is_file() and (Path(path) / "encoder").is_dir():
-        try:  # a classifier directory: only the encoder of its index is needed (the head is never read)
-            config = json.loads((Path(path) / "config.json").read_text())
-            enc = config["encoder"]
-            settings = {"pooling": enc["pooling"], "normalize": enc["normalize"]}
-            part = config.get("retrieval_encoder", "encoder")
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ModelLoadError(f"{path}/config.json is not a longdoc model config: {exc}") from exc
-        if part not in ("encoder", "retrieval_encoder"):
-            raise ModelLoadError(f"{path}/config.json: retrieval_encoder must be 'encoder' or 'retrieval_encoder', "
-                                 f"got {part!r}")
-        path = str(Path(path) / part)
+    if path is not None and is_model_directory(path):
+        # a classifier directory: only the encoder of its index is needed (the head's weights are never read)
+        config = read_model_config(path)
+        settings = config.encoder_settings
+        path = str(Path(path) / config.retrieval_encoder)
     elif path is not None and not Path(path).exists():
         raise ModelLoadError(f"model not found: {path!r}")
     try:

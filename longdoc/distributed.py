@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 import logging
 import os
 import shutil
@@ -58,6 +57,7 @@ from longdoc.label_core import (
     positive_int,
 )
 from longdoc.label_store import conform_rows, label_schema
+from longdoc.model_dir import ENCODER_SETTINGS, is_model_directory, read_encoder_settings, read_model_config
 from longdoc.windows import (
     DOCUMENTS_SCHEMA,
     EMPTY_DOCUMENT,
@@ -129,17 +129,12 @@ def _model_parts(model_dir: str | os.PathLike[str]) -> tuple[Path, WindowConfig,
     path = Path(model_dir)
     if not path.exists():
         raise ModelLoadError(f"model not found: {str(path)!r}")
-    config = path / "config.json"
-    if config.is_file() and (path / "encoder").is_dir():
-        try:
-            window = WindowConfig.from_dict(json.loads(config.read_text())["window"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ModelLoadError(f"{config} is not a longdoc model config: {exc}") from exc
-        return path / "encoder", window, True
-    settings = path / "longdoc_encoder.json"
+    if is_model_directory(path):
+        return path / "encoder", read_model_config(path).window, True
+    settings = path / ENCODER_SETTINGS
     if settings.is_file():
         try:
-            return path, WindowConfig.from_dict(json.loads(settings.read_text())["window"]), False
+            return path, WindowConfig.from_dict(read_encoder_settings(settings)["window"]), False
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ModelLoadError(f"{settings} is not a longdoc encoder config: {exc}") from exc
     return path, WindowConfig(), False

@@ -346,8 +346,11 @@ class WindowEncoder:
         return out
 
     # ------------------------------------------------------------------ persistence
-    def save(self, directory: str | Path) -> None:
-        """Write the encoder as a Hugging Face checkpoint (safetensors) plus ``longdoc_encoder.json``."""
+    def save(self, directory: str | Path, *, window: bool = True) -> None:
+        """Write the encoder as a Hugging Face checkpoint (safetensors) plus ``longdoc_encoder.json``.
+
+        ``window=False`` leaves the window geometry out of ``longdoc_encoder.json``: a model directory stores it
+        once, in its ``config.json``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         if self.dtype == torch.float32:
@@ -356,7 +359,10 @@ class WindowEncoder:
             self.model.to(torch.float32).save_pretrained(directory, safe_serialization=True)
             self.model.to(self.dtype)
         self.tokenizer.save_pretrained(directory)
-        (directory / "longdoc_encoder.json").write_text(json.dumps(self.settings(), indent=2))
+        settings = self.settings()
+        if not window:
+            del settings["window"]
+        (directory / "longdoc_encoder.json").write_text(json.dumps(settings, indent=2))
 
     def settings(self) -> dict[str, Any]:
         return {"pooling": self.pooling, "normalize": self.normalize, "window": self.window.to_dict()}

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
+from indexer.storage import write_file_atomically
 from longdoc.errors import ConfigError
-from longdoc.label_store import label_schema, part_files, prepare_output, write_atomic
+from longdoc.label_store import label_schema, part_files, prepare_output
 
 if TYPE_CHECKING:
     from longdoc.classifier import Analysis, LongDocClassifier
@@ -196,7 +197,7 @@ class LabelRun:
     def write_part(self, rows: pl.DataFrame, write: Callable[[Path], Any]) -> None:
         """Write the next part atomically through ``write(path)`` and count its ``rows`` (``doc_id``,
         ``error`` and ``failed`` are enough)."""
-        write_atomic(self.output / f"part-{self._next_part:05d}.parquet", write)
+        write_file_atomically(self.output / f"part-{self._next_part:05d}.parquet", write)
         self._next_part += 1
         self.n_labelled += rows.height
         self.n_errors += rows.height - rows["error"].null_count()

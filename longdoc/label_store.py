@@ -26,7 +26,7 @@ Columns of every part (and of :func:`read_labels`):
   this column existed lack it; it reads as ``False``.
 
 Exactly once, also across crashes: a part is written to a temporary file, fsynced, then renamed to
-``part-NNNNN.parquet`` (and the directory fsynced), so a part file is either complete or absent. On start, the
+``part-NNNNN.parquet`` and the directory fsynced (``indexer.storage.write_file_atomically``), so a part file is either complete or absent. On start, the
 ``doc_id`` and ``failed`` columns of every complete part are read, in part order; documents whose latest row is
 not ``failed`` are skipped, those whose latest row is ``failed`` are labelled again (``retry_failed=True``, the
 default) into a new part; leftover temporary files are deleted. Re-running with the same source therefore
@@ -40,12 +40,12 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from indexer.storage import write_file_atomically
 from longdoc.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = ["FORMAT_VERSION", "META_FILE", "conform_rows", "label_names", "label_schema", "part_files",
-           "prepare_output", "read_labels", "write_atomic"]
+           "prepare_output", "read_labels"]
 
 FORMAT_VERSION = 1
 META_FILE = "_labels.json"
@@ -92,29 +92,6 @@ def _read_part(path: Path, columns: list[str] | None = None) -> pl.DataFrame:
     if not has_failed and (columns is None or "failed" in columns):
         frame = frame.with_columns(pl.lit(False, dtype=pl.Boolean).alias("failed"))
     return frame
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
-    """Write ``path`` through ``write(tmp)`` on a temporary sibling, fsync it, rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def part_files(output: Path) -> list[tuple[int, Path]]:
@@ -161,9 +138,9 @@ def prepare_output(
     elif any(not p.name.startswith(".") for p in output.iterdir()):
         raise DataError(f"{output} is not empty and not a longdoc labels directory; choose an empty directory")
     else:
-        write_atomic(meta_path, lambda p: p.write_text(json.dumps(meta, indent=2)))
-    for p in output.iterdir():  # half-written parts of a killed run
-        if p.name.startswith(".part-") and p.name.endswith(".tmp"):
+        write_file_atomically(meta_path, lambda p: p.write_text(json.dumps(meta, indent=2)))
+    for p in output.iterdir():  # half-written parts of a killed run (``.part-N.parquet.tmp`` from older versions)
+        if p.name.startswith(".part-") and (p.name.endswith(".tmp") or ".tmp-" in p.name):
             logger.info("removing the unfinished part %s", p.name)
             p.unlink(missing_ok=True)
     frames = []

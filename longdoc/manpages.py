@@ -29,7 +29,6 @@ import random
 import re
 import shutil
 import subprocess
-import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -359,16 +358,11 @@ def _table(pages: list[_Page], rendered: list[tuple[str, str | None]], drop_name
 
 
 def _write_atomic(table: pl.DataFrame, path: Path) -> None:
+    from indexer.storage import write_file_atomically  # here: importing ``indexer`` loads faiss
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            table.write_parquet(tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_file_atomically(path, table.write_parquet)
         logger.info("man pages: cached %d pages in %s", table.height, path)
     except OSError as exc:  # a read-only home must not stop anyone: the table is still returned
         logger.warning("man pages: could not write the cache %s (%s)", path, exc)

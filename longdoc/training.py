@@ -26,8 +26,6 @@ import json
 import logging
 import math
 import random
-import shutil
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -41,7 +39,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from indexer.storage import recover_stale, replace_directory
+from indexer.storage import durable_directory, recover_stale
 from longdoc.errors import ConfigError
 from longdoc.heads import DocumentHead, predict_probs
 from longdoc.windows import Windows, make_windows
@@ -551,17 +549,13 @@ def save_checkpoint(
     step: int,
     best_encoder: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Write a resumable checkpoint atomically (a temporary directory swapped into place)."""
+    """Write a resumable checkpoint atomically (``indexer.storage.durable_directory``: a temporary directory
+    swapped into place)."""
     directory.mkdir(parents=True, exist_ok=True)
-    recover_stale(directory / "checkpoint")
-    tmp = Path(tempfile.mkdtemp(prefix=".checkpoint.tmp-", dir=directory))
-    try:
+    with durable_directory(directory / "checkpoint", mode=0o700) as tmp:  # 0o700: as tempfile.mkdtemp made it
         _write_checkpoint(tmp, epoch=epoch, best_score=best_score, bad_epochs=bad_epochs, head=head,
                           best_head=best_head, encoder=encoder, best_encoder=best_encoder, optimizer=optimizer,
                           step=step)
-        replace_directory(tmp, directory / "checkpoint")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
