@@ -28,6 +28,7 @@ from longdoc.data import check_unique_ids, documents_from_texts, load_documents
 from longdoc.encoder import WindowEncoder
 from longdoc.errors import ConfigError, DataError, ModelLoadError
 from longdoc.heads import DocumentHead, HeadConfig, MultiTaskHead, predict_probs
+from longdoc.lexical import LexicalConfig, LexicalModel, TermExplanation
 from longdoc.metrics import classification_report, save_confusion_matrix_png
 from longdoc.model_dir import CONFIG, FORMAT_VERSION, read_model_config, write_model_config
 from longdoc.training import Targets, TrainConfig, doc_offsets, pad_windows, seed_everything
@@ -36,6 +37,8 @@ from longdoc.windows import WindowConfig, Windows
 logger = logging.getLogger(__name__)
 
 NO_WINDOWS = "document has no tokens: no prediction"
+MIN_DOCS_TO_HOLD_OUT = 40  # below this, a validation split would starve training: none is carved
+NO_LEXICAL_TERMS = "no word of the lexical vocabulary: labelled by the windows alone"
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,9 @@ class Analysis:
         logits: (n_docs, n_labels) raw head logits (before temperature).
         task_probs: probabilities of each extra task (multi-task), same layout as ``probs``.
         task_logits: raw logits of each extra task (before temperature), same layout as ``logits``.
+        lexical_scores: (n_docs, n_labels) the lexical branch's label scores that went into ``logits`` (zero
+            rows where it found no term), or None for a model without a lexical branch.
+        notes: per document, why its label is less informed than usual (``NO_LEXICAL_TERMS``), else None.
     """
 
     documents: pl.DataFrame
@@ -87,6 +93,20 @@ class Analysis:
     logits: torch.Tensor
     task_probs: dict[str, np.ndarray] = field(default_factory=dict)
     task_logits: dict[str, torch.Tensor] = field(default_factory=dict)
+    lexical_scores: np.ndarray | None = None
+    notes: list[str | None] = field(default_factory=list)
+
+
+class Explanation(list):
+    """What :meth:`LongDocClassifier.explain` returns: a list of :class:`WindowExplanation` (the windows, most
+    influential first) with ``.terms``, the words of the lexical branch that pushed towards the predicted label
+    (:class:`longdoc.lexical.TermExplanation`, with their character spans; empty without a lexical branch)."""
+
+    terms: list[TermExplanation]
+
+    def __init__(self, windows: Sequence[WindowExplanation], terms: Sequence[TermExplanation] = ()) -> None:
+        super().__init__(windows)
+        self.terms = list(terms)
 
 
 @dataclass
@@ -98,6 +118,7 @@ class Encoded:
     windows: Windows
     embeddings: np.ndarray
     fingerprint: str
+    window: WindowConfig | None = None  # the geometry that cut ``windows`` (None: cut elsewhere, not checked)
 
     def select(self, doc_indices: Sequence[int] | np.ndarray) -> Encoded:
         """The documents at ``doc_indices`` (in that order) with their windows and embeddings."""
@@ -106,7 +127,7 @@ class Encoded:
         rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in idx]) if len(idx) else np.zeros(0, np.int64)
         windows = self.windows.take(rows)
         windows.documents = self.windows.documents[idx.tolist()]
-        return Encoded(self.documents[idx.tolist()], windows, self.embeddings[rows], self.fingerprint)
+        return Encoded(self.documents[idx.tolist()], windows, self.embeddings[rows], self.fingerprint, self.window)
 
 
 class LongDocClassifier:
@@ -132,6 +153,7 @@ class LongDocClassifier:
         tasks: dict[str, Task] | None = None,
         task_head: MultiTaskHead | None = None,
         retrieval_encoder: WindowEncoder | None = None,
+        lexical: LexicalModel | None = None,
     ) -> None:
         self.encoder = encoder
         self.retrieval_encoder = retrieval_encoder if retrieval_encoder is not None else encoder
@@ -146,6 +168,9 @@ class LongDocClassifier:
         self.task_temperature: dict[str, float] = {name: 1.0 for name in self.tasks}
         self.task_thresholds: dict[str, np.ndarray | None] = {name: None for name in self.tasks}
         self.history: list[dict[str, Any]] = []
+        if (lexical is not None) != head.config.lexical_fusion:
+            raise ConfigError("a lexical branch needs a head built with lexical_fusion=True, and the other way round")
+        self.lexical = lexical
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -161,6 +186,7 @@ class LongDocClassifier:
         dtype: torch.dtype | None = None,
         head: dict[str, Any] | None = None,
         tasks: dict[str, Task] | None = None,
+        lexical: bool | LexicalConfig = True,
     ) -> LongDocClassifier:
         """A new classifier over a pretrained encoder (default: the packaged MiniLM).
 
@@ -177,13 +203,23 @@ class LongDocClassifier:
             tasks: extra label sets trained together on the same encoder, each with its own head, e.g.
                 ``{"sensitivity": Task(labels=("public", "internal"), column="sensitivity")}``; see
                 :meth:`predict_tasks`.
+            lexical: the lexical branch (default on): TF-IDF of the whole document and a linear model whose
+                label scores are added to the window head's logits (see ``longdoc.lexical``); a
+                ``LexicalConfig`` sets its options, ``False`` classifies from the windows alone.
         """
         labels = [str(x) for x in labels]
+        if not isinstance(lexical, bool | LexicalConfig):
+            raise ConfigError(f"lexical must be True, False or a LexicalConfig, got {lexical!r}")
         if len(set(labels)) != len(labels):
             raise ConfigError(f"labels must be unique, got {labels}")
         encoder = WindowEncoder(path_or_name, device=device, window=window, dtype=dtype)
+        lexical_model = None
+        if lexical is not False:
+            lexical_model = LexicalModel(labels, multi_label=multi_label,
+                                         config=lexical if isinstance(lexical, LexicalConfig) else None)
         config = HeadConfig(
-            pooling=pooling, hidden_size=encoder.dim, num_labels=len(labels), multi_label=multi_label, **(head or {})
+            pooling=pooling, hidden_size=encoder.dim, num_labels=len(labels), multi_label=multi_label,
+            **{"lexical_fusion": lexical_model is not None, **(head or {})},
         )
         task_head = None
         if tasks:
@@ -192,7 +228,7 @@ class LongDocClassifier:
                                  multi_label=task.multi_label, **(head or {}))
                 for name, task in tasks.items()
             })
-        return cls(encoder, DocumentHead(config), labels, tasks=tasks, task_head=task_head)
+        return cls(encoder, DocumentHead(config), labels, tasks=tasks, task_head=task_head, lexical=lexical_model)
 
     @property
     def multi_label(self) -> bool:
@@ -209,11 +245,16 @@ class LongDocClassifier:
     ) -> pl.DataFrame:
         """The document table (``doc_id``, ``text``, ``labels``, ...) of any input ``fit`` and ``analyze`` take:
         a str, a list of texts (with ``labels``), a document table, ``Encoded``, or what ``load_documents``
-        reads (column names default to its own). ``require_labels`` refuses documents without a label."""
+        reads (column names default to its own). ``require_labels`` refuses documents without a label.
+
+        A str is one document's text, except where documents are read for training or evaluation
+        (``require_labels``): there a str naming a file or folder is read like a ``Path``. Elsewhere a str that
+        names an existing file is refused with a hint rather than classified as text.
+        """
         if isinstance(data, Encoded):
             data = data.documents
         if isinstance(data, str):
-            data = [data]
+            data = _path_or_text(data, read=require_labels)
         if isinstance(data, pl.DataFrame) and {"doc_id", "text", "labels"} <= set(data.columns):
             docs = data  # already a document table
             check_unique_ids(docs)
@@ -226,7 +267,7 @@ class LongDocClassifier:
             missing = docs.filter(pl.col("labels").list.len() == 0)
             if missing.height:
                 raise DataError(
-                    f"{missing.height} training documents have no label (e.g. {missing['doc_id'].head(3).to_list()}); "
+                    f"{missing.height} documents have no label (e.g. {missing['doc_id'].head(3).to_list()}); "
                     "pass labels=... or label_column=..."
                 )
         return docs
@@ -281,15 +322,23 @@ class LongDocClassifier:
             return self._encoded(documents, show_progress_bar)
         docs = self.document_table(documents, **columns)
         windows, emb = self.encoder.encode_documents(docs, show_progress_bar=show_progress_bar)
-        return Encoded(docs, windows, emb, self.encoder.fingerprint)
+        return Encoded(docs, windows, emb, self.encoder.fingerprint, self.window)
 
     def _encoded(self, data: Encoded | pl.DataFrame, show_progress_bar: bool | None) -> Encoded:
-        """``data`` encoded with the current weights (re-encoded when the encoder changed since)."""
+        """``data`` encoded with the current weights (re-encoded when the encoder changed since).
+
+        Raises:
+            ConfigError: ``data`` was cut with another window geometry than this classifier's.
+        """
+        if isinstance(data, Encoded) and data.window is not None and data.window != self.window:
+            raise ConfigError(
+                f"these encodings were cut with windows {data.window.to_dict()}, this classifier uses "
+                f"{self.window.to_dict()}: encode the documents with this classifier (clf.encode(docs))")
         if isinstance(data, Encoded) and data.fingerprint == self.encoder.fingerprint:
             return data
         docs = data.documents if isinstance(data, Encoded) else data
         windows, emb = self.encoder.encode_documents(docs, show_progress_bar=show_progress_bar)
-        return Encoded(docs, windows, emb, self.encoder.fingerprint)
+        return Encoded(docs, windows, emb, self.encoder.fingerprint, self.window)
 
     # ------------------------------------------------------------------ training
     def fit(
@@ -311,36 +360,97 @@ class LongDocClassifier:
             train: a document table, a polars/pandas DataFrame, a ``datasets.Dataset``, a file path, or a list
                 of texts (then pass ``labels``).
             labels: labels of a list of texts (a str each, or a list of str for multi-label).
-            eval_dataset: validation documents (same forms) for early stopping and calibration.
+            eval_dataset: validation documents (same forms) for early stopping and calibration. Without one,
+                ``args.eval_fraction`` of the training documents is held out for both (stratified, seeded).
             args: a ``TrainConfig`` (default: frozen encoder).
             text_column, label_column, id_column: column names of tabular inputs (defaults: ``text``,
                 ``label``, ``id`` or row numbers; see ``longdoc.load_documents``).
+
+        Every call starts from fresh head weights drawn from ``args.seed``: the same seed, data and machine
+        give the same model. With the lexical branch, its TF-IDF model is fitted on the training documents
+        and the head trains on cross-fitted lexical scores (see ``longdoc.lexical``).
         """
         args = args or TrainConfig()
         seed_everything(args.seed)
+        self._reset_heads()
         cols = {"text_column": text_column, "label_column": label_column, "id_column": id_column}
         train_docs = self.document_table(train, labels, require_labels=True, **cols)
-        y_train = Targets(self._targets(train_docs), self._task_targets(train_docs))
-        val_docs = y_val = None
+        train_input: Encoded | pl.DataFrame = train if isinstance(train, Encoded) else train_docs
+        val_input: Encoded | pl.DataFrame | None = None
         if eval_dataset is not None:
             val_docs = self.document_table(eval_dataset, eval_labels, require_labels=True, **cols)
-            y_val = Targets(self._targets(val_docs), self._task_targets(val_docs))
-        if args.mode == "frozen":  # reuse embeddings the caller already has
-            train_docs = train if isinstance(train, Encoded) else train_docs
-            val_docs = eval_dataset if isinstance(eval_dataset, Encoded) else val_docs
+            val_input = eval_dataset if isinstance(eval_dataset, Encoded) else val_docs
+        else:
+            train_input, val_input = self._hold_out(train_input, train_docs, args)
+            train_docs = train_input.documents if isinstance(train_input, Encoded) else train_input
+        val_docs = None if val_input is None else (
+            val_input.documents if isinstance(val_input, Encoded) else val_input)
+        y_train = Targets(self._targets(train_docs), self._task_targets(train_docs))
+        y_val = None if val_docs is None else Targets(self._targets(val_docs), self._task_targets(val_docs))
+        if args.mode != "frozen":  # fine-tuning encodes with changing weights: only the documents are needed
+            train_input, val_input = train_docs, val_docs
+        lexical_scores = None
+        if self.lexical is not None:
+            lexical_scores = torch.from_numpy(self._fit_lexical(train_docs, y_train.labels, seed=args.seed))
         # the loops (epochs, early stopping, checkpoints) are in longdoc.training
-        training.fit(self, train_docs, y_train, val_docs, y_val, args, show_progress_bar)
-        if args.calibrate and val_docs is not None:
-            self.calibrate(val_docs)
+        training.fit(self, train_input, y_train, val_input, y_val, args, show_progress_bar,
+                     lexical_scores=lexical_scores)
+        if args.calibrate and val_input is not None:
+            self.calibrate(val_input)
+        elif args.calibrate:
+            logger.info("no validation documents: probabilities are not calibrated (temperature 1)")
         return self
+
+    def _reset_heads(self) -> None:
+        """New head weights from the current (seeded) random state; the configuration is kept."""
+        device = self.encoder.device
+        self.head = DocumentHead(self.head.config).to(device)
+        if self.task_head is not None:
+            self.task_head = MultiTaskHead({name: h.config for name, h in self.task_head.heads.items()}).to(device)
+        self.temperature, self.thresholds = 1.0, None
+        self.task_temperature = {name: 1.0 for name in self.tasks}
+        self.task_thresholds = {name: None for name in self.tasks}
+        self.history = []
+
+    def _hold_out(self, train: Encoded | pl.DataFrame, docs: pl.DataFrame, args: TrainConfig
+                  ) -> tuple[Encoded | pl.DataFrame, Encoded | pl.DataFrame | None]:
+        """(train, validation) carved from the training documents by ``args.eval_fraction`` (see TrainConfig)."""
+        fraction = args.eval_fraction
+        if not fraction:
+            logger.info("no validation documents (eval_fraction=0): every epoch runs, no early stopping, "
+                        "no calibration")
+            return train, None
+        if docs.height < MIN_DOCS_TO_HOLD_OUT:
+            logger.info("only %d training documents (fewer than %d): no validation split is held out, so every "
+                        "epoch runs and probabilities are not calibrated", docs.height, MIN_DOCS_TO_HOLD_OUT)
+            return train, None
+        val_rows = _validation_rows(docs, fraction, seed=args.seed, stratify=not self.multi_label)
+        keep = np.ones(docs.height, dtype=bool)
+        keep[val_rows] = False
+        train_rows = np.flatnonzero(keep)
+        logger.info("held out %d of %d training documents for early stopping and calibration (eval_fraction=%g)",
+                    len(val_rows), docs.height, fraction)
+        if isinstance(train, Encoded):
+            return train.select(train_rows), train.select(val_rows)
+        return docs[train_rows.tolist()], docs[val_rows.tolist()]
+
+    def _fit_lexical(self, docs: pl.DataFrame, y: torch.Tensor, *, seed: int) -> np.ndarray:
+        """Fit the lexical branch on the training texts; returns their cross-fitted scores (n_docs, L), zero
+        rows for documents without any vocabulary term (as at prediction time)."""
+        texts = docs["text"].to_list()
+        lexical = LexicalModel(self.labels, multi_label=self.multi_label, config=self.lexical.config)
+        scores = lexical.cross_fit_scores(texts, y.numpy(), seed=seed)
+        scores[~lexical.has_terms(texts)] = 0.0
+        self.lexical = lexical
+        return scores
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def _head_logits(
-        self, emb: torch.Tensor, offsets: np.ndarray, batch: int = 64
+        self, emb: torch.Tensor, offsets: np.ndarray, batch: int = 64, lexical_scores: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, np.ndarray, dict[str, torch.Tensor]]:
-        """Logits (n_docs, L) from window embeddings, each window's attribution (n_windows,) and the extra
-        tasks' logits."""
+        """Logits (n_docs, L) from window embeddings (plus the lexical scores (n_docs, L) when given), each
+        window's attribution (n_windows,) and the extra tasks' logits."""
         n_docs = len(offsets) - 1
         logits, weights = [], np.zeros(len(emb), dtype=np.float32)
         task_logits: dict[str, list[torch.Tensor]] = {name: [] for name in self.tasks}
@@ -350,7 +460,8 @@ class LongDocClassifier:
         for start in range(0, n_docs, batch):
             idx = list(range(start, min(n_docs, start + batch)))
             x, mask = pad_windows(emb, offsets, idx)
-            out = self.head(x, mask)
+            lexical = None if lexical_scores is None else lexical_scores[idx].to(x.device)
+            out = self.head(x, mask, lexical_scores=lexical)
             logits.append(out.logits.float().cpu())
             if self.task_head is not None:
                 for name, task_out in self.task_head(x, mask).tasks.items():
@@ -367,7 +478,10 @@ class LongDocClassifier:
         enc = self._encoded(data, show_progress_bar)
         docs, windows, emb = enc.documents, enc.windows, enc.embeddings
         offsets = doc_offsets(windows)
-        logits, weights, task_logits = self._head_logits(torch.from_numpy(emb).to(self.encoder.device), offsets)
+        lexical_scores, notes = self._lexical_scores(docs)
+        logits, weights, task_logits = self._head_logits(
+            torch.from_numpy(emb).to(self.encoder.device), offsets,
+            lexical_scores=None if lexical_scores is None else torch.from_numpy(lexical_scores))
         probs = predict_probs(logits, self.multi_label, self.temperature).numpy().astype(np.float32)
         empty = np.diff(offsets) == 0
         probs[empty] = np.nan
@@ -377,7 +491,23 @@ class LongDocClassifier:
             p = p.astype(np.float32)
             p[empty] = np.nan
             task_probs[name] = p
-        return Analysis(docs, windows, emb, probs, weights, logits, task_probs, task_logits)
+        return Analysis(docs, windows, emb, probs, weights, logits, task_probs, task_logits, lexical_scores, notes)
+
+    def _lexical_scores(self, docs: pl.DataFrame) -> tuple[np.ndarray | None, list[str | None]]:
+        """The lexical branch's scores of ``docs`` (zero rows where it knows no word) and the per-document
+        notes saying which documents the windows label alone."""
+        if self.lexical is None:
+            return None, [None] * docs.height
+        if not self.lexical.fitted:
+            raise ConfigError("the classifier is not trained: call fit (or load a saved model) first")
+        texts = docs["text"].to_list()
+        scores = self.lexical.scores(texts)
+        missing = ~self.lexical.has_terms(texts)
+        scores[missing] = 0.0
+        if missing.any():
+            logger.info("%d of %d documents have no word of the lexical vocabulary: the windows label them alone",
+                        int(missing.sum()), len(texts))
+        return scores, [NO_LEXICAL_TERMS if m else None for m in missing]
 
     def analyze(self, documents: Any, *, show_progress_bar: bool | None = None, **columns: Any) -> Analysis:
         """One encoder pass: window embeddings, label probabilities and attributions (label + index at once)."""
@@ -428,9 +558,11 @@ class LongDocClassifier:
         rows = [dict(zip(decided, values, strict=True)) for values in zip(*decided.values(), strict=True)]
         return rows[0] if single else rows
 
-    def explain(self, document: str, *, top_k: int | None = 5) -> list[WindowExplanation]:
+    def explain(self, document: str, *, top_k: int | None = 5) -> Explanation:
         """The windows of one document ranked by how much they drove its label (attention weights for the
-        attention and transformer heads; see ``longdoc.heads`` for mean and max)."""
+        attention and transformer heads; see ``longdoc.heads`` for mean and max), as a list; its ``.terms`` are
+        the lexical branch's words that pushed hardest towards the predicted label, with their character spans
+        (``document[start:end]``)."""
         if not isinstance(document, str):
             raise DataError(f"explain takes one document as a str, got {type(document).__name__}")
         a = self.analyze([document], show_progress_bar=False)
@@ -442,7 +574,15 @@ class LongDocClassifier:
                 window_index=row["window_index"], weight=float(a.window_weights[i]), char_start=row["char_start"],
                 char_end=row["char_end"], text=document[row["char_start"] : row["char_end"]],
             ))
-        return out
+        terms: list[TermExplanation] = []
+        if self.lexical is not None and not np.isnan(a.probs[0]).any() and a.notes[0] is None:
+            predicted = np.flatnonzero(a.probs[0] >= (self.thresholds if self.thresholds is not None else 0.5)) \
+                if self.multi_label else [int(a.probs[0].argmax())]
+            for label in predicted:
+                terms.extend(self.lexical.top_terms(document, int(label), top_k=top_k))
+            terms.sort(key=lambda t: -t.weight)
+            terms = terms[: top_k or None]
+        return Explanation(out, terms)
 
     def calibrate(self, eval_dataset: Any, labels: Sequence[Any] | None = None, **columns: Any) -> None:
         """Fit the temperature (and, multi-label, the per-label thresholds) on validation documents."""
@@ -588,6 +728,49 @@ class LongDocClassifier:
                 clf.task_thresholds[name] = np.asarray(t.thresholds, dtype=np.float32)
         clf.history = config.history
         return clf
+
+
+def _validation_rows(docs: pl.DataFrame, fraction: float, *, seed: int, stratify: bool) -> np.ndarray:
+    """Sorted row numbers of a seeded validation split: ``fraction`` of each label (at least one row of a label
+    with two or more), or of all rows when not stratified."""
+    rng = np.random.default_rng(seed)
+    if not stratify:
+        n_val = max(1, round(docs.height * fraction))
+        return np.sort(rng.permutation(docs.height)[:n_val])
+    first = np.asarray([r[0] if r else "" for r in docs["labels"].to_list()])
+    rows = []
+    for label in sorted(set(first.tolist())):
+        members = np.flatnonzero(first == label)
+        if len(members) < 2:
+            continue
+        n_val = min(len(members) - 1, max(1, round(len(members) * fraction)))
+        rows.append(rng.permutation(members)[:n_val])
+    return np.sort(np.concatenate(rows)) if rows else np.zeros(0, dtype=np.int64)
+
+
+_DOCUMENT_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet", ".csv", ".tsv", ".txt", ".md")
+
+
+def _path_or_text(value: str, *, read: bool) -> Path | list[str]:
+    """A str argument as a path to read (``read``) or as one document's text; never a path used as text."""
+    looks_like_path = "\n" not in value and len(value) < 4096
+    exists = False
+    if looks_like_path:
+        try:
+            exists = Path(value).expanduser().exists()
+        except (OSError, ValueError):  # a name too long, an embedded NUL...
+            exists = False
+    if read:
+        if exists:
+            return Path(value).expanduser()
+        if looks_like_path and " " not in value.strip() and value.strip().lower().endswith(_DOCUMENT_SUFFIXES):
+            raise DataError(f"no such file: {value!r} (a str here is read as a path to documents)")
+        return [value]
+    if exists:
+        raise DataError(
+            f"{value!r} names an existing file, not a document text: pass load_documents({value!r}) (or a "
+            f"pathlib.Path) to read the documents in it, or [{value!r}] to classify the string itself")
+    return [value]
 
 
 def _label_lists(values: list[Any]) -> list[list[str]]:

@@ -61,6 +61,8 @@ class HeadConfig:
         transformer_layers: encoder layers of the ``"transformer"`` head.
         transformer_heads: attention heads of the ``"transformer"`` head; must divide ``hidden_size``.
         max_windows: learned window positions of the ``"transformer"`` head; windows past it share the last.
+        lexical_fusion: the head takes a second model's label scores (the classifier's lexical branch) and adds
+            them, times a learned weight ``lexical_weight``, to its logits.
     """
 
     pooling: str = "lead_attention"
@@ -71,6 +73,7 @@ class HeadConfig:
     transformer_layers: int = 1
     transformer_heads: int = 4
     max_windows: int = 512
+    lexical_fusion: bool = False
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
@@ -210,6 +213,8 @@ class DocumentHead(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         pooled_size = 2 * d if config.pooling == "lead_attention" else d
         self.classifier = nn.Linear(pooled_size, config.num_labels)
+        if config.lexical_fusion:  # logits += lexical_weight * lexical scores (see forward)
+            self.lexical_weight = nn.Parameter(torch.ones(()))
         # Per-dimension standardisation of the input window embeddings (identity until fitted). Sentence
         # encoders put every window in a narrow cone; centring and scaling it makes the head train fast.
         self.register_buffer("input_shift", torch.zeros(d))
@@ -283,6 +288,7 @@ class DocumentHead(nn.Module):
         mask: Tensor,
         labels: Tensor | None = None,
         class_weights: Tensor | None = None,
+        lexical_scores: Tensor | None = None,
     ) -> HeadOutput:
         """Document logits and window attribution; the loss too when ``labels`` are given.
 
@@ -292,6 +298,8 @@ class DocumentHead(nn.Module):
             labels: single-label: (B,) class indices (long); multi-label: (B, L) 0/1 targets (float).
             class_weights: (L,) optional. Single-label: per-class weights of the cross-entropy. Multi-label:
                 ``pos_weight`` of the BCE (weight of the positive term per label, e.g. n_neg / n_pos).
+            lexical_scores: (B, L) label scores of the lexical branch (``lexical_fusion`` heads only; a zero row
+                leaves a document to the windows alone); added to the logits times ``lexical_weight``.
         """
         if windows.dim() != 3 or windows.shape[-1] != self.config.hidden_size:
             raise ValueError(
@@ -303,6 +311,13 @@ class DocumentHead(nn.Module):
 
         pooled, weights = self.pool(windows, mask)  # (B, d) or (B, 2d), (B, W)
         logits = self.classifier(self.dropout(pooled))  # (B, L)
+        if lexical_scores is not None:
+            if not self.config.lexical_fusion:
+                raise ValueError("lexical_scores were given to a head built without lexical_fusion")
+            if lexical_scores.shape != logits.shape:
+                raise ValueError(f"lexical_scores must have shape {tuple(logits.shape)}, "
+                                 f"got {tuple(lexical_scores.shape)}")
+            logits = logits + self.lexical_weight * lexical_scores.to(logits.dtype)  # (B, L)
 
         loss = None
         if labels is not None:

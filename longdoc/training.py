@@ -90,6 +90,9 @@ class TrainConfig:
         class_weights: ``"balanced"`` weights classes by inverse frequency; ``None`` does not.
         patience: stop after this many epochs without a better validation macro-F1 (needs an eval set).
         calibrate: fit a temperature (and multi-label thresholds) on the eval set after training.
+        eval_fraction: without an eval set, hold out this fraction of the training documents (stratified by
+            label, seeded; only from 40 documents up) for early stopping and calibration; ``0`` trains on all
+            of them for every epoch and skips calibration.
         seed: seeds Python, NumPy and torch for repeatable runs.
         checkpoint_dir: write a checkpoint after every epoch here and resume from it when it exists.
     """
@@ -111,6 +114,7 @@ class TrainConfig:
     class_weights: str | None = None
     patience: int = 4
     calibrate: bool = True
+    eval_fraction: float = 0.1
     seed: int = 0
     checkpoint_dir: str | None = None
 
@@ -132,6 +136,9 @@ class TrainConfig:
             raise ConfigError(f"train_top_layers must be None or >= 0, got {self.train_top_layers!r}")
         if self.retrieval_encoder not in RETRIEVAL_ENCODERS:
             raise ConfigError(f"retrieval_encoder must be one of {RETRIEVAL_ENCODERS}, got {self.retrieval_encoder!r}")
+        if isinstance(self.eval_fraction, bool) or not isinstance(self.eval_fraction, int | float) \
+                or not 0 <= self.eval_fraction < 1:
+            raise ConfigError(f"eval_fraction must be in [0, 1), got {self.eval_fraction!r}")
         if self.class_weights not in (None, "balanced"):
             raise ConfigError(f"class_weights must be None or 'balanced', got {self.class_weights!r}")
 
@@ -222,10 +229,12 @@ def attention_dropout(model: torch.nn.Module, p: float | None) -> Iterator[int]:
 @dataclass(frozen=True)
 class Targets:
     """What a document table trains on, one row per document: the main labels and each extra task's labels
-    (class indices for single-label sets, multi-hot rows for multi-label ones)."""
+    (class indices for single-label sets, multi-hot rows for multi-label ones), and the lexical branch's
+    scores of the documents (n_docs, L) that the head adds to its logits, when it has one."""
 
     labels: torch.Tensor
     tasks: dict[str, torch.Tensor]
+    lexical: torch.Tensor | None = None
 
 
 def class_weights(y: torch.Tensor, num_labels: int, multi_label: bool) -> torch.Tensor:
@@ -292,10 +301,16 @@ def fit(
     y_val: Targets | None,
     args: TrainConfig,
     show: bool | None,
+    *,
+    lexical_scores: torch.Tensor | None = None,
 ) -> None:
     """Train ``clf`` in place on documents ``train`` (a document table, or ``Encoded`` for frozen training) with
-    targets ``y``; ``val``/``y_val`` drive early stopping. Appends one record per epoch to ``clf.history``."""
+    targets ``y``; ``val``/``y_val`` drive early stopping. ``lexical_scores`` (n_train, L): the lexical
+    branch's cross-fitted scores of the training documents, added to the logits by a ``lexical_fusion`` head.
+    Appends one record per epoch to ``clf.history``."""
     weights = class_weights(y.labels, len(clf.labels), clf.multi_label) if args.class_weights == "balanced" else None
+    if lexical_scores is not None:
+        y = dataclasses.replace(y, lexical=lexical_scores)
     if args.mode == "frozen":
         _fit_frozen(clf, train, y, val, y_val, args, weights, show)
     else:
@@ -322,7 +337,8 @@ def _loss(clf: LongDocClassifier, x: torch.Tensor, mask: torch.Tensor, y: Target
           weights: torch.Tensor | None) -> torch.Tensor:
     """Main-label loss plus the extra tasks' losses for documents ``idx`` of the batch."""
     device = x.device
-    loss = clf.head(x, mask, labels=y.labels[idx].to(device), class_weights=weights).loss
+    lexical = None if y.lexical is None else y.lexical[idx].to(device)
+    loss = clf.head(x, mask, labels=y.labels[idx].to(device), class_weights=weights, lexical_scores=lexical).loss
     if clf.task_head is not None:
         loss = loss + clf.task_head(x, mask, labels={k: v[idx].to(device) for k, v in y.tasks.items()}).loss
     return loss
