@@ -500,13 +500,12 @@ class LongDocClassifier:
             return None, [None] * docs.height
         if not self.lexical.fitted:
             raise ConfigError("the classifier is not trained: call fit (or load a saved model) first")
-        texts = docs["text"].to_list()
-        scores = self.lexical.scores(texts)
-        missing = ~self.lexical.has_terms(texts)
+        scores, present = self.lexical.scores_and_presence(docs["text"].to_list())
+        missing = ~present
         scores[missing] = 0.0
         if missing.any():
             logger.info("%d of %d documents have no word of the lexical vocabulary: the windows label them alone",
-                        int(missing.sum()), len(texts))
+                        int(missing.sum()), docs.height)
         return scores, [NO_LEXICAL_TERMS if m else None for m in missing]
 
     def analyze(self, documents: Any, *, show_progress_bar: bool | None = None, **columns: Any) -> Analysis:
@@ -657,6 +656,11 @@ class LongDocClassifier:
             if self.task_head is not None:
                 save_file({k: v.detach().cpu().contiguous() for k, v in self.task_head.state_dict().items()},
                           tmp / "task_heads.safetensors")
+            if self.lexical is not None:
+                if not self.lexical.fitted:
+                    raise ConfigError("the classifier is not trained (its lexical branch is not fitted): call fit "
+                                      "before save")
+                self.lexical.save(tmp)
             write_model_config(tmp, self._config(separate))
         return directory
 
@@ -718,10 +722,11 @@ class LongDocClassifier:
             tasks = {name: Task(t.labels, t.column, t.multi_label) for name, t in config.tasks.items()}
             task_head = MultiTaskHead({name: t.head for name, t in config.tasks.items()})
             task_head = _load_weights(task_head, directory / "task_heads.safetensors", f"the tasks {sorted(tasks)}")
+        lexical = LexicalModel.load(directory, labels=config.labels) if head_config.lexical_fusion else None
         thresholds = config.thresholds
         clf = cls(encoder, head.eval(), config.labels, temperature=config.temperature,
                   thresholds=None if thresholds is None else np.asarray(thresholds, dtype=np.float32),
-                  tasks=tasks, task_head=task_head, retrieval_encoder=retrieval_encoder)
+                  tasks=tasks, task_head=task_head, retrieval_encoder=retrieval_encoder, lexical=lexical)
         for name, t in config.tasks.items():
             clf.task_temperature[name] = t.temperature
             if t.thresholds is not None:

@@ -180,21 +180,27 @@ class LexicalModel:
         """Fit on all ``texts``; ``y``: (n,) label indices, or (n, L) 0/1 for multi-label."""
         texts = _checked_texts(texts)
         vectorizer, X = self._fit_vectorizer(texts)
-        self.coef, self.intercept = self._fit_linear(X, np.asarray(y))
-        self._vectorizer = vectorizer
-        names = vectorizer.get_feature_names_out()
-        self.vocabulary = [str(t) for t in names]
-        self.idf = vectorizer.idf_.astype(np.float32)
+        self._adopt(vectorizer, *self._fit_linear(X, np.asarray(y)))
         logger.info("lexical branch: %d documents, %d terms, %d labels", len(texts), len(self.vocabulary),
                     len(self.labels))
         return self
 
+    def _adopt(self, vectorizer: TfidfVectorizer, coef: np.ndarray, intercept: np.ndarray) -> None:
+        self._vectorizer, self.coef, self.intercept = vectorizer, coef, intercept
+        self.vocabulary = [str(t) for t in vectorizer.get_feature_names_out()]
+        self.idf = vectorizer.idf_.astype(np.float32)
+
     def cross_fit_scores(self, texts: Sequence[str], y: np.ndarray, *, seed: int = 0) -> np.ndarray:
-        """Out-of-fold scores (n, L) of the training ``texts`` (each scored by a model that never saw it), then
-        :meth:`fit` on all of them."""
+        """Out-of-fold scores (n, L) of the training ``texts`` (each scored by a linear model that never saw
+        it), then :meth:`fit` on all of them.
+
+        The vocabulary and idf are fitted once on all ``texts`` (they use no label); only the linear model is
+        refitted per fold.
+        """
         texts = _checked_texts(texts)
         y = np.asarray(y)
         n = len(texts)
+        vectorizer, X = self._fit_vectorizer(texts)
         folds = min(self.config.folds, n)
         out = np.zeros((n, len(self.labels)), dtype=np.float32)
         if folds >= 2:
@@ -206,10 +212,11 @@ class LexicalModel:
                 splitter = (StratifiedKFold(folds, shuffle=True, random_state=seed) if smallest >= folds
                             else KFold(folds, shuffle=True, random_state=seed))
             for train_rows, held_out in splitter.split(np.zeros(n), y if not self.multi_label else None):
-                fold_model = LexicalModel(self.labels, multi_label=self.multi_label, config=self.config)
-                fold_model.fit([texts[i] for i in train_rows], y[train_rows])
-                out[held_out] = fold_model.scores([texts[i] for i in held_out])
-        self.fit(texts, y)
+                coef, intercept = self._fit_linear(X[train_rows], y[train_rows])
+                out[held_out] = self._scores(X[held_out], coef, intercept)
+        self._adopt(vectorizer, *self._fit_linear(X, y))
+        logger.info("lexical branch: %d documents (%d-fold cross-fitted scores), %d terms, %d labels", n, folds,
+                    len(self.vocabulary), len(self.labels))
         return out
 
     # ------------------------------------------------------------------ inference
@@ -228,11 +235,19 @@ class LexicalModel:
 
     def scores(self, texts: Sequence[str]) -> np.ndarray:
         """(n, L) float32: log-probabilities (single-label) or log-odds per label (multi-label)."""
-        decision = np.asarray(self.features(texts) @ self.coef.T, dtype=np.float32) + self.intercept  # (n, L)
-        if self.multi_label:
-            return decision
-        decision -= decision.max(axis=1, keepdims=True)
-        return decision - np.log(np.exp(decision).sum(axis=1, keepdims=True))
+        return self.scores_and_presence(texts)[0]
+
+    def scores_and_presence(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`scores` and :meth:`has_terms` of ``texts`` from one TF-IDF transform."""
+        X = self.features(texts)
+        return self._scores(X, self.coef, self.intercept), np.diff(X.indptr) > 0
+
+    def _scores(self, X: Any, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
+        decision = np.asarray(X @ coef.T, dtype=np.float32) + intercept  # (n, L)
+        if not self.multi_label:
+            decision -= decision.max(axis=1, keepdims=True)
+            decision -= np.log(np.exp(decision).sum(axis=1, keepdims=True))
+        return decision
 
     def top_terms(self, text: str, label: int, *, top_k: int | None = 10) -> list[TermExplanation]:
         """The n-grams of ``text`` that raised the score of label index ``label`` most, with their spans."""

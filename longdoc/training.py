@@ -487,6 +487,7 @@ def _epoch_loop(
             best = tuple(meta["best_score"])
             best_head = meta["best_head"]
             best_encoder = meta["best_encoder"]
+            clf.history = list(meta.get("history", []))  # the epochs before the interruption
             with warnings.catch_warnings():  # fast-forwarding the schedule, not skipping an optimizer step
                 warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
                 for _ in range(step):
@@ -538,7 +539,7 @@ def _epoch_loop(
         if ckpt_dir is not None:
             save_checkpoint(ckpt_dir, epoch=epoch, best_score=best, bad_epochs=bad_epochs, head=heads,
                             best_head=best_head, encoder=encoder if encoder_trains else None,
-                            best_encoder=best_encoder, optimizer=optimizer, step=step)
+                            best_encoder=best_encoder, optimizer=optimizer, step=step, history=clf.history)
         if score is not None and bad_epochs >= args.patience:
             logger.info("early stop after epoch %d (best eval macro-F1 %.4f)", epoch + 1, best[0])
             break
@@ -564,14 +565,15 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     step: int,
     best_encoder: dict[str, torch.Tensor] | None = None,
+    history: list[dict[str, Any]] | None = None,
 ) -> None:
     """Write a resumable checkpoint atomically (``indexer.storage.durable_directory``: a temporary directory
-    swapped into place)."""
+    swapped into place); ``history``: the epoch records so far, restored on resume."""
     directory.mkdir(parents=True, exist_ok=True)
     with durable_directory(directory / "checkpoint", mode=0o700) as tmp:  # 0o700: as tempfile.mkdtemp made it
         _write_checkpoint(tmp, epoch=epoch, best_score=best_score, bad_epochs=bad_epochs, head=head,
                           best_head=best_head, encoder=encoder, best_encoder=best_encoder, optimizer=optimizer,
-                          step=step)
+                          step=step, history=history or [])
 
 
 def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -579,7 +581,7 @@ def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _write_checkpoint(tmp: Path, *, epoch, best_score, bad_epochs, head, best_head, encoder, best_encoder,
-                      optimizer, step) -> None:
+                      optimizer, step, history) -> None:
     save_file(_tensors(head.state_dict()), tmp / "head.safetensors")
     save_file(_tensors(best_head), tmp / "best_head.safetensors")
     if encoder is not None:
@@ -597,7 +599,7 @@ def _write_checkpoint(tmp: Path, *, epoch, best_score, bad_epochs, head, best_he
                 scalars[f"{idx}.{key}"] = value
     save_file(tensors or {"_empty": torch.zeros(1)}, tmp / "optimizer.safetensors")
     meta = {
-        "epoch": epoch, "best_score": list(best_score), "bad_epochs": bad_epochs, "step": step,
+        "epoch": epoch, "best_score": list(best_score), "bad_epochs": bad_epochs, "step": step, "history": history,
         "optimizer_scalars": scalars,
         "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in state["param_groups"]],
     }
