@@ -36,7 +36,6 @@ from indexer.errors import IndexInputError, IndexLoadError
 from indexer.sharded import load_index
 from longdoc import demo
 from longdoc.classifier import LongDocClassifier
-from longdoc.corpora import stratified_split
 from longdoc.data import load_documents
 from longdoc.encoder import WindowEncoder
 from longdoc.errors import ConfigError, DataError, ModelLoadError
@@ -105,9 +104,9 @@ def _fraction(value: str) -> float:
     try:
         x = float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {value!r}") from None
-    if not 0 < x < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {value!r}")
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value!r}") from None
+    if not 0 <= x < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value!r}")
     return x
 
 
@@ -223,7 +222,10 @@ def load_query_encoder(path: str | None, *, device: str | None = None, bf16: boo
 
 
 def _train_config(args: argparse.Namespace) -> Any:
-    return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "eval_fraction"}
+    if args.eval_fraction is not None:
+        values["eval_fraction"] = args.eval_fraction
+    return TrainConfig(**values)
 
 
 _TRAIN_HELP = {
@@ -255,6 +257,8 @@ def _train_config_options(p: argparse.ArgumentParser) -> None:
     """One flag per ``TrainConfig`` field (the CLI mirrors the config; defaults come from it)."""
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
+        if f.name == "eval_fraction":  # beside --eval, in their mutually exclusive group
+            continue
         flag, default = "--" + f.name.replace("_", "-"), getattr(defaults, f.name)
         help_text = _TRAIN_HELP.get(f.name, "") + f" (default: {default})"
         if isinstance(default, bool):
@@ -289,15 +293,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     window = _window_config(args)
     docs = _load_documents(args.documents, args)
     val = None
-    if args.eval is not None:
+    if args.eval is not None:  # else fit holds out --eval-fraction of the documents (TrainConfig.eval_fraction)
         val = _load_documents(args.eval, args)
-    elif args.eval_fraction is not None:
-        if args.multi_label:
-            shuffled = docs.sample(fraction=1.0, shuffle=True, seed=args.seed)
-            n_val = max(1, round(docs.height * args.eval_fraction))
-            val, docs = shuffled.head(n_val), shuffled.slice(n_val)
-        else:
-            docs, val = stratified_split(docs, test_size=args.eval_fraction, seed=args.seed)
     labels = _labels_of(docs)
     if not labels:
         raise DataError(f"no labels found in {args.documents!r}; pass --label-column")
@@ -305,12 +302,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"training needs at least two labels, found {labels}")
     clf = LongDocClassifier.from_encoder(
         args.model, labels=labels, window=window, pooling=args.pooling, multi_label=args.multi_label,
-        device=args.device, dtype=torch.bfloat16 if args.bf16 else None,
+        device=args.device, dtype=torch.bfloat16 if args.bf16 else None, lexical=args.lexical,
     )
     logger.info("training on %d documents (%d labels: %s), %s mode", docs.height, len(labels), labels, config.mode)
     clf.fit(docs, eval_dataset=val, args=config, show_progress_bar=None if not args.quiet else False)
     out = clf.save(args.out)
-    result = {"model": str(out), "labels": labels, "n_train": docs.height, "n_eval": 0 if val is None else val.height,
+    result = {"model": str(out), "labels": labels, "n_documents": docs.height,
+              "eval": args.eval if val is not None else f"eval_fraction={config.eval_fraction} of the documents",
               "history": clf.history, "temperature": clf.temperature, "seconds": round(time.perf_counter() - started, 2)}
     if args.json:
         _print_json(result)
@@ -505,8 +503,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True, help="model directory to write")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--eval", default=None, help="validation documents (early stopping, calibration)")
-    g.add_argument("--eval-fraction", type=_fraction, default=None, help="hold out this fraction for validation")
+    g.add_argument("--eval-fraction", type=_fraction, default=None,
+                   help="without --eval, hold out this fraction of the documents (stratified, from 40 documents "
+                        f"up) for early stopping and calibration; 0: none (default: {TrainConfig().eval_fraction})")
     p.add_argument("--model", default=None, help="encoder checkpoint (default: the packaged MiniLM)")
+    p.add_argument("--lexical", action=argparse.BooleanOptionalAction, default=True,
+                   help="the lexical branch: TF-IDF of the whole text and a linear model whose label scores are "
+                        "added to the window head's (default: on; --no-lexical classifies from the windows alone)")
     p.add_argument("--multi-label", action="store_true", help="documents carry any number of labels")
     p.add_argument("--pooling", default="lead_attention",
                    choices=list(POOLINGS),

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 from sklearn.feature_extraction.text import TfidfVectorizer
@@ -227,7 +228,11 @@ class LexicalModel:
 
     def features(self, texts: Sequence[str]) -> Any:
         """Sparse TF-IDF rows (n, V), L2-normalised."""
-        return self._check_fitted().transform(_checked_texts(texts))
+        vectorizer = self._check_fitted()
+        texts = _checked_texts(texts)
+        if not texts:  # scikit-learn refuses an empty batch
+            return sp.csr_matrix((0, len(self.vocabulary)), dtype=np.float32)
+        return vectorizer.transform(texts)
 
     def has_terms(self, texts: Sequence[str]) -> np.ndarray:
         """(n,) bool: the text holds at least one vocabulary term (else its lexical score says nothing)."""

@@ -52,10 +52,13 @@ def workspace(tmp_path_factory, tiny_model_dir) -> dict[str, Path]:
 def test_train_json_output(workspace, tiny_model_dir, capsys, tmp_path):
     code, out, _ = _run(capsys, "train", str(workspace["train"]), "--out", str(tmp_path / "m"), "--model",
                         str(tiny_model_dir), "--max-length", "32", "--stride", "8", "--epochs", "1",
-                        "--max-windows", "3", "--pooling", "mean", "--device", "cpu", "--quiet", "--json")
+                        "--max-windows", "3", "--pooling", "mean", "--device", "cpu", "--quiet", "--json",
+                        "--no-lexical")
     assert code == 0
+    assert not (tmp_path / "m" / "lexical.json").exists()  # --no-lexical: the windows alone
+    assert (workspace["model"] / "lexical.json").is_file()  # the default keeps the lexical branch
     data = json.loads(out)
-    assert data["labels"] == sorted(TOPICS) and data["n_train"] == 30 and len(data["history"]) == 1
+    assert data["labels"] == sorted(TOPICS) and data["n_documents"] == 30 and len(data["history"]) == 1
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert config["window"] == {"max_length": 32, "stride": 8, "max_windows": 3}
     assert config["head"]["pooling"] == "mean"

@@ -105,3 +105,9 @@ def test_config_is_validated_and_round_trips():
         LexicalConfig(folds=1)
     config = LexicalConfig(max_features=10, C=2.0)
     assert LexicalConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_an_empty_batch_scores_to_an_empty_matrix():
+    model = LexicalModel(["a", "b"]).fit(["apple pie recipe", "bus timetable route"] * 3, np.array([0, 1] * 3))
+    scores, present = model.scores_and_presence([])
+    assert scores.shape == (0, 2) and present.shape == (0,)
