@@ -285,3 +285,30 @@ def test_bad_comparison_arguments_are_named(tiny_model_dir):
         compare_with_baselines(clf, _docs(8, 0), _docs(4, 1), model_name="tfidf")
     with pytest.raises(ConfigError, match="'bm25'"):
         compare_with_baselines(clf, _docs(8, 0), _docs(4, 1), baselines=["bm25"])
+
+
+def test_finetune_with_several_seeds(tiny_model_dir):
+    clf = _classifier(tiny_model_dir, max_windows=2)
+    pretrained = clf.encoder.fingerprint
+    args = TrainConfig(mode="finetune", epochs=1, batch_size=8, max_train_windows=2, calibrate=False)
+    result = compare_with_baselines(clf, _docs(12, 0), _docs(6, 1), args=args, seeds=[0, 1],
+                                    baselines=("tfidf",))
+    assert result.table["method"].to_list() == ["hierarchical", "tfidf"] and result.n_runs == 2
+    assert clf.encoder.fingerprint != pretrained  # the first seed fine-tuned clf itself
+    assert result.encoded == {}
+
+
+def test_untrained_copies_share_only_what_training_leaves_alone(tiny_model_dir):
+    from longdoc.evaluation import _untrained_copy
+
+    clf = _classifier(tiny_model_dir)
+    frozen = _untrained_copy(clf, share_encoder=True)
+    assert frozen.encoder is clf.encoder and frozen.head is not clf.head
+    assert all(torch.equal(a, b) for a, b in zip(frozen.head.state_dict().values(), clf.head.state_dict().values(),
+                                                 strict=True))
+    tuned = _untrained_copy(clf, share_encoder=False)
+    assert tuned.encoder is not clf.encoder and tuned.encoder.tokenizer is clf.encoder.tokenizer
+    with torch.no_grad():
+        next(tuned.encoder.model.parameters()).add_(1.0)  # fine-tuning the copy ...
+    tuned.encoder.invalidate_fingerprint()
+    assert tuned.encoder.fingerprint != clf.encoder.fingerprint  # ... leaves the original's weights alone
