@@ -383,6 +383,12 @@ class _Runner:
                                                "accuracy": pl.Float64, "macro_f1": pl.Float64,
                                                "micro_f1": pl.Float64, "ece": pl.Float64, "seconds": pl.Float64})
         table, difference = summarize_runs(runs, model=self.model_name, confidence=confidence)
+        if not self.fit_model and "runs" in table.columns:  # scored once: one run, no interval of its own
+            folds = runs.filter(pl.col("method") == self.model_name)["fold"].n_unique()
+            model = pl.col("method") == self.model_name
+            table = table.with_columns(
+                pl.when(model).then(pl.lit(folds)).otherwise(pl.col("runs")).alias("runs"),
+                *(pl.when(model).then(None).otherwise(pl.col(f"{s}_ci")).alias(f"{s}_ci") for s in CI_SCORES))
         return Comparison(table=table, reports=self.reports, encoded=encoded if self.frozen else {}, runs=runs,
                           difference=difference, model=self.model_name)
 
@@ -431,7 +437,8 @@ def compare_with_baselines(
             Several seeds give each method's mean with a confidence interval, and the paired difference of the
             model to the best baseline (see :class:`Comparison` and the module docstring).
         model_name: the model's name in the tables (the CLI uses ``"model"``).
-        fit_model: ``False`` scores ``clf`` as it is (its score is then the same in every run).
+        fit_model: ``False`` scores ``clf`` as it is, once: its table row shows one run and no interval; its
+            score stands for every seed in the paired difference.
         confidence: coverage of the intervals (Student t over runs; see :func:`longdoc.metrics.mean_ci`).
         cache_encodings: reuse (and keep) the truncation baselines' embeddings in the process-wide cache.
         show_progress_bar: ``None`` shows bars when logging is at INFO.

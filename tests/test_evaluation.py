@@ -187,7 +187,9 @@ def test_saved_model_is_scored_as_it_is(tiny_model_dir, tmp_path):
     result = compare_with_baselines(saved, _docs(30, 5), test, args=QUICK, baselines=("first512", "tfidf"),
                                     model_name="model", fit_model=False, seeds=[0, 1])
     assert result.table["method"].to_list() == ["model", "first512", "tfidf"]
+    assert result.table["runs"].to_list() == [1, 2, 2] and result.difference["runs"] == 2
     first = result.table.row(0, named=True)
+    assert first["macro_f1_ci"] is None
     assert first["accuracy"] == pytest.approx(expected["accuracy"])
     assert first["macro_f1"] == pytest.approx(expected["macro_f1"])
     assert result.reports["model"]["confusion_matrix"] == expected["confusion_matrix"]
