@@ -4,7 +4,7 @@
     longdoc label model/ docs.jsonl --out labels/         # resumable: run it again after a crash
     longdoc index model/ docs.jsonl --out index/          # updates index/ when it exists (--prune drops gone docs)
     longdoc search index/ "change file permissions" --model model/ --k 5 --label 2 [--mode hybrid]
-    longdoc eval model/ test.jsonl [--baselines --train train.jsonl] [--confusion-png cm.png]
+    longdoc eval model/ test.jsonl [--baselines --train train.jsonl [--seeds 3]] [--confusion-png cm.png]
     longdoc demo                                          # man pages end to end, in minutes on a CPU
 
 Every subcommand takes ``--json`` (machine-readable output on stdout), ``--quiet`` (no progress, warnings only)
@@ -44,7 +44,7 @@ from longdoc.indexing import index_documents
 from longdoc.labeling import label_documents
 from longdoc.metrics import format_report
 from longdoc.model_dir import is_model_directory, read_model_config
-from longdoc.terminal import format_hit, format_table, safe_text
+from longdoc.terminal import format_hit, safe_text
 from longdoc.training import MODES, RETRIEVAL_ENCODERS, TrainConfig
 from longdoc.windows import WindowConfig
 
@@ -461,31 +461,44 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    """``longdoc eval``: the saved model's report; with ``--baselines``, a table headed by the saved model's own
+    scores, then the baselines trained on ``--train`` (frozen encoder: the saved model's) and scored on the same
+    documents, with the paired difference of the model to the best baseline (over ``--seeds`` baseline runs)."""
     clf = load_classifier(args.model, device=args.device, bf16=args.bf16)
     docs = _load_documents(args.documents, args)
-    report = clf.evaluate(docs, confusion_png=args.confusion_png)
+    baselines = args.baselines is not None
+    if baselines and args.train is None:
+        raise ConfigError("--baselines needs --train FILE (the baselines are trained on it)")
+    # encoded once: the model's report and the comparison share the test embeddings
+    test = clf.encode(docs, show_progress_bar=False if args.quiet else None) if baselines else docs
+    report = clf.evaluate(test, confusion_png=args.confusion_png)
     data: dict[str, Any] = {"model": args.model, "report": report}
-    table = None
-    if args.baselines is not None:
-        if args.train is None:
-            raise ConfigError("--baselines needs --train FILE (the baselines are trained on it)")
+    comparison = None
+    if baselines:
         from longdoc.evaluation import compare_with_baselines  # here, not on top: scikit-learn slows start-up
 
+        if clf.retrieval_encoder is not clf.encoder:
+            logger.warning("the saved model's encoder was fine-tuned: the frozen baselines are trained on its "
+                           "fine-tuned embeddings, not on the pretrained encoder's")
         train = _load_documents(args.train, args)
-        fresh = load_classifier(args.model, device=args.device, bf16=args.bf16)  # retrained in place on --train
-        comparison = compare_with_baselines(fresh, train, docs, baselines=tuple(args.baselines),
+        comparison = compare_with_baselines(clf, train, test, baselines=tuple(args.baselines),
+                                            seeds=list(range(args.seeds)), model_name="model", fit_model=False,
                                             show_progress_bar=False if args.quiet else None)
-        table = comparison.table
-        data["comparison"] = table.to_dicts()
+        data["comparison"] = comparison.table.to_dicts()
+        data["runs"] = comparison.runs.to_dicts()
+        data["difference"] = comparison.difference
     if args.json:
         _print_json(data)
     else:
+        from longdoc.evaluation import format_comparison
+
         print(format_report(report))
         if args.confusion_png:
             print(f"confusion matrix: {args.confusion_png}")
-        if table is not None:
-            print("\nbaselines (trained on --train):")
-            print(format_table(table))
+        if comparison is not None:
+            print(f"\nthe saved model ({safe_text(args.model)}) beside baselines trained on --train "
+                  f"({args.seeds} seed{'s' if args.seeds > 1 else ''}), same test documents:")
+            print(format_comparison(comparison))
     return EXIT_OK
 
 
@@ -570,6 +583,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baselines", nargs="*", default=None, choices=["first512", "head_tail", "tfidf"],
                    help="also train these baselines on --train (no value: all three) and compare")
     p.add_argument("--train", default=None, help="training documents for --baselines")
+    p.add_argument("--seeds", type=_positive_int, default=1,
+                   help="train each baseline with this many seeds (0, 1, ...): mean +- 95%% CI per baseline and a "
+                        "paired interval for the model's difference to the best one (default 1: no interval)")
     _reader_options(p)
     _device_options(p)
     _common(p)

@@ -1,4 +1,5 @@
-"""Classification metrics on label names: a report dict, a readable text table, a confusion-matrix PNG.
+"""Classification metrics on label names: a report dict, a readable text table, a confusion-matrix PNG, and the
+statistics of repeated runs (:func:`mean_ci`, :func:`paired_difference`).
 
 Single-label: ``y_true`` and ``y_pred`` are lists of label names. Multi-label: lists of lists (or sets) of label
 names. ``labels`` fixes the label order of every per-label entry, of the confusion matrix and of the columns of
@@ -10,13 +11,14 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from longdoc.calibration import expected_calibration_error
-from longdoc.errors import DataError
+from longdoc.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -226,3 +228,94 @@ def save_confusion_matrix_png(
     fig.savefig(out, format="png")
     logger.info("wrote confusion matrix (%d labels) to %s", k, out)
     return out
+
+
+# -- statistics of repeated runs (seeds, folds) ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean over ``n`` runs and its two-sided confidence interval ``[low, high]``.
+
+    ``low`` and ``high`` are NaN when ``n == 1`` (one run gives no interval). ``half_width`` is ``high - mean``
+    (the interval is symmetric).
+    """
+
+    mean: float
+    low: float
+    high: float
+    n: int
+    confidence: float = 0.95
+
+    @property
+    def half_width(self) -> float:
+        return self.high - self.mean
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: NaN bounds become ``None``."""
+        bound = lambda x: None if math.isnan(x) else float(x)  # noqa: E731
+        return {"mean": float(self.mean), "low": bound(self.low), "high": bound(self.high), "n": self.n,
+                "confidence": self.confidence}
+
+
+def _check_confidence(confidence: float) -> float:
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0.0 < confidence < 1.0:
+        raise ConfigError(f"confidence={confidence!r} is not valid; expected a fraction in (0, 1), e.g. 0.95")
+    return float(confidence)
+
+
+def _as_runs(values: Sequence[float] | np.ndarray, what: str) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 1 or arr.size == 0:
+        raise DataError(f"{what} must be a non-empty 1-D sequence of numbers (one per run), got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise DataError(f"{what} holds non-finite values at runs {np.flatnonzero(~np.isfinite(arr))[:10].tolist()}")
+    return arr
+
+
+def mean_ci(values: Sequence[float] | np.ndarray, confidence: float = 0.95) -> Interval:
+    """Mean of per-run scores with a Student t confidence interval.
+
+    ``mean +- t(1 - (1 - confidence) / 2, n - 1) * s / sqrt(n)``, with ``s`` the sample standard deviation
+    (``ddof=1``). It treats the runs as independent draws; runs of a cross-validation share most of their
+    training documents, so over folds the interval is somewhat too narrow (Nadeau and Bengio, 2003).
+
+    Args:
+        values: one score per run (at least one; finite).
+        confidence: the interval's coverage, in (0, 1).
+
+    Returns:
+        An :class:`Interval`; with one run its bounds are NaN.
+
+    Raises:
+        DataError: ``values`` is empty, not 1-D, or holds NaN/inf.
+        ConfigError: ``confidence`` is not in (0, 1).
+    """
+    confidence = _check_confidence(confidence)
+    arr = _as_runs(values, "values")
+    n = int(arr.size)
+    mean = float(arr.mean())
+    if n == 1:
+        return Interval(mean, math.nan, math.nan, 1, confidence)
+    from scipy.stats import t  # slow import; scipy comes with scikit-learn
+
+    half = float(t.ppf(1.0 - (1.0 - confidence) / 2.0, n - 1) * arr.std(ddof=1) / math.sqrt(n))
+    return Interval(mean, mean - half, mean + half, n, confidence)
+
+
+def paired_difference(
+    a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, confidence: float = 0.95
+) -> Interval:
+    """Mean of the per-run differences ``a[i] - b[i]`` with its t confidence interval (a paired t-interval).
+
+    ``a[i]`` and ``b[i]`` must come from the same run (same split, same seed), so that what the runs share
+    (an easy fold, a lucky seed) cancels out; see :func:`mean_ci` for the interval.
+
+    Raises:
+        DataError: ``a`` and ``b`` differ in length, are empty, or hold NaN/inf.
+        ConfigError: ``confidence`` is not in (0, 1).
+    """
+    x, y = _as_runs(a, "a"), _as_runs(b, "b")
+    if x.size != y.size:
+        raise DataError(f"a has {x.size} runs but b has {y.size}; a paired difference needs one pair per run")
+    return mean_ci(x - y, confidence)

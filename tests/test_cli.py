@@ -107,7 +107,25 @@ def test_label_index_search_eval(workspace, capsys):
     assert code == 0
     data = json.loads(out)
     assert 0 <= data["report"]["accuracy"] <= 1
-    assert {r["method"] for r in data["comparison"]} == {"hierarchical", "first512", "tfidf"}
+    assert [r["method"] for r in data["comparison"]] == ["model", "first512", "tfidf"]
+    from longdoc.classifier import LongDocClassifier
+    from longdoc.data import load_documents
+
+    saved = LongDocClassifier.load(model, device="cpu").evaluate(load_documents(test))  # the saved model, scored apart
+    first = data["comparison"][0]
+    assert (first["accuracy"], first["macro_f1"]) == (pytest.approx(saved["accuracy"]), pytest.approx(saved["macro_f1"]))
+    assert data["report"]["macro_f1"] == pytest.approx(saved["macro_f1"])
+    assert data["difference"]["model"] == "model" and data["difference"]["baseline"] in {"first512", "tfidf"}
+    assert len(data["runs"]) == 3
+
+    code, out, _ = _run(capsys, "eval", model, test, "--baselines", "tfidf", "head_tail", "--train",
+                        str(workspace["train"]), "--seeds", "2", "--quiet")
+    assert code == 0
+    table = out[out.index("the saved model"):].splitlines()
+    assert table[1].split() == ["method", "runs", "accuracy", "macro_f1"]
+    assert table[3].split() == ["model", "1", f"{saved['accuracy']:.4f}", f"{saved['macro_f1']:.4f}"]  # scored once
+    assert [line.split()[0] for line in table[4:6]] == ["head_tail", "tfidf"] and "+-" in table[4]
+    assert "2 paired runs" in out
 
 
 def test_bad_input_exits_2(workspace, capsys, tmp_path):
@@ -160,14 +178,23 @@ def test_demo_quick_runs_end_to_end(tiny_model_dir, capsys, tmp_path):
     if not Path("/usr/share/man/man1").is_dir():
         pytest.skip("the demo reads the machine's man pages; /usr/share/man/man1 is absent")
     code, out, err = _run(capsys, "demo", "--quick", "--model", str(tiny_model_dir), "--out", str(tmp_path / "demo"),
-                          "--baselines", "tfidf", "--no-bf16", "--device", "cpu", "--quiet", "--json")
+                          "--baselines", "tfidf", "--no-bf16", "--device", "cpu", "--json")
     assert code == 0, err
     data = json.loads(out)
-    assert {r["method"] for r in data["table"]} == {"hierarchical", "tfidf"}
+    assert [r["method"] for r in data["table"]] == ["model", "tfidf"]
+    assert data["window"]["stride"] == 16 and data["difference"]["baseline"] == "tfidf"
     assert data["answers"] and data["explain"]["windows"]
     assert (tmp_path / "demo" / "model" / "config.json").is_file()
     assert (tmp_path / "demo" / "index" / "manifest.json").is_file()
     assert "index" in err and "total" in err  # the narration went to stderr
+    assert " INFO " not in err and "epoch 1" not in err and "macro avg" not in err  # quiet by default
+    lines = err[err.index("the model, then the baselines"):].splitlines()
+    assert lines[1].split() == ["method", "accuracy", "macro_f1"] and lines[3].split()[0] == "model"
+    assert "epoch 1/2" not in err  # no per-epoch progress bar either
+    code, out, err = _run(capsys, "demo", "--quick", "--model", str(tiny_model_dir), "--out", str(tmp_path / "v"),
+                          "--baselines", "tfidf", "--no-bf16", "--device", "cpu", "--verbose")
+    assert code == 0, err
+    assert " INFO longdoc.training: epoch 1:" in err and "macro avg" in out  # --verbose: the logs and the report
 
 
 def test_schema_invalid_model_config_exits_3(workspace, capsys, tmp_path):

@@ -116,3 +116,71 @@ def test_png_never_touches_pyplot(tmp_path):
     if "matplotlib.pyplot" in sys.modules:
         pytest.skip("pyplot imported by another test in this process")
     assert "matplotlib.pyplot" not in sys.modules
+
+
+# -- statistics of repeated runs --------------------------------------------------------------------------------
+
+
+def test_mean_ci_hand_computed():
+    from longdoc.metrics import mean_ci
+
+    # 1..5: mean 3, s = sqrt(2.5), se = sqrt(0.5); t(0.975, 4) = 2.7764451 (printed t tables)
+    ci = mean_ci([1.0, 2.0, 3.0, 4.0, 5.0])
+    half = 2.7764451 * np.sqrt(0.5)
+    assert ci.mean == pytest.approx(3.0)
+    assert (ci.low, ci.high) == (pytest.approx(3.0 - half, abs=1e-6), pytest.approx(3.0 + half, abs=1e-6))
+    assert ci.half_width == pytest.approx(half, abs=1e-6) and ci.n == 5
+    # 90%: t(0.95, 4) = 2.1318468
+    assert mean_ci([1, 2, 3, 4, 5], confidence=0.90).half_width == pytest.approx(2.1318468 * np.sqrt(0.5), abs=1e-6)
+    # two runs: t(0.975, 1) = 12.7062047; s = |a - b| / sqrt(2), se = |a - b| / 2
+    assert mean_ci([0.80, 0.84]).half_width == pytest.approx(12.7062047 * 0.02, abs=1e-6)
+
+
+def test_mean_ci_against_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    from longdoc.metrics import mean_ci
+
+    values = np.random.default_rng(3).normal(0.8, 0.02, size=15)
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=values.mean(), scale=stats.sem(values))
+    ci = mean_ci(values)
+    assert (ci.low, ci.high) == (pytest.approx(low), pytest.approx(high))
+
+
+def test_mean_ci_single_run_and_constant_runs():
+    from longdoc.metrics import mean_ci
+
+    one = mean_ci([0.75])
+    assert one.mean == 0.75 and one.n == 1 and np.isnan(one.low) and np.isnan(one.high)
+    assert one.to_dict() == {"mean": 0.75, "low": None, "high": None, "n": 1, "confidence": 0.95}
+    json.dumps(one.to_dict())
+    same = mean_ci([0.5, 0.5, 0.5])
+    assert (same.low, same.mean, same.high) == (0.5, 0.5, 0.5)
+
+
+def test_paired_difference_cancels_what_runs_share():
+    from longdoc.metrics import mean_ci, paired_difference
+
+    base = np.array([0.70, 0.80, 0.90, 0.75, 0.85])  # runs differ a lot (easy and hard folds)
+    model = base + np.array([0.02, 0.01, 0.03, 0.02, 0.02])  # ... the model is always a little better
+    d = paired_difference(model, base)
+    assert d.mean == pytest.approx(0.02)
+    # differences 0.02, 0.01, 0.03, 0.02, 0.02: s = sqrt(0.0002 / 4), se = s / sqrt(5)
+    half = 2.7764451 * np.sqrt(0.0002 / 4) / np.sqrt(5)
+    assert d.low == pytest.approx(0.02 - half, abs=1e-6) and d.low > 0
+    unpaired = mean_ci(model).low - mean_ci(base).high  # the intervals of each overlap: no conclusion unpaired
+    assert unpaired < 0
+    assert paired_difference([0.8], [0.7]).mean == pytest.approx(0.1)
+
+
+def test_run_statistics_refuse_bad_input():
+    from longdoc.errors import ConfigError
+    from longdoc.metrics import mean_ci, paired_difference
+
+    with pytest.raises(DataError, match="non-empty"):
+        mean_ci([])
+    with pytest.raises(DataError, match="non-finite"):
+        mean_ci([0.5, float("nan")])
+    with pytest.raises(ConfigError, match="confidence=95"):
+        mean_ci([0.5, 0.6], confidence=95)
+    with pytest.raises(DataError, match="a has 2 runs but b has 3"):
+        paired_difference([0.1, 0.2], [0.1, 0.2, 0.3])
