@@ -10,8 +10,8 @@ Every corpus is cut and encoded once with the packaged MiniLM (cached under ``.c
 * ``first512``: a linear head on the first window only; ``head_tail``: on the first 128 + last 382 tokens,
 * ``tfidf``: ``longdoc.baselines.TfidfLogReg`` (the users' baseline).
 
-It prints one JSON line per run and then per method: macro-F1 and accuracy as mean and 95% t-interval over the
-runs, the paired difference of ``default`` to each other method (same split, same seed) with its interval, and
+It prints one JSON line per run and then per method: macro-F1 and accuracy as [mean, low, high] of the 95% t-interval over
+the runs, the paired difference of ``default`` to each other method (same split, same seed) with its interval, and
 the mean fit+predict seconds.
 
     python benchmarks/classify_cv.py --corpus manpages --pages-per-section 200 --folds 5 --seeds 1
@@ -39,7 +39,7 @@ from longdoc.baselines import TfidfLogReg  # noqa: E402
 from longdoc.classifier import Encoded, LongDocClassifier  # noqa: E402
 from longdoc.heads import DocumentHead, HeadConfig  # noqa: E402
 from longdoc.lexical import LexicalModel  # noqa: E402
-from longdoc.metrics import classification_report  # noqa: E402
+from longdoc.metrics import classification_report, mean_ci, paired_difference  # noqa: E402
 from longdoc.training import TrainConfig  # noqa: E402
 from longdoc.windows import WindowConfig  # noqa: E402
 
@@ -47,14 +47,10 @@ logger = logging.getLogger("benchmarks.classify_cv")
 METHODS = ("default", "dense", "lexical", "first512", "head_tail", "tfidf")
 
 
-def interval(values: list[float]) -> tuple[float, float]:
-    """(mean, half-width of the 95% t-interval); half-width 0 for one value."""
-    from scipy import stats
-
-    x = np.asarray(values, dtype=float)
-    if len(x) < 2:
-        return float(x.mean()), 0.0
-    return float(x.mean()), float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
+def interval(values: list[float]) -> list[float | None]:
+    """[mean, low, high] of the 95% t-interval over runs (bounds None for one run)."""
+    ci = mean_ci(values).to_dict()
+    return [round(ci["mean"], 4)] + [None if ci[k] is None else round(ci[k], 4) for k in ("low", "high")]
 
 
 def classifier(base: LongDocClassifier, *, pooling: str | None, lexical: bool) -> LongDocClassifier:
@@ -154,11 +150,11 @@ def main() -> None:
         f1 = [r[m]["macro_f1"] for r in runs]
         acc = [r[m]["accuracy"] for r in runs]
         row = {"bench": "classify_cv", "what": "method", "corpus": args.corpus, "method": m, "runs": len(runs),
-               "macro_f1": [round(v, 4) for v in interval(f1)], "accuracy": [round(v, 4) for v in interval(acc)],
+               "macro_f1": interval(f1), "accuracy": interval(acc),
                "seconds": round(float(np.mean([r[m]["seconds"] for r in runs])), 2)}
         if m != "default" and "default" in methods:
-            diff = [r["default"]["macro_f1"] - r[m]["macro_f1"] for r in runs]
-            row["default_minus_this_f1"] = [round(v, 4) for v in interval(diff)]
+            diff = paired_difference([r["default"]["macro_f1"] for r in runs], [r[m]["macro_f1"] for r in runs])
+            row["default_minus_this_f1"] = [round(v, 4) if v == v else None for v in (diff.mean, diff.low, diff.high)]
         emit(row)
 
 

@@ -498,8 +498,9 @@ class LongDocClassifier:
         notes saying which documents the windows label alone."""
         if self.lexical is None:
             return None, [None] * docs.height
-        if not self.lexical.fitted:
-            raise ConfigError("the classifier is not trained: call fit (or load a saved model) first")
+        if not self.lexical.fitted:  # an untrained classifier: its head is untrained too, no word counts yet
+            logger.warning("the classifier is not trained (call fit, or load a saved model): its labels mean nothing")
+            return np.zeros((docs.height, len(self.labels)), dtype=np.float32), [None] * docs.height
         scores, present = self.lexical.scores_and_presence(docs["text"].to_list())
         missing = ~present
         scores[missing] = 0.0
