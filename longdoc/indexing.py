@@ -316,10 +316,13 @@ def _encoder_location(source: str | os.PathLike[str] | None) -> tuple[str | None
         return None, {}
     path = Path(source)
     if not path.exists():
-        if path.is_absolute() or str(source).startswith((".", "~")) or os.sep in str(source).strip("/"):
-            raise ModelLoadError(f"encoder={str(source)!r} does not exist: expected an encoder checkpoint directory, "
-                                 "a sentence-transformers directory or a model directory from `longdoc train`")
-        return str(source), {}  # a hub name: WindowEncoder says whether it can be reached
+        name = str(source)
+        hub_name = not path.is_absolute() and not name.startswith((".", "~")) and name.count("/") <= 1 and (
+            "\\" not in name and not name.endswith("/"))
+        if not hub_name:
+            raise ModelLoadError(f"encoder={name!r} does not exist: expected an encoder checkpoint directory, a "
+                                 "sentence-transformers directory, a model directory from `longdoc train` or a hub name")
+        return name, {}  # a hub name ("org/name"): WindowEncoder says whether it can be reached
     if is_model_directory(path):  # a classifier: the encoder of its passage index
         config = read_model_config(path)
         return str(path / config.retrieval_encoder), config.encoder_settings
