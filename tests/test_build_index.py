@@ -272,3 +272,47 @@ def test_cli_index_tells_which_argument_is_wrong(tiny_model_dir, clf, tmp_path, 
     code, stdout, err = _run(capsys, "search", out, "vote bank", "-k", "1", "--label", "news", "--json")
     assert code == 0, err
     assert "Loading weights" not in err and json.loads(stdout)[0]["hits"][0]["doc_id"] == "d2"
+
+
+def test_a_sentence_transformers_directory_gives_its_pooling_and_normalisation(tiny_model_dir, tmp_path):
+    import shutil
+
+    st = tmp_path / "st"
+    shutil.copytree(tiny_model_dir, st / "0_Transformer")
+    (st / "1_Pooling").mkdir()
+    (st / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32,
+                                                              "pooling_mode_cls_token": True,
+                                                              "pooling_mode_mean_tokens": False}))
+    (st / "config.json").write_text("{}")
+    (st / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]))
+    index, _ = build_index(_rows(3, 13), encoder=str(st), window=WINDOW)
+    assert index.encoder.pooling == "cls" and index.encoder.normalize is False
+    assert index.attributes["encoder"] == {"source": "path", "path": str((st / "0_Transformer").resolve()),
+                                           "pooling": "cls", "normalize": False}
+    assert index_encoder(index).fingerprint == index.encoder_fingerprint
+    (st / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_max_tokens": True}))
+    with pytest.raises(ConfigError, match="max_tokens"):
+        build_index(_rows(3, 13), encoder=str(st), window=WINDOW)
+
+
+def test_the_packaged_minilm_by_default_and_a_search_with_no_flags(minilm_dir, tmp_path, capsys):
+    docs = _jsonl(tmp_path / "docs.jsonl", [
+        {"id": "chmod", "text": "chmod changes the file mode bits of each given file", "label": "1"},
+        {"id": "socket", "text": "setsockopt sets a receive timeout on a network socket", "label": "2"},
+        {"id": "tar", "text": "tar stores many files together in a single archive", "label": "1"},
+    ])
+    out = str(tmp_path / "index")
+    code, stdout, err = _run(capsys, "index", str(docs), "-o", out, "--quiet", "--json")
+    assert code == 0, err
+    attributes = PassageIndex.load(out).attributes
+    assert attributes["encoder"] == {"source": "packaged", "pooling": "mean", "normalize": True}
+    assert attributes["window"] == INDEX_WINDOW.to_dict()
+    code, stdout, err = _run(capsys, "search", out, "change file permissions", "-k", "1", "--json")
+    assert code == 0, err
+    assert "Loading weights" not in err and json.loads(stdout)[0]["hits"][0]["doc_id"] == "chmod"
+    code, stdout, err = _run(capsys, "search", out, "time out a network connection", "-k", "1", "--label", "1",
+                             "--json")
+    assert code == 0 and json.loads(stdout)[0]["hits"][0]["doc_id"] in {"chmod", "tar"}
