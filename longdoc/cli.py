@@ -397,6 +397,10 @@ def _index_inputs(inputs: list[str]) -> tuple[str | None, str]:
     """``(model, documents)`` of ``longdoc index``'s positional arguments: ``MODEL DOCUMENTS`` (the classifier
     route) or ``DOCUMENTS`` alone (no classifier)."""
     if len(inputs) == 2:
+        if not is_model_directory(inputs[0]):
+            raise ModelLoadError(f"MODEL {inputs[0]!r} is not a model directory (from `longdoc train`: config.json and "
+                                 "encoder/); to index without a classifier give only the documents: longdoc index "
+                                 "DOCUMENTS -o OUT")
         return inputs[0], inputs[1]
     if len(inputs) != 1:
         raise ConfigError(f"index takes DOCUMENTS or MODEL DOCUMENTS, got {len(inputs)} arguments: {inputs}")

@@ -259,6 +259,8 @@ def test_cli_index_tells_which_argument_is_wrong(tiny_model_dir, clf, tmp_path, 
     assert code == 2 and "--encoder" in err and "classifier" in err
     code, _, err = _run(capsys, "index", docs, "-o", out, "--engine", "ray", "--quiet")
     assert code == 2 and "--engine ray" in err
+    code, _, err = _run(capsys, "index", docs, docs, "-o", out, "--quiet")
+    assert code == 3 and "is not a model directory" in err and "longdoc index DOCUMENTS -o OUT" in err
     code, _, err = _run(capsys, "index", model, docs, docs, "-o", out, "--quiet")
     assert code == 2 and "3 arguments" in err
     code, _, err = _run(capsys, "index", docs, "-o", out, "--encoder", str(tmp_path / "no-encoder"), "--quiet")
