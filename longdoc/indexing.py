@@ -640,8 +640,7 @@ def index_documents(
             builds a new one (``encoder=clf.retrieval_encoder``).
         prune: remove the documents of ``index`` that are not in ``documents``.
         progress: one progress bar over the whole collection (windows, windows/s, ETA).
-        show_progress_bar: the older name of ``progress`` (``None``: bars when ``longdoc.encoder`` logs at INFO);
-            when given it wins.
+        show_progress_bar: the older name of ``progress``, kept for existing callers: when not ``None`` it wins.
         columns: ``text_column`` / ``label_column`` / ``id_column`` for tabular inputs.
 
     Returns:
