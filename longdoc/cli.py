@@ -2,8 +2,10 @@
 
     longdoc train docs.jsonl --out model/ [--eval val.jsonl | --eval-fraction 0.1] [--mode frozen|finetune] ...
     longdoc label model/ docs.jsonl --out labels/         # resumable: run it again after a crash
-    longdoc index model/ docs.jsonl --out index/          # updates index/ when it exists (--prune drops gone docs)
-    longdoc search index/ "change file permissions" --model model/ --k 5 --label 2 [--mode hybrid]
+    longdoc index docs.jsonl --out index/                 # no classifier: packaged MiniLM (or --encoder), 256/64 windows
+    longdoc index model/ docs.jsonl --out index/          # a classifier labels and indexes in one encoder pass
+                                                          # both update index/ when it exists (--prune drops gone docs)
+    longdoc search index/ "change file permissions" --k 5 --label 2 [--mode hybrid] [--model model/]
     longdoc eval model/ test.jsonl [--baselines --train train.jsonl [--seeds 3]] [--confusion-png cm.png]
     longdoc demo                                          # man pages end to end, in minutes on a CPU
 
@@ -17,13 +19,14 @@ ANSI escapes and bidi controls are shown as ``\\x1b``-style escapes), so a docum
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +43,14 @@ from longdoc.data import load_documents
 from longdoc.encoder import WindowEncoder
 from longdoc.errors import ConfigError, DataError, ModelLoadError
 from longdoc.heads import POOLINGS
-from longdoc.indexing import index_documents
+from longdoc.indexing import (
+    INDEX_WINDOW,
+    build_index,
+    index_documents,
+    index_encoder,
+    index_window,
+    load_encoder,
+)
 from longdoc.labeling import label_documents
 from longdoc.metrics import format_report
 from longdoc.model_dir import is_model_directory, read_model_config
@@ -198,9 +208,38 @@ def load_classifier(path: str, *, device: str | None = None, bf16: bool = False)
     return clf
 
 
-def load_query_encoder(path: str | None, *, device: str | None = None, bf16: bool = False) -> Any:
+@contextlib.contextmanager
+def quiet_weight_loading() -> Iterator[None]:
+    """No transformers progress bar ("Loading weights") while an encoder loads; its warnings still go through
+    logging."""
+    from transformers.utils import logging as hf_logging  # here, not on top: keeps start-up fast
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    if enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+def load_query_encoder(path: str | None, *, index: str | None = None, device: str | None = None,
+                       bf16: bool = False) -> Any:
     """The encoder of a saved classifier's passage index (``retrieval_encoder/`` after fine-tuning, else
-    ``encoder/``), or any encoder checkpoint, or (``None``) the packaged MiniLM."""
+    ``encoder/``), or any encoder checkpoint; with ``path=None``, the encoder the index directory ``index``
+    records (``longdoc.indexing.index_encoder``), else the packaged MiniLM. No "Loading weights" bar."""
+    if path is None and index is not None:
+        try:
+            with quiet_weight_loading():
+                recorded = index_encoder(index, device=device, dtype=_dtype(bf16))
+        except (ModelLoadError, ConfigError):
+            raise
+        except Exception as exc:
+            raise ModelLoadError(f"cannot load the encoder the index {index!r} records: {type(exc).__name__}: "
+                                 f"{exc}; pass --model") from exc
+        if recorded is not None:
+            return recorded
     settings: dict[str, Any] = {}
     if path is not None and is_model_directory(path):
         # a classifier directory: only the encoder of its index is needed (the head's weights are never read)
@@ -210,7 +249,8 @@ def load_query_encoder(path: str | None, *, device: str | None = None, bf16: boo
     elif path is not None and not Path(path).exists():
         raise ModelLoadError(f"model not found: {path!r}")
     try:
-        encoder = WindowEncoder(path, device=device, dtype=_dtype(bf16), **settings)
+        with quiet_weight_loading():
+            encoder = WindowEncoder(path, device=device, dtype=_dtype(bf16), **settings)
     except ModelLoadError:
         raise
     except Exception as exc:
@@ -342,32 +382,115 @@ def cmd_label(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------------- index
 
 
+_PLAIN_OPTIONS = (("encoder", "--encoder"), ("max_length", "--max-length"), ("stride", "--stride"),
+                  ("max_windows", "--max-windows"))
+
+
+def _is_encoder_checkpoint(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file() and (
+        (path / "modules.json").is_file() or any(path.glob("*.safetensors")))
+
+
+def _index_inputs(inputs: list[str]) -> tuple[str | None, str]:
+    """``(model, documents)`` of ``longdoc index``'s positional arguments: ``MODEL DOCUMENTS`` (the classifier
+    route) or ``DOCUMENTS`` alone (no classifier)."""
+    if len(inputs) == 2:
+        if not is_model_directory(inputs[0]):
+            raise ModelLoadError(f"MODEL {inputs[0]!r} is not a model directory (from `longdoc train`: config.json and "
+                                 "encoder/); to index without a classifier give only the documents: longdoc index "
+                                 "DOCUMENTS -o OUT")
+        return inputs[0], inputs[1]
+    if len(inputs) != 1:
+        raise ConfigError(f"index takes DOCUMENTS or MODEL DOCUMENTS, got {len(inputs)} arguments: {inputs}")
+    (only,) = inputs
+    path = Path(only)
+    if is_model_directory(path):
+        raise ConfigError(f"{only!r} is a model directory but no DOCUMENTS were given: longdoc index MODEL DOCUMENTS "
+                          "-o OUT (or longdoc index DOCUMENTS -o OUT without a classifier)")
+    if _is_encoder_checkpoint(path):
+        raise ConfigError(f"{only!r} is an encoder checkpoint, not documents: longdoc index DOCUMENTS -o OUT "
+                          f"--encoder {only}")
+    if not path.exists():
+        raise DataError(f"documents not found: {only!r} (expected a documents file: .jsonl, .json, .parquet, .csv, "
+                        ".txt, or a folder of .txt/.md files; or MODEL DOCUMENTS)")
+    return None, only
+
+
 def cmd_index(args: argparse.Namespace) -> int:
+    args.model, args.documents = _index_inputs(args.inputs)
+    plain = [flag for name, flag in _PLAIN_OPTIONS if getattr(args, name) is not None]
+    if args.model is not None and plain:
+        raise ConfigError(f"{', '.join(plain)} choose the encoder and windows of an index built without a "
+                          f"classifier; with MODEL {args.model!r} the classifier's own are used (drop {', '.join(plain)})")
     if args.engine == "ray":
+        if args.model is None:
+            raise ConfigError("--engine ray indexes with a classifier (longdoc index MODEL DOCUMENTS); without one, "
+                              "drop --engine ray")
         return cmd_index_ray(args)
+    if args.model is None:
+        return _cmd_index_plain(args)
     started = time.perf_counter()
-    clf = load_classifier(args.model, device=args.device, bf16=args.bf16)
+    with quiet_weight_loading():
+        clf = load_classifier(args.model, device=args.device, bf16=args.bf16)
     docs = _load_documents(args.documents, args)
     out = Path(args.out)
-    existing = None
-    if (out / "manifest.json").is_file():
+    updating = (out / "manifest.json").is_file()
+    if updating:
         # lock=True: a second `longdoc index` on the same directory fails now, not after its encoding
-        existing = load_index(out, encoder=clf.retrieval_encoder, lock=True)  # plain or sharded
-        logger.info("updating the index at %s (%d windows)", out, len(existing))
+        index = load_index(out, encoder=clf.retrieval_encoder, lock=True)  # plain or sharded
+        logger.info("updating the index at %s (%d windows)", out, len(index))
     else:
-        existing = PassageIndex(clf.retrieval_encoder.dim, encoder=clf.retrieval_encoder)
-        existing.lock(out)
-    index, _ = result = index_documents(clf, docs, index=existing, prune=args.prune,
-                                        show_progress_bar=False if args.quiet else None)
-    index.save(out)
-    index.close()
+        index = PassageIndex(clf.retrieval_encoder.dim, encoder=clf.retrieval_encoder)
+        index.lock(out)
+    try:
+        result = index_documents(clf, docs, index=index, prune=args.prune, progress=not args.quiet)
+        index.save(out)
+    finally:
+        index.close()
+    return _report_index(args, out, result, index, updating, started)
+
+
+def _cmd_index_plain(args: argparse.Namespace) -> int:
+    """``longdoc index DOCUMENTS -o OUT``: no classifier (``longdoc.indexing.build_index``)."""
+    started = time.perf_counter()
+    docs = _load_documents(args.documents, args)
+    out = Path(args.out)
+    updating = (out / "manifest.json").is_file()
+    given = {name: getattr(args, name) for name in ("max_length", "stride", "max_windows")
+             if getattr(args, name) is not None}
+    if updating:
+        index = load_index(out, lock=True)  # build_index attaches the encoder the index records (or --encoder)
+        logger.info("updating the index at %s (%d windows)", out, len(index))
+    else:
+        index = None
+    try:
+        window = dataclasses.replace(index_window(index) or INDEX_WINDOW, **given)
+        with quiet_weight_loading():
+            recorded = index_encoder(index, device=args.device, dtype=_dtype(args.bf16)) if (
+                index is not None and args.encoder is None) else None
+            encoder = recorded or load_encoder(args.encoder, window=window, device=args.device,
+                                               dtype=_dtype(args.bf16))
+        if index is None:
+            index = PassageIndex(encoder.dim, encoder=encoder)
+            index.lock(out)  # a second writer fails now, not after the encoding
+        result = build_index(docs, encoder=encoder, window=window, index=index, prune=args.prune,
+                             progress=not args.quiet, device=args.device, dtype=_dtype(args.bf16))
+        index.save(out)
+    finally:
+        if index is not None:
+            index.close()
+    return _report_index(args, out, result, index, updating, started)
+
+
+def _report_index(args: argparse.Namespace, out: Path, result: Any, index: Any, updating: bool,
+                  started: float) -> int:
     data = {"index": str(out), **result.counts.to_dict(), "windows": len(index), "documents": len(index.doc_ids),
-            "seconds": round(time.perf_counter() - started, 2)}
+            "window": index.attributes.get("window"), "seconds": round(time.perf_counter() - started, 2)}
     if args.json:
         _print_json(data)
     else:
         c = result.counts
-        print(f"{'updated' if existing is not None else 'built'} {out}: {c.added} added, {c.updated} updated, "
+        print(f"{'updated' if updating else 'built'} {out}: {c.added} added, {c.updated} updated, "
               f"{c.unchanged} unchanged, {c.removed} removed ({c.encoded} documents encoded); "
               f"{len(index)} windows of {len(index.doc_ids)} documents")
     return EXIT_OK
@@ -426,7 +549,7 @@ def cmd_index_ray(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     if not (Path(args.index) / "manifest.json").is_file():
         raise ModelLoadError(f"{args.index!r} is not an index directory (manifest.json is missing)")
-    encoder = load_query_encoder(args.model, device=args.device, bf16=args.bf16)
+    encoder = load_query_encoder(args.model, index=args.index, device=args.device, bf16=args.bf16)
     try:
         # one command, a few queries: copying the vectors to a GPU would cost more than searching them on the
         # CPU, so the search runs there unless --device names a GPU
@@ -552,11 +675,24 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_label)
 
-    p = sub.add_parser("index", help="label documents and index their windows (updates an existing index)")
-    p.add_argument("model", help="model directory (from `longdoc train`)")
-    p.add_argument("documents", help="documents to index")
+    p = sub.add_parser("index", help="index the windows of documents for search, with or without a classifier "
+                       "(updates an existing index)",
+                       usage="longdoc index [MODEL] DOCUMENTS -o OUT [options]")
+    p.add_argument("inputs", nargs="+", metavar="[MODEL] DOCUMENTS",
+                   help="documents to index (.jsonl, .json, .parquet, .csv, .txt, folder of .txt/.md; a label column "
+                        "is kept as gold labels for --label at search), optionally after a model directory from "
+                        "`longdoc train`, which then labels them in the same encoder pass")
     p.add_argument("-o", "--out", required=True, help="index directory (created, or updated when it exists)")
     p.add_argument("--prune", action="store_true", help="remove indexed documents that are not in DOCUMENTS")
+    g = p.add_argument_group("encoder and windows (without MODEL; an update keeps the index's own by default)")
+    g.add_argument("--encoder", default=None, help="encoder checkpoint, sentence-transformers or model directory "
+                   "(default: the packaged MiniLM)")
+    g.add_argument("--max-length", type=_positive_int, default=None,
+                   help=f"tokens per window (default {INDEX_WINDOW.max_length})")
+    g.add_argument("--stride", type=int, default=None,
+                   help=f"tokens shared by consecutive windows (default {INDEX_WINDOW.stride})")
+    g.add_argument("--max-windows", type=_positive_int, default=None, help="cap windows per document (head+tail; "
+                   "default: every window)")
     _reader_options(p)
     _device_options(p)
     _engine_options(p, index=True)
@@ -567,7 +703,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("index", help="index directory (from `longdoc index`)")
     p.add_argument("queries", nargs="+", metavar="QUERY")
     p.add_argument("--model", default=None, help="model directory or encoder checkpoint that encodes the queries "
-                   "(default: the packaged MiniLM, which frozen-mode indexes were built with)")
+                   "(default: the encoder the index records, else the packaged MiniLM)")
     p.add_argument("-k", "--k", type=_positive_int, default=5, help="hits per query")
     p.add_argument("--label", action="append", default=[], help="only documents with this label (repeatable)")
     p.add_argument("--mode", default="dense", choices=["dense", "hybrid"])

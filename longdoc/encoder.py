@@ -15,7 +15,7 @@ import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -214,10 +214,9 @@ class WindowEncoder:
         out = self.encode_ids([np.asarray(x, dtype=np.int32) for x in enc["input_ids"]], show_progress_bar=show_progress_bar)
         return out[0] if single else out
 
-    def encode_windows(self, windows: Windows, *, show_progress_bar: bool | None = None, _nested: bool = False) -> np.ndarray:
+    def encode_windows(self, windows: Windows, *, show_progress_bar: bool | None = None) -> np.ndarray:
         """Embeddings (n_windows, d), float32, in the order of ``windows.table``."""
-        return self._encode_flat(windows.input_ids, windows.offsets, show_progress_bar=show_progress_bar,
-                                 leave=not _nested)
+        return self._encode_flat(windows.input_ids, windows.offsets, show_progress_bar=show_progress_bar)
 
     def encode_ids(self, sequences: Sequence[np.ndarray], *, show_progress_bar: bool | None = None) -> np.ndarray:
         """Embeddings of ready token-id sequences (each with its special tokens), in input order."""
@@ -240,12 +239,15 @@ class WindowEncoder:
         """Cut documents into windows and encode them: ``(windows, embeddings)`` in document order.
 
         Windowing of the next chunk of documents runs in a background thread while this one is encoded.
-        Documents with no tokens get zero windows (see ``windows.documents["warning"]``).
+        Documents with no tokens get zero windows (see ``windows.documents["warning"]``). The progress bar is one
+        bar over the whole collection, in windows (windows/s, ETA): its total is the windows cut so far plus an
+        estimate for the documents not cut yet (from their characters), exact once every chunk is cut.
         """
         window = window or self.window
         if isinstance(documents, pl.DataFrame):
             n = documents.height
             chunks = (documents.slice(s, chunk_size) for s in range(0, n, chunk_size))
+            total_chars = int(documents["text"].str.len_chars().sum() or 0) if n else 0
         else:
             docs = list(documents)
             n = len(docs)
@@ -255,14 +257,32 @@ class WindowEncoder:
                              schema={"doc_id": pl.Utf8, "text": pl.Utf8})
                 for s in range(0, n, chunk_size)
             )
+            total_chars = sum(len(t) for t in docs if isinstance(t, str))
+        cut = [(0, 0)]  # (characters, windows) the windowing thread has cut so far, replaced as one tuple
+
+        def windowed() -> Iterator[Windows]:
+            for c in chunks:
+                win = make_windows(c, self.tokenizer, window)
+                chars, n_windows = cut[0]
+                cut[0] = (chars + int(c["text"].str.len_chars().sum() or 0), n_windows + len(win))
+                yield win
+
         parts: list[Windows] = []
         embeddings: list[np.ndarray] = []
-        bar = tqdm(total=n, desc="encode documents", unit="doc", disable=not _progress(show_progress_bar),
-                   delay=_BAR_DELAY)
-        for win in _prefetch((make_windows(c, self.tokenizer, window) for c in chunks), depth=2):
-            embeddings.append(self.encode_windows(win, show_progress_bar=show_progress_bar, _nested=True))
+        bar = tqdm(total=None, desc="encode", unit="win", disable=not _progress(show_progress_bar),
+                   delay=_BAR_DELAY, dynamic_ncols=True)
+        done_docs = 0
+        for win in _prefetch(windowed(), depth=2):
+            chars, n_windows = cut[0]
+            rest = max(total_chars - chars, 0)
+            estimate = n_windows + (round(rest * n_windows / chars) if chars else 0)
+            bar.total = max(estimate, bar.n)  # shown at the next update (a refresh would ignore the bar's delay)
+            embeddings.append(self._encode_flat(win.input_ids, win.offsets, show_progress_bar=False,
+                                                on_progress=bar.update))
             parts.append(win)
-            bar.update(win.documents.height)
+            done_docs += win.documents.height
+            bar.set_postfix_str(f"{done_docs}/{n} docs", refresh=False)
+        bar.total = bar.n  # exact now; close() draws the final state when the bar was shown
         bar.close()
         all_windows = Windows.concat(parts)
         emb = np.concatenate(embeddings) if embeddings else np.zeros((0, self.dim), dtype=np.float32)
@@ -287,8 +307,10 @@ class WindowEncoder:
 
     @torch.inference_mode()
     def _encode_flat(
-        self, flat: np.ndarray, offsets: np.ndarray, *, show_progress_bar: bool | None, leave: bool = True
+        self, flat: np.ndarray, offsets: np.ndarray, *, show_progress_bar: bool | None,
+        on_progress: Callable[[int], Any] | None = None,
     ) -> np.ndarray:
+        """The batched loop; ``on_progress(n)`` is called as each batch of ``n`` windows is read back."""
         n = len(offsets) - 1
         out = np.zeros((n, self.dim), dtype=np.float32)
         if n == 0:
@@ -302,7 +324,7 @@ class WindowEncoder:
         budget = self.max_tokens_per_batch
         pending = _token_budget_batches(np.arange(n), lengths, budget)
         bar = tqdm(total=n, desc="encode windows", unit="win", disable=not _progress(show_progress_bar),
-                   delay=_BAR_DELAY, leave=leave)
+                   delay=_BAR_DELAY)
         in_flight: deque[tuple[np.ndarray, torch.Tensor, torch.cuda.Event | None]] = deque()
 
         def collect(keep: int) -> None:
@@ -313,6 +335,8 @@ class WindowEncoder:
                     event.synchronize()
                 out[positions] = host.numpy()
                 bar.update(len(positions))
+                if on_progress is not None:
+                    on_progress(len(positions))
 
         while pending:
             launched = 0  # batches of `pending` handed to the device
