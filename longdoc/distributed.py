@@ -44,7 +44,7 @@ from indexer.sharded import shard_of, write_sharded_directory
 from indexer.storage import DirectoryLock
 from longdoc.classifier import Encoded, LongDocClassifier
 from longdoc.data import iter_documents, load_documents
-from longdoc.encoder import WindowEncoder
+from longdoc.encoder import WindowEncoder, check_checkpoint_directory
 from longdoc.errors import DataError, ModelLoadError
 from longdoc.indexing import index_vectors, passages_from_analysis
 from longdoc.label_core import (
@@ -223,8 +223,9 @@ class WindowingStage:
         encoder_dir, default_window, _ = _model_parts(model_dir)
         self.window = window or default_window
         self.explode = bool(explode)
+        check_checkpoint_directory(encoder_dir)  # no remote code, no weights outside (before transformers reads it)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(encoder_dir), use_fast=True)
+            self.tokenizer = AutoTokenizer.from_pretrained(str(encoder_dir), use_fast=True, trust_remote_code=False)
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"could not load a tokenizer from {str(encoder_dir)!r}: {exc}") from exc
 
