@@ -22,6 +22,9 @@ are a fixed set; names inside the manifest are compared against that set and nev
 
 The writer lock is ``<name>.lock`` beside the directory, so it survives the swap; ``fcntl.flock`` releases it
 when its holder closes it or dies.
+
+A target that is a symbolic link (``out -> real``) is resolved first: the directory is written, swapped and locked
+at the link's target, and the link stays a link (a save never turns the link into a directory or strands it).
 """
 
 from __future__ import annotations
@@ -96,6 +99,12 @@ def _write_new_file(path: Path, data: bytes) -> None:
 def _temporary_name(target: Path) -> Path:
     """A fresh temporary sibling of ``target`` (``recover_stale`` and readers recognise the ``.tmp-`` prefix)."""
     return target.parent / f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _resolved(target: str | os.PathLike[str]) -> Path:
+    """``target`` absolute, symbolic links resolved: a directory written through a link (``out -> real``) is
+    written, swapped and locked at the link's target (the link stays a link), never half at each."""
+    return Path(os.path.realpath(target))
 
 
 def _fsync_path(path: Path, *, directory: bool = False) -> None:
@@ -184,7 +193,7 @@ def replace_directory(tmp: str | os.PathLike[str], target: str | os.PathLike[str
     ``.<target name>.tmp-...`` beside ``target``): it clears what an interrupted save left and brings the old
     copy back after the rare two-rename fallback. Used for indexes, models and checkpoints.
     """
-    tmp, target = Path(os.path.abspath(tmp)), Path(os.path.abspath(target))
+    tmp, target = Path(os.path.abspath(tmp)), _resolved(target)
     for path in sorted(tmp.rglob("*"), reverse=True):
         if path.is_file() and not path.is_symlink():
             _fsync_path(path)
@@ -241,7 +250,7 @@ def durable_directory(
     ``target`` is cleared first (``recover_stale``); the caller holds whatever lock keeps other writers of
     ``target`` away. ``mode`` is the new directory's mode (before the umask).
     """
-    target = Path(os.path.abspath(target))
+    target = _resolved(target)
     if check is not None:
         check(target)
     tmp = _new_temporary_directory(target, mode)
@@ -312,7 +321,7 @@ def start_directory(target: Path) -> Path:
     no ``manifest.json`` (never replace what is not an index); clears what an interrupted save left
     (``recover_stale``). Finish with ``commit_directory``; on failure remove the temporary directory.
     """
-    target = Path(os.path.abspath(target))
+    target = _resolved(target)
     _refuse_non_index(target)
     return _new_temporary_directory(target, 0o777)
 
@@ -494,7 +503,7 @@ class DirectoryLock:
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self._fd: int | None = None
-        target = Path(os.path.abspath(directory))
+        target = _resolved(directory)
         self.directory = target
         self.path = target.parent / f"{target.name}.lock"
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -133,3 +133,118 @@ def test_weight_index_pointing_outside_is_refused(saved_model, docs_file, tmp_pa
         LongDocClassifier.load(model, device="cpu")
     code, _, err = _run(capsys, "eval", str(model), str(docs_file), "--device", "cpu", "--quiet")
     assert code == 3 and "outside" in err
+
+
+# --------------------------------------------------------------------------------------------------- 4: saving via a link
+
+
+def _leftovers(*dirs: Path) -> list[str]:
+    return sorted(p.name for d in dirs for p in d.iterdir() if ".tmp-" in p.name or ".old-" in p.name)
+
+
+def test_train_into_a_symbolic_link_saves_into_its_target(saved_model, docs_file, tiny_model_dir, tmp_path, capsys):
+    real = _copy(saved_model, tmp_path / "real")
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    before = (real / "head.safetensors").read_bytes()
+    code, _, err = _run(capsys, "train", str(docs_file), "-o", str(link), "--model", str(tiny_model_dir),
+                        "--max-length", "32", "--stride", "8", "--epochs", "1", "--seed", "7", "--device", "cpu",
+                        "--quiet")
+    assert code == 0, err
+    assert link.is_symlink() and link.resolve() == real.resolve()
+    assert (real / "head.safetensors").read_bytes() != before  # the new model is in the link's target
+    assert _leftovers(tmp_path) == []
+    LongDocClassifier.load(link, device="cpu")
+
+
+def test_index_into_a_symbolic_link_updates_its_target(saved_model, docs_file, tmp_path, capsys):
+    from indexer import PassageIndex
+
+    real = tmp_path / "real"
+    assert _run(capsys, "index", str(saved_model), str(docs_file), "-o", str(real), "--quiet")[0] == 0
+    more = tmp_path / "more.jsonl"
+    more.write_text(json.dumps({"id": "new", "text": "vote bank market", "label": "a"}) + "\n")
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    code, _, err = _run(capsys, "index", str(saved_model), str(more), "-o", str(link), "--quiet")
+    assert code == 0, err
+    assert link.is_symlink() and _leftovers(tmp_path) == []
+    index = PassageIndex.load(real)
+    assert "new" in index.doc_ids and "d0" in index.doc_ids
+
+
+def test_label_into_a_symbolic_link_writes_into_its_target(saved_model, docs_file, tmp_path, capsys):
+    from longdoc.labeling import read_labels
+
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    code, _, err = _run(capsys, "label", str(saved_model), str(docs_file), "-o", str(link), "--quiet")
+    assert code == 0, err
+    assert link.is_symlink() and _leftovers(tmp_path, real) == []
+    assert read_labels(real).height == 6
+
+
+def test_a_dangling_link_is_saved_through(saved_model, docs_file, tmp_path, capsys):
+    from longdoc.labeling import read_labels
+
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "real", target_is_directory=True)  # the target does not exist yet
+    code, _, err = _run(capsys, "label", str(saved_model), str(docs_file), "-o", str(link), "--quiet")
+    assert code == 0, err
+    assert link.is_symlink() and read_labels(tmp_path / "real").height == 6
+
+
+# --------------------------------------------------------------------------------------------------- 8: sharded links
+
+
+@pytest.fixture
+def sharded(tmp_path) -> Path:
+    import numpy as np
+
+    from indexer import ShardedPassageIndex
+
+    rng = np.random.default_rng(0)
+    index = ShardedPassageIndex(8, shards=2)
+    n = 6
+    import polars as pl
+
+    index.add(rng.normal(size=(n, 8)).astype(np.float32), pl.DataFrame({
+        "doc_id": [f"d{i}" for i in range(n)], "window_index": [0] * n, "char_start": [0] * n, "char_end": [6] * n,
+        "text": [f"text {i}" for i in range(n)]}))
+    path = tmp_path / "sharded"
+    index.save(path)
+    index.close()
+    return path
+
+
+def test_sharded_index_refuses_a_linked_shard(sharded, tmp_path):
+    from indexer.errors import IndexLoadError
+    from indexer.sharded import ShardedPassageIndex
+
+    outside = tmp_path / "outside-shard"
+    shutil.move(sharded / "shard-00001", outside)
+    (sharded / "shard-00001").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(IndexLoadError, match="symbolic link"):
+        ShardedPassageIndex.load(sharded)
+
+
+def test_sharded_index_refuses_a_linked_manifest(sharded, tmp_path):
+    from indexer.errors import IndexLoadError
+    from indexer.sharded import ShardedPassageIndex
+
+    outside = tmp_path / "outside-manifest.json"
+    shutil.move(sharded / "manifest.json", outside)
+    (sharded / "manifest.json").symlink_to(outside)
+    with pytest.raises(IndexLoadError, match="symbolic link"):
+        ShardedPassageIndex.load(sharded)
+
+
+def test_plain_and_sharded_indexes_both_load_through_a_linked_top_directory(sharded, tmp_path):
+    from indexer.sharded import load_index
+
+    link = tmp_path / "link"
+    link.symlink_to(sharded, target_is_directory=True)
+    assert len(load_index(link)) == 6
+    assert len(load_index(link / "shard-00000")) + len(load_index(sharded / "shard-00001")) == 6
