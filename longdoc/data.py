@@ -39,6 +39,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -607,6 +608,9 @@ def _records_chunk(
     label_column = _resolve(opts.label_column, columns)
     for name in columns:
         values = [record.get(name) for record in records]
+        for i in _replace_surrogates(values):
+            text_warnings[i] = _join(text_warnings[i], f"{name!r} held lone UTF-16 surrogates (\\ud800-\\udfff, "
+                                     "not valid Unicode): replaced with U+FFFD")
         if name == opts.text_column:
             for i, value in enumerate(values):
                 if value is not None and not isinstance(value, str):
@@ -623,6 +627,37 @@ def _records_chunk(
         frame = pl.DataFrame({opts.text_column: [None] * len(records)}, schema={opts.text_column: pl.String})
     merged = [_join(a, b) for a, b in zip(warnings or [None] * len(records), text_warnings, strict=True)]
     return _Chunk(frame, merged, fallback_ids)
+
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def _scrub(value: Any) -> tuple[Any, bool]:
+    """``value`` with every lone surrogate (a JSON ``"\\ud800"`` escape, which no UTF-8 text can hold) of its
+    strings replaced by U+FFFD, lists and dicts included; and whether anything was replaced."""
+    if isinstance(value, str):
+        fixed = _SURROGATES.sub("\ufffd", value)
+        return fixed, fixed != value
+    if isinstance(value, list):
+        pairs = [_scrub(v) for v in value]
+        return ([v for v, _ in pairs], True) if any(c for _, c in pairs) else (value, False)
+    if isinstance(value, dict):
+        pairs = {k: _scrub(v) for k, v in value.items()}
+        if any(c for _, c in pairs.values()):
+            return {k: v for k, (v, _) in pairs.items()}, True
+    return value, False
+
+
+def _replace_surrogates(values: list[Any]) -> list[int]:
+    """Replace, in place, the lone surrogates of ``values`` (polars, Arrow and the tokenizer refuse them, and one
+    bad document must not fail its whole chunk); returns the positions changed."""
+    changed = []
+    for i, value in enumerate(values):
+        fixed, hit = _scrub(value)
+        if hit:
+            values[i] = fixed
+            changed.append(i)
+    return changed
 
 
 def _series(name: str, values: list[Any]) -> pl.Series:

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import queue
+import re
 import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 # Token pooling: how one window's token states become the window vector. Not the head's pooling
 # (``longdoc.heads.POOLINGS``), which turns a document's window vectors into the document vector.
 TOKEN_POOLINGS = ("mean", "cls")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def default_model_path() -> str:
@@ -282,6 +284,10 @@ class WindowEncoder:
         batch = [texts] if single else list(texts)
         if any(not isinstance(t, str) for t in batch):
             raise ConfigError("texts must be a str or a list of str")
+        for i, t in enumerate(batch):
+            if _SURROGATE.search(t):
+                raise ConfigError(f"texts[{i}]={t[:60]!r} holds a lone surrogate (\\ud800-\\udfff), which is not "
+                                  "valid Unicode text; decode the text properly or replace it with U+FFFD")
         enc = self.tokenizer(batch, truncation=True, max_length=self.window.max_length, add_special_tokens=True)
         out = self.encode_ids([np.asarray(x, dtype=np.int32) for x in enc["input_ids"]], show_progress_bar=show_progress_bar)
         return out[0] if single else out

@@ -248,3 +248,54 @@ def test_plain_and_sharded_indexes_both_load_through_a_linked_top_directory(shar
     link.symlink_to(sharded, target_is_directory=True)
     assert len(load_index(link)) == 6
     assert len(load_index(link / "shard-00000")) + len(load_index(sharded / "shard-00001")) == 6
+
+
+# --------------------------------------------------------------------------------------------------- 5: lone surrogates
+
+
+@pytest.fixture(scope="module")
+def surrogate_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("sur") / "sur.jsonl"
+    rows = [{"id": "a", "text": TEXTS[0], "label": "a"}, {"id": "bad", "text": "caf\ud800 file mode", "label": "b"},
+            {"id": "c", "text": TEXTS[1], "label": "b"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))  # json.dumps writes the "\ud800" escape
+    assert "\\ud800" in path.read_text()
+    return path
+
+
+def test_a_lone_surrogate_does_not_cost_the_other_rows_their_labels(saved_model, surrogate_file, tmp_path, capsys):
+    from longdoc.labeling import read_labels
+
+    code, _, err = _run(capsys, "label", str(saved_model), str(surrogate_file), "-o", str(tmp_path / "l"), "--quiet")
+    assert code == 0, err
+    rows = {r["doc_id"]: r for r in read_labels(tmp_path / "l").to_dicts()}
+    assert sorted(rows) == ["a", "bad", "c"]
+    assert all(rows[d]["label"] is not None and rows[d]["error"] is None for d in rows)
+    assert "surrogate" in rows["bad"]["warning"] and rows["a"]["warning"] is None
+
+
+def test_a_lone_surrogate_does_not_stop_indexing(saved_model, surrogate_file, tmp_path, capsys):
+    from indexer import PassageIndex
+
+    code, _, err = _run(capsys, "index", str(saved_model), str(surrogate_file), "-o", str(tmp_path / "i"), "--quiet")
+    assert code == 0, err
+    index = PassageIndex.load(tmp_path / "i")
+    assert set(index.doc_ids) == {"a", "bad", "c"}
+    assert "caf\ufffd" in " ".join(index.passages["text"].to_list())
+
+
+def test_a_query_with_a_non_utf8_byte_exits_2(saved_model, docs_file, tmp_path, capsys):
+    assert _run(capsys, "index", str(saved_model), str(docs_file), "-o", str(tmp_path / "i"), "--quiet")[0] == 0
+    query = os.fsdecode(b"caf\xe9")  # what Python makes of the argv byte (surrogateescape)
+    code, _, err = _run(capsys, "search", str(tmp_path / "i"), query, "--model", str(saved_model), "--quiet")
+    assert code == 2 and "QUERY" in err and "UTF-8" in err and "0xe9" in err
+    code, _, err = _run(capsys, "search", str(tmp_path / "i"), "caf\ud800", "--model", str(saved_model), "--quiet")
+    assert code == 2 and "QUERY" in err
+
+
+def test_the_encoder_names_a_text_with_a_lone_surrogate(tiny_model_dir):
+    from longdoc.encoder import WindowEncoder
+    from longdoc.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"texts\[1\].*surrogate"):
+        WindowEncoder(tiny_model_dir, device="cpu").encode(["fine", "caf\ud800"])
