@@ -720,6 +720,39 @@ def _join(*parts: str | None) -> str | None:
     return "; ".join(kept) if kept else None
 
 
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """A warning logged once per process (a streamed source repeats it for every chunk otherwise)."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        logger.warning("%s", message)
+
+
+def _text_of(column: str, dtype: pl.DataType) -> tuple[pl.Expr, str]:
+    """The text of a ``column`` that is not a string column, and how it was made: a list (or array) of strings
+    becomes its items joined with newlines (never polars' printed form of the list), a struct its JSON, anything
+    else its value as a string. A list of lists is refused (``DataError``)."""
+    col = pl.col(column)
+    if isinstance(dtype, (pl.List, pl.Array)):
+        inner = dtype.inner
+        if inner.is_nested():
+            raise DataError(f"the text column {column!r} is {dtype}: expected strings, or lists of strings (joined "
+                            "with newlines); flatten it first or pass --text-column with another column")
+        if isinstance(dtype, pl.Array):
+            col = col.cast(pl.List(inner))
+        how = "its items joined with newlines"
+        _warn_once(f"the text column {column!r} is {dtype}: each document's items are joined with newlines")
+        return col.list.eval(pl.element().cast(pl.String)).list.join("\n", ignore_nulls=True), how
+    if isinstance(dtype, pl.Struct):
+        _warn_once(f"the text column {column!r} is {dtype}: each document's text is its JSON")
+        return col.struct.json_encode(), "converted to JSON"
+    if dtype == pl.Object:
+        return col.map_elements(str, return_dtype=pl.String), "converted to str"
+    return col.cast(pl.String), "converted to str"
+
+
 def _finish(chunk: _Chunk, opts: _Options, row_offset: int) -> pl.DataFrame:
     """Turn a raw chunk into a document table."""
     frame = chunk.frame
@@ -764,11 +797,8 @@ def _finish(chunk: _Chunk, opts: _Options, row_offset: int) -> pl.DataFrame:
     if text_dtype == pl.Null:
         text = text.cast(pl.String)
     elif text_dtype != pl.String:
-        if text_dtype.is_numeric() or text_dtype == pl.Boolean:
-            text = text.cast(pl.String)
-        else:
-            text = text.map_elements(str, return_dtype=pl.String)
-        warnings.append(pl.when(pl.col(opts.text_column).is_not_null()).then(pl.lit(f"text was {text_dtype}, converted to str")))
+        text, how = _text_of(opts.text_column, text_dtype)
+        warnings.append(pl.when(pl.col(opts.text_column).is_not_null()).then(pl.lit(f"text was {text_dtype}, {how}")))
     raw_text = text
     warnings.append(
         pl.when(raw_text.is_null())

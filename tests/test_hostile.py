@@ -299,3 +299,32 @@ def test_the_encoder_names_a_text_with_a_lone_surrogate(tiny_model_dir):
 
     with pytest.raises(ConfigError, match=r"texts\[1\].*surrogate"):
         WindowEncoder(tiny_model_dir, device="cpu").encode(["fine", "caf\ud800"])
+
+
+# --------------------------------------------------------------------------------------------------- 6: list<str> text
+
+
+def test_a_list_of_strings_text_column_is_joined_not_printed(tmp_path, caplog):
+    import polars as pl
+
+    from longdoc import data
+    from longdoc.data import load_documents
+
+    data._WARNED.clear()  # the warning is logged once per process
+    words = [f"word{i}" for i in range(200)]
+    path = tmp_path / "lists.parquet"
+    pl.DataFrame({"id": ["x", "y"], "text": [words, ["only", None, "two"]], "label": ["a", "b"]}).write_parquet(path)
+    with caplog.at_level("WARNING", logger="longdoc"):
+        docs = load_documents(path)
+    assert docs["text"].to_list() == ["\n".join(words), "only\ntwo"]
+    assert all("joined with newlines" in w for w in docs["warning"].to_list())
+    assert any("joined with newlines" in r.getMessage() for r in caplog.records)
+
+
+def test_a_list_of_lists_text_column_exits_2(saved_model, tmp_path, capsys):
+    import polars as pl
+
+    path = tmp_path / "nested.parquet"
+    pl.DataFrame({"id": ["x"], "text": [[["a", "b"]]], "label": ["a"]}).write_parquet(path)
+    code, _, err = _run(capsys, "label", str(saved_model), str(path), "-o", str(tmp_path / "l"), "--quiet")
+    assert code == 2 and "'text'" in err and "list" in err.lower()
