@@ -499,9 +499,12 @@ def _inode(path: Path) -> int | None:
 
 # -- the writer lock -------------------------------------------------------------------------------------------
 class DirectoryLock:
-    """An exclusive, non-blocking ``flock`` on ``<directory>.lock`` beside the index directory."""
+    """An exclusive, non-blocking ``flock`` on ``<directory>.lock`` beside the index directory.
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    ``what`` names the directory in the error (``"index"``, ``"labels directory"``); ``hint`` says what to do
+    (default: the advice for a ``PassageIndex``)."""
+
+    def __init__(self, directory: str | os.PathLike[str], *, what: str = "index", hint: str | None = None) -> None:
         self._fd: int | None = None
         target = _resolved(directory)
         self.directory = target
@@ -515,9 +518,12 @@ class DirectoryLock:
                 holder = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
             finally:
                 os.close(fd)
+            if hint is None:
+                hint = ("close() the other PassageIndex or wait for that process, or load without lock=True to "
+                        "read only")
             raise IndexLockedError(
-                f"index at {target} is locked by pid {holder} (lock file {self.path}); close() the other "
-                "PassageIndex or wait for that process, or load without lock=True to read only"
+                f"{what} at {target} is locked by pid {holder} (lock file {self.path}): another writer is using it; "
+                f"{hint}"
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)

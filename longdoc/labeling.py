@@ -92,4 +92,5 @@ def label_documents(
             bar.update(chunk.height)
     finally:
         bar.close()
+        run.close()  # the lock, when a chunk raised (finish releases it too)
     return run.finish(n_documents=n_docs, n_skipped=n_skipped, closing=_CLOSING)

@@ -328,3 +328,24 @@ def test_a_list_of_lists_text_column_exits_2(saved_model, tmp_path, capsys):
     pl.DataFrame({"id": ["x"], "text": [[["a", "b"]]], "label": ["a"]}).write_parquet(path)
     code, _, err = _run(capsys, "label", str(saved_model), str(path), "-o", str(tmp_path / "l"), "--quiet")
     assert code == 2 and "'text'" in err and "list" in err.lower()
+
+
+# --------------------------------------------------------------------------------------------------- 2: one label writer
+
+
+def test_two_label_runs_into_one_directory(saved_model, docs_file, surrogate_file, tmp_path, capsys):
+    from longdoc.label_core import LabelRun
+    from longdoc.labeling import read_labels
+
+    out = tmp_path / "out"
+    first = LabelRun(LongDocClassifier.load(saved_model, device="cpu"), out, retry_failed=True)  # a run in progress
+    try:
+        code, _, err = _run(capsys, "label", str(saved_model), str(surrogate_file), "-o", str(out), "--quiet")
+        assert code == 1 and "labels directory" in err and "locked" in err and "another writer" in err
+        assert "PassageIndex" not in err and "close()" not in err
+    finally:
+        first.close()
+    assert read_labels(out).height == 0  # the second run wrote nothing
+    assert _run(capsys, "label", str(saved_model), str(docs_file), "-o", str(out), "--quiet")[0] == 0
+    assert _run(capsys, "label", str(saved_model), str(surrogate_file), "-o", str(out), "--quiet")[0] == 0
+    assert read_labels(out).height == 9  # both runs' rows, once the first has finished
