@@ -349,3 +349,64 @@ def test_two_label_runs_into_one_directory(saved_model, docs_file, surrogate_fil
     assert _run(capsys, "label", str(saved_model), str(docs_file), "-o", str(out), "--quiet")[0] == 0
     assert _run(capsys, "label", str(saved_model), str(surrogate_file), "-o", str(out), "--quiet")[0] == 0
     assert read_labels(out).height == 9  # both runs' rows, once the first has finished
+
+
+# --------------------------------------------------------------------------------------------------- 3: checkpoints
+
+
+def _train_with_checkpoint(tiny_model_dir, ckpt, texts, labels, *, label_names=("a", "b"), max_length=32, epochs=2):
+    clf = LongDocClassifier.from_encoder(tiny_model_dir, labels=list(label_names),
+                                         window=WindowConfig(max_length=max_length, stride=8), device="cpu")
+    return clf.fit(texts, labels, args=TrainConfig(epochs=epochs, checkpoint_dir=str(ckpt)))
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"texts": [t + " more" for t in TEXTS * 4]}, "training data"),
+        ({"label_names": ("x", "y"), "labels": ["x", "y"] * 4}, "labels"),
+        ({"max_length": 24}, "window"),
+    ],
+)
+def test_a_checkpoint_of_another_run_is_refused_naming_what_differs(tiny_model_dir, tmp_path, change, needle):
+    from longdoc.errors import ConfigError
+
+    ckpt = tmp_path / "ckpt"
+    _train_with_checkpoint(tiny_model_dir, ckpt, TEXTS * 4, ["a", "b"] * 4)
+    kwargs = {"texts": TEXTS * 4, "labels": ["a", "b"] * 4, **change}
+    with pytest.raises(ConfigError, match=f"another run.*{needle}"):
+        _train_with_checkpoint(tiny_model_dir, ckpt, **kwargs)
+
+
+def test_a_checkpoint_of_another_encoder_is_refused(tiny_model_dir, tmp_path):
+    import torch
+    from transformers import BertModel
+
+    from longdoc.errors import ConfigError
+
+    other = _copy(tiny_model_dir, tmp_path / "other")
+    model = BertModel.from_pretrained(other, trust_remote_code=False)
+    with torch.no_grad():
+        model.embeddings.word_embeddings.weight.add_(1.0)
+    model.save_pretrained(other)
+    ckpt = tmp_path / "ckpt"
+    _train_with_checkpoint(tiny_model_dir, ckpt, TEXTS * 4, ["a", "b"] * 4)
+    with pytest.raises(ConfigError, match="encoder"):
+        _train_with_checkpoint(other, ckpt, TEXTS * 4, ["a", "b"] * 4)
+
+
+def test_the_same_run_still_resumes(tiny_model_dir, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    _train_with_checkpoint(tiny_model_dir, ckpt, TEXTS * 4, ["a", "b"] * 4, epochs=1)
+    clf = _train_with_checkpoint(tiny_model_dir, ckpt, TEXTS * 4, ["a", "b"] * 4, epochs=2)
+    assert [r["epoch"] for r in clf.history] == [2]  # epoch 1 came from the checkpoint
+
+
+def test_the_cli_exits_2_for_a_checkpoint_of_another_run(docs_file, tiny_model_dir, tmp_path, capsys):
+    ckpt = tmp_path / "ckpt"
+    _train_with_checkpoint(tiny_model_dir, ckpt, TEXTS * 4, ["a", "b"] * 4)
+    code, _, err = _run(capsys, "train", str(docs_file), "-o", str(tmp_path / "m"), "--model", str(tiny_model_dir),
+                        "--max-length", "32", "--stride", "8", "--epochs", "2", "--checkpoint-dir", str(ckpt),
+                        "--device", "cpu", "--quiet")
+    assert code == 2 and "another run" in err and "training data" in err
+    assert not (tmp_path / "m").exists()
