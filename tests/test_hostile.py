@@ -410,3 +410,26 @@ def test_the_cli_exits_2_for_a_checkpoint_of_another_run(docs_file, tiny_model_d
                         "--device", "cpu", "--quiet")
     assert code == 2 and "another run" in err and "training data" in err
     assert not (tmp_path / "m").exists()
+
+
+# --------------------------------------------------------------------------------------------------- 10: damaged config
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (lambda c: c["window"].update(max_length=4096), "max_length"),
+        (lambda c: c["encoder"].update(pooling="median"), "pooling"),
+        (lambda c: c.update(temperature=0), "temperature"),
+        (lambda c: c.update(temperature=float("nan")), "temperature"),
+    ],
+)
+def test_a_damaged_model_config_exits_3(saved_model, docs_file, tmp_path, capsys, edit, needle):
+    model = _copy(saved_model, tmp_path / "m")
+    config = json.loads((model / "config.json").read_text())
+    edit(config)
+    (model / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match=needle):
+        LongDocClassifier.load(model, device="cpu")
+    code, _, err = _run(capsys, "eval", str(model), str(docs_file), "--device", "cpu", "--quiet")
+    assert code == 3 and needle in err
