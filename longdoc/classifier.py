@@ -226,7 +226,7 @@ class LongDocClassifier:
             missing = docs.filter(pl.col("labels").list.len() == 0)
             if missing.height:
                 raise DataError(
-                    f"{missing.height} training documents have no label (e.g. {missing['doc_id'].head(3).to_list()}); "
+                    f"{missing.height} documents have no label (e.g. {missing['doc_id'].head(3).to_list()}); "
                     "pass labels=... or label_column=..."
                 )
         return docs

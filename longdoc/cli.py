@@ -168,6 +168,9 @@ def _reader_options(parser: argparse.ArgumentParser, *, labels: bool = True) -> 
     if labels:
         g.add_argument("--label-column", default=None, help="column holding the label(s) (default: label or labels)")
     g.add_argument("--id-column", default=None, help="column holding unique ids (default: id, doc_id or row numbers)")
+    g.add_argument("--on-bad-line", default=None, choices=["error", "warn"],
+                   help="an unreadable line (not JSON, a broken CSV row): 'error' stops, 'warn' keeps it as an empty "
+                        "document with the reason recorded (default: warn for label, error otherwise)")
 
 
 def _reader_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -176,13 +179,18 @@ def _reader_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         kw["label_column"] = args.label_column
     if args.id_column is not None:
         kw["id_column"] = args.id_column
+    if getattr(args, "on_bad_line", None) is not None:
+        kw["on_bad_line"] = args.on_bad_line
     return kw
 
 
 def _load_documents(path: str, args: argparse.Namespace) -> Any:
     if not Path(path).exists():
         raise DataError(f"documents not found: {path!r}")
-    return load_documents(path, **_reader_kwargs(args))
+    docs = load_documents(path, **_reader_kwargs(args))
+    if docs.height == 0:
+        raise DataError(f"{path!r} holds no documents (the input is empty)")
+    return docs
 
 
 def _dtype(bf16: bool) -> Any:
@@ -353,7 +361,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     docs = _load_documents(args.documents, args)
     out = Path(args.out)
     existing = None
-    if (out / "manifest.json").is_file():
+    created = not (out / "manifest.json").is_file()
+    if not created:
         # lock=True: a second `longdoc index` on the same directory fails now, not after its encoding
         existing = load_index(out, encoder=clf.retrieval_encoder, lock=True)  # plain or sharded
         logger.info("updating the index at %s (%d windows)", out, len(existing))
@@ -370,7 +379,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         _print_json(data)
     else:
         c = result.counts
-        print(f"{'updated' if existing is not None else 'built'} {out}: {c.added} added, {c.updated} updated, "
+        print(f"{'built' if created else 'updated'} {out}: {c.added} added, {c.updated} updated, "
               f"{c.unchanged} unchanged, {c.removed} removed ({c.encoded} documents encoded); "
               f"{len(index)} windows of {len(index.doc_ids)} documents")
     return EXIT_OK
@@ -616,6 +625,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         _restore_logging(saved)
 
 
+# The library's errors name its API (``text_column=...``); on the command line the same advice names the flags.
+_CLI_SPELLINGS = (
+    ("pass labels=... or label_column=...", "pass --label-column"),
+    ("(or label_column=None for unlabelled documents)", "(or leave --label-column out for unlabelled documents)"),
+    ("(or id_column=None to number the rows)", "(or leave --id-column out to number the rows)"),
+    ("text_column=...", "--text-column"),
+    ("label_column=...", "--label-column"),
+    ("id_column=...", "--id-column"),
+    ("pass on_bad_line='warn' to keep going", "pass --on-bad-line warn to keep going"),
+    ("multi_label=True", "--multi-label"),
+    ("close() the other PassageIndex or wait for that process, or load without lock=True to read only",
+     "wait for that process (another `longdoc index`, or a program writing the index) to finish"),
+)
+
+
+def _cli_spelling(message: str) -> str:
+    """``message`` with the API spellings of its advice replaced by the command line's flags."""
+    for api, cli in _CLI_SPELLINGS:
+        message = message.replace(api, cli)
+    return message
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
@@ -630,7 +661,7 @@ def _run(args: argparse.Namespace) -> int:
         code, error = EXIT_FAILURE, exc
     if args.debug:
         traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
-    message = " ".join(str(error).split()) or type(error).__name__
+    message = _cli_spelling(" ".join(str(error).split()) or type(error).__name__)
     print(f"longdoc {args.command}: error: {safe_text(message)}", file=sys.stderr)
     return code
 

@@ -433,3 +433,93 @@ def test_a_damaged_model_config_exits_3(saved_model, docs_file, tmp_path, capsys
         LongDocClassifier.load(model, device="cpu")
     code, _, err = _run(capsys, "eval", str(model), str(docs_file), "--device", "cpu", "--quiet")
     assert code == 3 and needle in err
+
+
+# --------------------------------------------------------------------------------------------------- misleading messages
+
+
+def test_an_empty_input_file_says_so(saved_model, tiny_model_dir, tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    code, _, err = _run(capsys, "train", str(empty), "-o", str(tmp_path / "m"), "--model", str(tiny_model_dir),
+                        "--quiet")
+    assert code == 2 and "holds no documents" in err and "label" not in err.split("error:")[1]
+    code, _, err = _run(capsys, "eval", str(saved_model), str(empty), "--device", "cpu", "--quiet")
+    assert code == 2 and "holds no documents" in err
+
+
+def test_eval_on_unlabelled_documents_does_not_call_them_training_documents(saved_model, tmp_path, capsys):
+    path = tmp_path / "unlabelled.jsonl"
+    path.write_text("".join(json.dumps({"id": f"u{i}", "text": t}) + "\n" for i, t in enumerate(TEXTS)))
+    code, _, err = _run(capsys, "eval", str(saved_model), str(path), "--device", "cpu", "--quiet")
+    assert code == 2 and "2 documents have no label" in err and "training" not in err
+    assert "--label-column" in err and "label_column=" not in err and "labels=" not in err
+
+
+def test_cli_messages_use_flags_not_api_spellings(saved_model, tiny_model_dir, tmp_path, capsys):
+    from indexer import PassageIndex
+
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text(json.dumps({"id": "a", "body": "file mode", "label": "a"}) + "\n")
+    code, _, err = _run(capsys, "train", str(docs), "-o", str(tmp_path / "m"), "--model", str(tiny_model_dir),
+                        "--text-column", "text", "--quiet")
+    assert code == 2 and "--text-column" in err and "text_column=" not in err
+    multi = tmp_path / "multi.jsonl"
+    multi.write_text("".join(json.dumps({"id": f"{i}", "text": t, "labels": ["a", "b"]}) + "\n"
+                             for i, t in enumerate(TEXTS)))
+    code, _, err = _run(capsys, "eval", str(saved_model), str(multi), "--device", "cpu", "--quiet")
+    assert code == 2 and "--multi-label" in err and "multi_label=" not in err
+    out = tmp_path / "index"
+    assert _run(capsys, "index", str(saved_model), str(docs_file_of(tmp_path)), "-o", str(out), "--quiet")[0] == 0
+    holder = PassageIndex.load(out, lock=True)
+    try:
+        code, _, err = _run(capsys, "index", str(saved_model), str(docs_file_of(tmp_path)), "-o", str(out), "--quiet")
+    finally:
+        holder.close()
+    assert code == 1 and "locked" in err and "close()" not in err and "lock=True" not in err
+
+
+def docs_file_of(tmp_path: Path) -> Path:
+    path = tmp_path / "plain.jsonl"
+    path.write_text("".join(json.dumps({"id": f"p{i}", "text": t}) + "\n" for i, t in enumerate(TEXTS)))
+    return path
+
+
+def test_a_broken_line_can_be_kept_from_the_command_line(saved_model, tiny_model_dir, tmp_path, capsys):
+    from indexer import PassageIndex
+
+    path = tmp_path / "broken.jsonl"
+    path.write_text(json.dumps({"id": "a", "text": TEXTS[0], "label": "a"}) + "\nnot json\n"
+                    + json.dumps({"id": "b", "text": TEXTS[1], "label": "b"}) + "\n")
+    code, _, err = _run(capsys, "index", str(saved_model), str(path), "-o", str(tmp_path / "i"), "--quiet")
+    assert code == 2 and "--on-bad-line warn" in err and "on_bad_line=" not in err
+    code, _, err = _run(capsys, "index", str(saved_model), str(path), "-o", str(tmp_path / "i"), "--quiet",
+                        "--on-bad-line", "warn")
+    assert code == 0, err
+    assert set(PassageIndex.load(tmp_path / "i").doc_ids) == {"a", "b"}
+
+
+def test_index_says_built_for_a_new_index_and_updated_after(saved_model, docs_file, tmp_path, capsys):
+    out = tmp_path / "i"
+    code, stdout, _ = _run(capsys, "index", str(saved_model), str(docs_file), "-o", str(out), "--quiet")
+    assert code == 0 and stdout.startswith("built ")
+    code, stdout, _ = _run(capsys, "index", str(saved_model), str(docs_file), "-o", str(out), "--quiet")
+    assert code == 0 and stdout.startswith("updated ")
+
+
+@pytest.mark.parametrize("mode", ["dense", "hybrid"])
+@pytest.mark.parametrize("query", ["", "   \t"])
+def test_an_empty_or_blank_query_is_refused(saved_model, docs_file, tmp_path, capsys, mode, query):
+    from indexer.errors import IndexInputError
+    from indexer.sharded import load_index
+    from longdoc.cli import load_query_encoder
+
+    out = tmp_path / "i"
+    assert _run(capsys, "index", str(saved_model), str(docs_file), "-o", str(out), "--quiet")[0] == 0
+    index = load_index(out, encoder=load_query_encoder(str(saved_model), device="cpu"))
+    with pytest.raises(IndexInputError, match="query.*empty or only whitespace"):
+        index.search(query, mode=mode)
+    with pytest.raises(IndexInputError, match=r"query\[1\]"):
+        index.search(["file mode", query], mode=mode)
+    code, _, err = _run(capsys, "search", str(out), query, "--model", str(saved_model), "--mode", mode, "--quiet")
+    assert code == 2 and "query" in err and "whitespace" in err
