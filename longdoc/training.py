@@ -498,6 +498,7 @@ def _epoch_loop(
     start_epoch, best, bad_epochs, step = 0, (-np.inf,), 0, 0
     best_head = {k: v.detach().clone() for k, v in heads.state_dict().items()}
     best_encoder = None
+    history: list[dict[str, Any]] = []  # this run's epoch records, those a resumed checkpoint brings included
     ckpt_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else None
     if ckpt_dir is not None:
         meta = load_checkpoint(ckpt_dir, head=heads, encoder=encoder if encoder_trains else None, optimizer=optimizer,
@@ -507,6 +508,9 @@ def _epoch_loop(
             best = tuple(meta["best_score"])
             best_head = meta["best_head"]
             best_encoder = meta["best_encoder"]
+            history = list(meta.get("history") or [])
+            if history and clf.history[-len(history):] != history:  # a new process: the epochs before the kill
+                clf.history.extend(history)
             with warnings.catch_warnings():  # fast-forwarding the schedule, not skipping an optimizer step
                 warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
                 for _ in range(step):
@@ -546,6 +550,7 @@ def _epoch_loop(
         if score is not None:
             record["eval_macro_f1"], record["eval_loss"] = score[0], -score[1]
         clf.history.append(record)
+        history.append(record)
         logger.info("epoch %d: %s", epoch + 1, record)
         current = score if score is not None else (-record["train_loss"],)
         if current > best:
@@ -558,7 +563,7 @@ def _epoch_loop(
         if ckpt_dir is not None:
             save_checkpoint(ckpt_dir, epoch=epoch, best_score=best, bad_epochs=bad_epochs, head=heads,
                             best_head=best_head, encoder=encoder if encoder_trains else None,
-                            best_encoder=best_encoder, optimizer=optimizer, step=step, run=run)
+                            best_encoder=best_encoder, optimizer=optimizer, step=step, run=run, history=history)
         if score is not None and bad_epochs >= args.patience:
             logger.info("early stop after epoch %d (best eval macro-F1 %.4f)", epoch + 1, best[0])
             break
@@ -604,6 +609,7 @@ def save_checkpoint(
     step: int,
     best_encoder: dict[str, torch.Tensor] | None = None,
     run: dict[str, Any] | None = None,
+    history: list[dict[str, Any]] | None = None,
 ) -> None:
     """Write a resumable checkpoint atomically (``indexer.storage.durable_directory``: a temporary directory
     swapped into place). ``run`` (``run_identity``) is recorded; ``load_checkpoint`` compares it."""
@@ -611,7 +617,7 @@ def save_checkpoint(
     with durable_directory(directory / "checkpoint", mode=0o700) as tmp:  # 0o700: as tempfile.mkdtemp made it
         _write_checkpoint(tmp, epoch=epoch, best_score=best_score, bad_epochs=bad_epochs, head=head,
                           best_head=best_head, encoder=encoder, best_encoder=best_encoder, optimizer=optimizer,
-                          step=step, run=run)
+                          step=step, run=run, history=history)
 
 
 def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -619,7 +625,7 @@ def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _write_checkpoint(tmp: Path, *, epoch, best_score, bad_epochs, head, best_head, encoder, best_encoder,
-                      optimizer, step, run=None) -> None:
+                      optimizer, step, run=None, history=None) -> None:
     save_file(_tensors(head.state_dict()), tmp / "head.safetensors")
     save_file(_tensors(best_head), tmp / "best_head.safetensors")
     if encoder is not None:
@@ -638,6 +644,7 @@ def _write_checkpoint(tmp: Path, *, epoch, best_score, bad_epochs, head, best_he
     save_file(tensors or {"_empty": torch.zeros(1)}, tmp / "optimizer.safetensors")
     meta = {
         "epoch": epoch, "best_score": list(best_score), "bad_epochs": bad_epochs, "step": step, "run": run,
+        "history": history or [],
         "optimizer_scalars": scalars,
         "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in state["param_groups"]],
     }
