@@ -614,7 +614,7 @@ def save_checkpoint(
     """Write a resumable checkpoint atomically (``indexer.storage.durable_directory``: a temporary directory
     swapped into place). ``run`` (``run_identity``) is recorded; ``load_checkpoint`` compares it."""
     directory.mkdir(parents=True, exist_ok=True)
-    with durable_directory(directory / "checkpoint", mode=0o700) as tmp:  # 0o700: as tempfile.mkdtemp made it
+    with durable_directory(directory / "checkpoint") as tmp:  # the mode the umask gives
         _write_checkpoint(tmp, epoch=epoch, best_score=best_score, bad_epochs=bad_epochs, head=head,
                           best_head=best_head, encoder=encoder, best_encoder=best_encoder, optimizer=optimizer,
                           step=step, run=run, history=history)

@@ -523,3 +523,16 @@ def test_an_empty_or_blank_query_is_refused(saved_model, docs_file, tmp_path, ca
         index.search(["file mode", query], mode=mode)
     code, _, err = _run(capsys, "search", str(out), query, "--model", str(saved_model), "--mode", mode, "--quiet")
     assert code == 2 and "query" in err and "whitespace" in err
+
+
+def test_model_and_checkpoint_directories_respect_the_umask(tiny_model_dir, tmp_path):
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        clf = _train_with_checkpoint(tiny_model_dir, tmp_path / "ckpt", TEXTS * 4, ["a", "b"] * 4, epochs=1)
+        clf.save(tmp_path / "m")
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "m", tmp_path / "m" / "encoder", tmp_path / "ckpt" / "checkpoint"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o755, path
