@@ -380,7 +380,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     else:
         c = result.counts
         print(f"{'built' if created else 'updated'} {out}: {c.added} added, {c.updated} updated, "
-              f"{c.unchanged} unchanged, {c.removed} removed ({c.encoded} documents encoded); "
+              f"{c.unchanged} unchanged, {c.removed} removed, {c.empty} empty (no text, not indexed) "
+              f"({c.encoded} documents encoded); "
               f"{len(index)} windows of {len(index.doc_ids)} documents")
     return EXIT_OK
 

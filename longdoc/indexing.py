@@ -114,6 +114,7 @@ class IndexCounts:
     removed: int = 0
     encoded: int = 0
     windows_added: int = 0
+    empty: int = 0  # new documents without windows (empty or whitespace-only text): not indexed
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -271,10 +272,15 @@ def index_documents(
         if gone:
             index.remove(doc_ids=gone)
         removed = len(gone)
+    # a new document without windows (empty text) is not in the index: "empty", not "added" (on every run)
+    windowed = set(passages["doc_id"].unique().to_list())
+    status = ["empty" if s == "added" and d not in windowed else s
+              for d, s in zip(docs["doc_id"].to_list(), status, strict=True)]
     counts = IndexCounts(
-        added=status.count("added"), updated=status.count("updated"), unchanged=status.count("unchanged"),
+        added=status.count("added"), empty=status.count("empty"), updated=status.count("updated"), unchanged=status.count("unchanged"),
         removed=removed, encoded=n_encoded, windows_added=passages.height,
     )
-    logger.info("indexed: %d added, %d updated, %d unchanged, %d removed (%d documents encoded, %d windows)",
-                counts.added, counts.updated, counts.unchanged, counts.removed, counts.encoded, counts.windows_added)
+    logger.info("indexed: %d added, %d updated, %d unchanged, %d removed, %d empty (%d documents encoded, %d "
+                "windows)", counts.added, counts.updated, counts.unchanged, counts.removed, counts.empty,
+                counts.encoded, counts.windows_added)
     return Indexed(index, analysis, counts)

@@ -536,3 +536,15 @@ def test_model_and_checkpoint_directories_respect_the_umask(tiny_model_dir, tmp_
         os.umask(old)
     for path in (tmp_path / "m", tmp_path / "m" / "encoder", tmp_path / "ckpt" / "checkpoint"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o755, path
+
+
+def test_empty_documents_are_not_counted_as_added_on_every_run(saved_model, tmp_path, capsys):
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [{"id": "a", "text": TEXTS[0]}, {"id": "e", "text": ""},
+                                                            {"id": "w", "text": "  \n "}]))
+    out = tmp_path / "i"
+    for _ in range(2):
+        code, stdout, _ = _run(capsys, "index", str(saved_model), str(path), "-o", str(out), "--quiet", "--json")
+        assert code == 0
+    counts = json.loads(stdout)
+    assert counts["added"] == 0 and counts["unchanged"] == 1 and counts["empty"] == 2
