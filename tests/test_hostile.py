@@ -548,3 +548,17 @@ def test_empty_documents_are_not_counted_as_added_on_every_run(saved_model, tmp_
         assert code == 0
     counts = json.loads(stdout)
     assert counts["added"] == 0 and counts["unchanged"] == 1 and counts["empty"] == 2
+
+
+def test_a_list_text_column_raises_no_polars_performance_warning(tmp_path):
+    import warnings
+
+    import polars as pl
+
+    from longdoc.data import load_documents
+
+    path = tmp_path / "lists.parquet"
+    pl.DataFrame({"id": ["x"], "text": [["file", "mode"]], "label": ["a"]}).write_parquet(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # polars' PolarsInefficientMapWarning came through --quiet
+        assert load_documents(path)["text"].to_list() == ["file\nmode"]
