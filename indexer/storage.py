@@ -21,7 +21,9 @@ refused), so a save that swaps the directory meanwhile cannot hand a reader part
 are a fixed set; names inside the manifest are compared against that set and never joined to a path.
 
 The writer lock is ``<name>.lock`` beside the directory, so it survives the swap; ``fcntl.flock`` releases it
-when its holder closes it or dies.
+when its holder closes it or dies. Taking it restores a previous version that a writer which died between the
+fallback's two renames left as ``.<name>.old-...`` (``recover_stale``), so the next writer updates that version
+instead of starting a new directory.
 
 A target that is a symbolic link (``out -> real``) is resolved first: the directory is written, swapped and locked
 at the link's target, and the link stays a link (a save never turns the link into a directory or strands it).
@@ -62,6 +64,7 @@ __all__ = [
     "recover_stale",
     "replace_directory",
     "start_directory",
+    "swap_in_progress",
     "write_bytes_atomically",
     "write_file_atomically",
     "write_manifest",
@@ -224,6 +227,13 @@ def recover_stale(target: Path) -> None:
     for path in stale:
         logger.info("removing %s, left by an interrupted save", path)
         shutil.rmtree(path, ignore_errors=True)
+
+
+def swap_in_progress(target: str | os.PathLike[str]) -> bool:
+    """Whether ``target`` is absent while a previous version waits beside it (``.<name>.old-...``): a fallback
+    swap is between its two renames, or its writer died there (the next writer's lock restores it)."""
+    path = _resolved(target)
+    return not os.path.lexists(path) and any(".old-" in p.name for p in _stale_siblings(path))
 
 
 def _new_temporary_directory(target: Path, mode: int) -> Path:
@@ -528,6 +538,14 @@ class DirectoryLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
         self._fd = fd
+        # The lock is ours: a writer that died between the two renames of the fallback swap left the directory
+        # absent and its previous version as ``.<name>.old-...``: bring it back now, before this writer looks at
+        # the directory (it would otherwise start a new one and replace the previous version).
+        try:
+            recover_stale(target)
+        except BaseException:
+            self.release()
+            raise
 
     @property
     def held(self) -> bool:

@@ -35,6 +35,7 @@ import longdoc
 from indexer import PassageIndex
 from indexer.errors import IndexInputError, IndexLoadError
 from indexer.sharded import load_index
+from indexer.storage import swap_in_progress
 from longdoc import demo
 from longdoc.classifier import LongDocClassifier
 from longdoc.corpora import stratified_split
@@ -360,15 +361,15 @@ def cmd_index(args: argparse.Namespace) -> int:
     clf = load_classifier(args.model, device=args.device, bf16=args.bf16)
     docs = _load_documents(args.documents, args)
     out = Path(args.out)
-    existing = None
+    # the lock first: a second `longdoc index` on the same directory fails now, not after its encoding, and taking
+    # it restores the previous version that a writer killed mid-swap left beside the directory
+    existing = PassageIndex(clf.retrieval_encoder.dim, encoder=clf.retrieval_encoder)
+    existing.lock(out)
     created = not (out / "manifest.json").is_file()
     if not created:
-        # lock=True: a second `longdoc index` on the same directory fails now, not after its encoding
+        existing.close()
         existing = load_index(out, encoder=clf.retrieval_encoder, lock=True)  # plain or sharded
         logger.info("updating the index at %s (%d windows)", out, len(existing))
-    else:
-        existing = PassageIndex(clf.retrieval_encoder.dim, encoder=clf.retrieval_encoder)
-        existing.lock(out)
     index, _ = result = index_documents(clf, docs, index=existing, prune=args.prune,
                                         show_progress_bar=False if args.quiet else None)
     index.save(out)
@@ -453,7 +454,7 @@ def _check_queries(queries: list[str]) -> None:
 
 def cmd_search(args: argparse.Namespace) -> int:
     _check_queries(args.queries)
-    if not (Path(args.index) / "manifest.json").is_file():
+    if not (Path(args.index) / "manifest.json").is_file() and not swap_in_progress(args.index):
         raise ModelLoadError(f"{args.index!r} is not an index directory (manifest.json is missing)")
     encoder = load_query_encoder(args.model, device=args.device, bf16=args.bf16)
     try:
