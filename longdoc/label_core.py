@@ -29,7 +29,11 @@ if TYPE_CHECKING:
 # The records of a failing document keep the logger name they have always had, whichever engine labels it.
 logger = logging.getLogger("longdoc.labeling")
 
-__all__ = ["LabelRun", "LabelSummary", "check_options", "label_chunk", "label_rows", "positive_int"]
+#: A document with more characters than this is labelled on its own, after the shorter documents of its chunk
+#: (``longdoc.labeling``): about 25 windows of 512 tokens of English prose, many more than a typical document.
+LONG_DOCUMENT_CHARS = 50_000
+
+__all__ = ["LONG_DOCUMENT_CHARS", "LabelRun", "LabelSummary", "check_options", "label_chunk", "label_rows", "positive_int"]
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,8 @@ def _error_of(warning: str | None, n_windows: int) -> str | None:
 
 
 def label_rows(
-    clf: LongDocClassifier, docs: pl.DataFrame, top_passages: int, *, analysis: Analysis | None = None
+    clf: LongDocClassifier, docs: pl.DataFrame, top_passages: int, *, analysis: Analysis | None = None,
+    show_progress_bar: bool = False,
 ) -> pl.DataFrame:
     """The part rows of ``docs`` from one analysis (one encoder pass); raises when the analysis raises
     (:func:`label_chunk` isolates the bad document). Documents without tokens get error rows.
@@ -103,7 +108,7 @@ def label_rows(
     windows they were handed); ``None`` runs ``clf.analyze(docs)``.
     """
     if analysis is None:
-        analysis = clf.analyze(docs, show_progress_bar=False)
+        analysis = clf.analyze(docs, show_progress_bar=show_progress_bar)
     decided = clf.decide(analysis.probs)
     counts = analysis.windows.documents["n_windows"].to_numpy().astype(np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)])
@@ -139,14 +144,15 @@ def label_rows(
     )
 
 
-def label_chunk(clf: LongDocClassifier, docs: pl.DataFrame, top_passages: int) -> pl.DataFrame:
+def label_chunk(clf: LongDocClassifier, docs: pl.DataFrame, top_passages: int, *,
+                show_progress_bar: bool = False) -> pl.DataFrame:
     """Rows for one chunk; on an unexpected failure, documents are retried one by one to isolate the bad one.
 
     A document whose analysis still raises alone gets an error row with ``failed=True`` (the next
     labelling call labels it again); every other row has ``failed=False``.
     """
     try:
-        return label_rows(clf, docs, top_passages)
+        return label_rows(clf, docs, top_passages, show_progress_bar=show_progress_bar)
     except Exception as exc:  # noqa: BLE001 - a bad document must not stop the batch
         if docs.height == 1:
             logger.warning("document %r failed: %s", docs["doc_id"][0], exc)

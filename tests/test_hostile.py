@@ -610,3 +610,28 @@ def test_a_search_during_the_swap_waits_for_it(saved_model, docs_file, tmp_path,
         writer.join()
     assert code == 0, err
     assert json.loads(stdout)[0]["hits"]
+
+
+# --------------------------------------------------------------------------------------------------- 11: a long document
+
+
+def test_a_long_document_does_not_hold_the_short_ones_back(saved_model, tmp_path, caplog):
+    import polars as pl
+
+    from longdoc.labeling import label_documents, read_labels
+
+    long_text = "file mode bits change user group " * 2000  # 66,000 characters, 1,400 windows of 32 tokens
+    rows = [{"id": "long", "text": long_text}, *({"id": f"s{i}", "text": TEXTS[i % 2]} for i in range(3))]
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    clf = LongDocClassifier.load(saved_model, device="cpu")
+    with caplog.at_level("INFO", logger="longdoc"):
+        summary = label_documents(clf, path, tmp_path / "out", chunk_size=2, show_progress_bar=False)
+    parts = sorted((tmp_path / "out").glob("part-*.parquet"))
+    ids = [pl.read_parquet(p)["doc_id"].to_list() for p in parts]
+    assert ids == [["s0"], ["s1", "s2"], ["long"]]  # the short documents' rows came first
+    labels = read_labels(tmp_path / "out")
+    assert labels.height == 4 and labels["label"].null_count() == 0 and summary.n_labelled == 4
+    assert any("long document 'long'" in r.getMessage() for r in caplog.records)
+    again = label_documents(clf, path, tmp_path / "out", chunk_size=2, show_progress_bar=False)
+    assert again.n_skipped == 4 and again.n_labelled == 0
