@@ -58,8 +58,9 @@ def check_checkpoint_directory(path: str | Path) -> None:
     """Refuse (``ModelLoadError``) a local checkpoint directory that we must not load, before transformers reads it.
 
     - A ``config.json`` or ``tokenizer_config.json`` with an ``auto_map`` (custom classes defined by ``.py`` files
-      of the directory), or a ``config.json`` without a ``model_type``: loading it would need remote code, which
-      longdoc never runs (``trust_remote_code=False``); transformers would otherwise ask on stdin whether to run it.
+      of the directory, typically with no ``model_type``): loading it would need remote code, which longdoc never
+      runs (``trust_remote_code=False``); transformers would otherwise ask on stdin whether to run it. (A config
+      without ``model_type`` and without ``auto_map`` cannot run code; transformers reads it or refuses it.)
     - A ``*.safetensors.index.json`` whose ``weight_map`` names a file outside the directory (an absolute path or
       one that climbs out with ``..``, also through a symbolic link).
 
@@ -77,12 +78,6 @@ def check_checkpoint_directory(path: str | Path) -> None:
             raise ModelLoadError(
                 f"{file} asks for remote code (auto_map: {json.dumps(data['auto_map'])[:200]}): longdoc never runs "
                 "code shipped in a model directory (trust_remote_code=False); use a checkpoint of an architecture "
-                "transformers has built in (BERT, MiniLM...)"
-            )
-        if name == "config.json" and not isinstance(data.get("model_type"), str):
-            raise ModelLoadError(
-                f"{file} has no 'model_type' (got {data.get('model_type')!r}): transformers could only load it with "
-                "remote code, which longdoc never runs (trust_remote_code=False); use a checkpoint of an architecture "
                 "transformers has built in (BERT, MiniLM...)"
             )
     root = path.resolve()

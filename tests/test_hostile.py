@@ -635,3 +635,18 @@ def test_a_long_document_does_not_hold_the_short_ones_back(saved_model, tmp_path
     assert any("long document 'long'" in r.getMessage() for r in caplog.records)
     again = label_documents(clf, path, tmp_path / "out", chunk_size=2, show_progress_bar=False)
     assert again.n_skipped == 4 and again.n_labelled == 0
+
+
+def test_only_auto_map_is_remote_code(tiny_model_dir, tmp_path):
+    """A config with a model_type and no auto_map loads; only one that maps classes to the directory's code is
+    refused (a config without auto_map cannot make transformers import anything)."""
+    from longdoc.encoder import WindowEncoder, check_checkpoint_directory
+
+    encoder = _copy(tiny_model_dir, tmp_path / "enc")
+    check_checkpoint_directory(encoder)
+    assert WindowEncoder(encoder, device="cpu").dim == 32
+    config = json.loads((encoder / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "modeling.Custom"}  # model_type kept: still asks for code
+    (encoder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="remote code"):
+        check_checkpoint_directory(encoder)
