@@ -596,6 +596,11 @@ def _records_chunk(
     sparse: bool = False,
 ) -> _Chunk:
     """Build a frame from rows whose values may be of mixed types (JSON, CSV, Python lists)."""
+    key_warnings: dict[int, str] = {}
+    for j, record in enumerate(records):  # a key with a lone surrogate: polars cannot name a column with it
+        if any(isinstance(k, str) and _SURROGATES.search(k) for k in record):
+            records[j] = {_SURROGATES.sub("\ufffd", k) if isinstance(k, str) else k: v for k, v in record.items()}
+            key_warnings[j] = "a key held lone UTF-16 surrogates (not valid Unicode): replaced with U+FFFD"
     columns: dict[str, None] = {}
     for record in records:
         for key in record:
@@ -603,7 +608,7 @@ def _records_chunk(
     if sparse:  # streaming: a named metadata key absent from one chunk is a null column there, not an error
         for name in opts.metadata_columns or ():
             columns.setdefault(name, None)
-    text_warnings: list[str | None] = [None] * len(records)
+    text_warnings: list[str | None] = [key_warnings.get(j) for j in range(len(records))]
     series = []
     label_column = _resolve(opts.label_column, columns)
     for name in columns:

@@ -650,3 +650,33 @@ def test_only_auto_map_is_remote_code(tiny_model_dir, tmp_path):
     (encoder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelLoadError, match="remote code"):
         check_checkpoint_directory(encoder)
+
+
+def test_a_lone_surrogate_in_a_key_costs_no_row(saved_model, tmp_path, capsys):
+    from longdoc.labeling import read_labels
+
+    path = tmp_path / "keys.jsonl"
+    path.write_text(json.dumps({"id": "a", "text": TEXTS[0]}) + "\n"
+                    + json.dumps({"id": "b", "text": TEXTS[1], "note\ud800": 1}) + "\n")
+    code, _, err = _run(capsys, "label", str(saved_model), str(path), "-o", str(tmp_path / "l"), "--quiet")
+    assert code == 0, err
+    rows = {r["doc_id"]: r for r in read_labels(tmp_path / "l").to_dicts()}
+    assert rows["a"]["label"] and rows["b"]["label"] and "key" in rows["b"]["warning"]
+
+
+def test_label_into_a_file_or_through_a_second_path_to_a_locked_directory(saved_model, docs_file, tmp_path, capsys):
+    from longdoc.label_core import LabelRun
+
+    file = tmp_path / "file"
+    file.write_text("x")
+    code, _, err = _run(capsys, "label", str(saved_model), str(docs_file), "-o", str(file), "--quiet")
+    assert code == 2 and "not a directory" in err and file.read_text() == "x"
+    real = tmp_path / "real"
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    first = LabelRun(LongDocClassifier.load(saved_model, device="cpu"), real, retry_failed=True)
+    try:  # the same directory through a link is the same writer lock
+        code, _, err = _run(capsys, "label", str(saved_model), str(docs_file), "-o", str(link), "--quiet")
+        assert code == 1 and "locked" in err
+    finally:
+        first.close()
