@@ -437,23 +437,24 @@ def cmd_index_ray(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------------- search
 
 
-def _check_queries(queries: list[str]) -> None:
-    """A QUERY whose bytes are not UTF-8 reaches Python with lone surrogates (surrogateescape): refuse it here,
-    with the byte, rather than as the tokenizer's type error."""
+def _check_queries(queries: list[str], name: str = "QUERY") -> None:
+    """A QUERY (or ``--label``) whose bytes are not UTF-8 reaches Python with lone surrogates (surrogateescape):
+    refuse it here, with the byte, rather than as the tokenizer's type error."""
     for q in queries:
         try:
             raw = os.fsencode(q)
         except UnicodeEncodeError:  # a lone surrogate that no byte gave (main() called with such a str)
-            raise DataError(f"QUERY {q!r} is not valid Unicode text (a lone surrogate)") from None
+            raise DataError(f"{name} {q!r} is not valid Unicode text (a lone surrogate)") from None
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise DataError(f"QUERY {raw!r} is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at position {exc.start}): "
-                            "pass the query as UTF-8 text") from None
+            raise DataError(f"{name} {raw!r} is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at position "
+                            f"{exc.start}): pass it as UTF-8 text") from None
 
 
 def cmd_search(args: argparse.Namespace) -> int:
     _check_queries(args.queries)
+    _check_queries(args.label, "--label")
     if not (Path(args.index) / "manifest.json").is_file() and not swap_in_progress(args.index):
         raise ModelLoadError(f"{args.index!r} is not an index directory (manifest.json is missing)")
     encoder = load_query_encoder(args.model, device=args.device, bf16=args.bf16)

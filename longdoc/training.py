@@ -668,7 +668,14 @@ def load_checkpoint(
     recover_stale(path)
     if not (path / "state.json").exists():
         return None
-    meta = json.loads((path / "state.json").read_text())
+    try:
+        meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"checkpoint_dir={str(directory)!r}: {path / 'state.json'} is unreadable ({exc}); delete "
+                          f"{path} to start afresh") from exc
+    if not isinstance(meta, dict):
+        raise ConfigError(f"checkpoint_dir={str(directory)!r}: {path / 'state.json'} must hold a JSON object, got "
+                          f"{type(meta).__name__}; delete {path} to start afresh")
     if run is not None:
         _check_same_run(path, meta.get("run"), run)
     head.load_state_dict(load_file(path / "head.safetensors"))

@@ -680,3 +680,20 @@ def test_label_into_a_file_or_through_a_second_path_to_a_locked_directory(saved_
         assert code == 1 and "locked" in err
     finally:
         first.close()
+
+
+def test_a_damaged_checkpoint_state_is_a_named_error(tiny_model_dir, tmp_path):
+    from longdoc.errors import ConfigError
+
+    ckpt = tmp_path / "ckpt"
+    _train_with_checkpoint(tiny_model_dir, ckpt, TEXTS * 4, ["a", "b"] * 4, epochs=1)
+    (ckpt / "checkpoint" / "state.json").write_bytes(b"{\xff not json")
+    with pytest.raises(ConfigError, match="state.json is unreadable"):
+        _train_with_checkpoint(tiny_model_dir, ckpt, TEXTS * 4, ["a", "b"] * 4, epochs=2)
+
+
+def test_a_label_filter_with_a_non_utf8_byte_exits_2(saved_model, docs_file, tmp_path, capsys):
+    assert _run(capsys, "index", str(saved_model), str(docs_file), "-o", str(tmp_path / "i"), "--quiet")[0] == 0
+    code, _, err = _run(capsys, "search", str(tmp_path / "i"), "file", "--label", os.fsdecode(b"\xe9t\xe9"),
+                        "--model", str(saved_model), "--quiet")
+    assert code == 2 and "--label" in err and "0xe9" in err
