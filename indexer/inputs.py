@@ -108,8 +108,10 @@ def parse_query(query: Any, *, dim: int) -> tuple[bool, list[str] | None, np.nda
     array (numpy or torch) of width ``dim`` gives float32 ``vectors``; ``single`` when one query came as a str
     or a 1-D vector. Anything else is an ``IndexInputError``."""
     if isinstance(query, str):
+        _refuse_blank([query], single=True)
         return True, [query], None
     if isinstance(query, list | tuple) and all(isinstance(q, str) for q in query):
+        _refuse_blank(query, single=False)
         return False, list(query), None
     if isinstance(query, np.ndarray) or (hasattr(query, "detach") and hasattr(query, "cpu")):
         vectors, was_1d = as_matrix(query, name="query", dim=dim, allow_1d=True)
@@ -119,6 +121,15 @@ def parse_query(query: Any, *, dim: int) -> tuple[bool, list[str] | None, np.nda
         f"got {type(query).__name__}"
         + (" holding non-str items; pass vectors as np.asarray(...)" if isinstance(query, list | tuple) else "")
     )
+
+
+def _refuse_blank(texts: Sequence[str], *, single: bool) -> None:
+    """An empty or whitespace-only text query has nothing to match: its hits would be arbitrary."""
+    for i, text in enumerate(texts):
+        if not text.strip():
+            where = "query" if single else f"query[{i}]"
+            raise IndexInputError(f"{where} is {text!r}, empty or only whitespace: a text query needs words to "
+                                  "search for (its hits would be arbitrary); drop it or pass a query vector")
 
 
 def require_encoder(encoder: QueryEncoder | None, owner: str) -> None:

@@ -121,6 +121,8 @@ def _pool_size(workers: int | None, shards: int) -> int:
 
 # -- the directory ---------------------------------------------------------------------------------------------
 def _read_json(path: Path, what: str, fail: Callable[[str], IndexLoadError]) -> tuple[dict[str, Any], bytes]:
+    if path.is_symlink():  # as a plain index refuses its symlinked files (storage.open_snapshot, O_NOFOLLOW)
+        raise fail(f"{what} is a symbolic link; refusing to follow it")
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -630,6 +632,8 @@ class ShardedPassageIndex:
 
             def load_one(i: int) -> PassageIndex:
                 name = shard_name(i)
+                if (root / name).is_symlink():  # a shard is part of the directory, never a link out of it
+                    raise fail(f"{name} is a symbolic link; refusing to follow it")
                 _, raw = _read_json(root / name / storage.MANIFEST, f"{name}/{storage.MANIFEST}", fail)
                 if hashlib.sha256(raw).hexdigest() != m["shard_entries"][i]["manifest_sha256"]:
                     raise fail(f"{name}/{storage.MANIFEST} does not match the checksum in {storage.MANIFEST}: the "

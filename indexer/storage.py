@@ -21,7 +21,12 @@ refused), so a save that swaps the directory meanwhile cannot hand a reader part
 are a fixed set; names inside the manifest are compared against that set and never joined to a path.
 
 The writer lock is ``<name>.lock`` beside the directory, so it survives the swap; ``fcntl.flock`` releases it
-when its holder closes it or dies.
+when its holder closes it or dies. Taking it restores a previous version that a writer which died between the
+fallback's two renames left as ``.<name>.old-...`` (``recover_stale``), so the next writer updates that version
+instead of starting a new directory.
+
+A target that is a symbolic link (``out -> real``) is resolved first: the directory is written, swapped and locked
+at the link's target, and the link stays a link (a save never turns the link into a directory or strands it).
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ __all__ = [
     "recover_stale",
     "replace_directory",
     "start_directory",
+    "swap_in_progress",
     "write_bytes_atomically",
     "write_file_atomically",
     "write_manifest",
@@ -96,6 +102,12 @@ def _write_new_file(path: Path, data: bytes) -> None:
 def _temporary_name(target: Path) -> Path:
     """A fresh temporary sibling of ``target`` (``recover_stale`` and readers recognise the ``.tmp-`` prefix)."""
     return target.parent / f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _resolved(target: str | os.PathLike[str]) -> Path:
+    """``target`` absolute, symbolic links resolved: a directory written through a link (``out -> real``) is
+    written, swapped and locked at the link's target (the link stays a link), never half at each."""
+    return Path(os.path.realpath(target))
 
 
 def _fsync_path(path: Path, *, directory: bool = False) -> None:
@@ -184,7 +196,7 @@ def replace_directory(tmp: str | os.PathLike[str], target: str | os.PathLike[str
     ``.<target name>.tmp-...`` beside ``target``): it clears what an interrupted save left and brings the old
     copy back after the rare two-rename fallback. Used for indexes, models and checkpoints.
     """
-    tmp, target = Path(os.path.abspath(tmp)), Path(os.path.abspath(target))
+    tmp, target = Path(os.path.abspath(tmp)), _resolved(target)
     for path in sorted(tmp.rglob("*"), reverse=True):
         if path.is_file() and not path.is_symlink():
             _fsync_path(path)
@@ -217,6 +229,13 @@ def recover_stale(target: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def swap_in_progress(target: str | os.PathLike[str]) -> bool:
+    """Whether ``target`` is absent while a previous version waits beside it (``.<name>.old-...``): a fallback
+    swap is between its two renames, or its writer died there (the next writer's lock restores it)."""
+    path = _resolved(target)
+    return not os.path.lexists(path) and any(".old-" in p.name for p in _stale_siblings(path))
+
+
 def _new_temporary_directory(target: Path, mode: int) -> Path:
     """Clear what an interrupted save of ``target`` left and make an empty temporary sibling to write into."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -241,7 +260,7 @@ def durable_directory(
     ``target`` is cleared first (``recover_stale``); the caller holds whatever lock keeps other writers of
     ``target`` away. ``mode`` is the new directory's mode (before the umask).
     """
-    target = Path(os.path.abspath(target))
+    target = _resolved(target)
     if check is not None:
         check(target)
     tmp = _new_temporary_directory(target, mode)
@@ -312,7 +331,7 @@ def start_directory(target: Path) -> Path:
     no ``manifest.json`` (never replace what is not an index); clears what an interrupted save left
     (``recover_stale``). Finish with ``commit_directory``; on failure remove the temporary directory.
     """
-    target = Path(os.path.abspath(target))
+    target = _resolved(target)
     _refuse_non_index(target)
     return _new_temporary_directory(target, 0o777)
 
@@ -490,11 +509,14 @@ def _inode(path: Path) -> int | None:
 
 # -- the writer lock -------------------------------------------------------------------------------------------
 class DirectoryLock:
-    """An exclusive, non-blocking ``flock`` on ``<directory>.lock`` beside the index directory."""
+    """An exclusive, non-blocking ``flock`` on ``<directory>.lock`` beside the index directory.
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    ``what`` names the directory in the error (``"index"``, ``"labels directory"``); ``hint`` says what to do
+    (default: the advice for a ``PassageIndex``)."""
+
+    def __init__(self, directory: str | os.PathLike[str], *, what: str = "index", hint: str | None = None) -> None:
         self._fd: int | None = None
-        target = Path(os.path.abspath(directory))
+        target = _resolved(directory)
         self.directory = target
         self.path = target.parent / f"{target.name}.lock"
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -506,13 +528,24 @@ class DirectoryLock:
                 holder = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
             finally:
                 os.close(fd)
+            if hint is None:
+                hint = ("close() the other PassageIndex or wait for that process, or load without lock=True to "
+                        "read only")
             raise IndexLockedError(
-                f"index at {target} is locked by pid {holder} (lock file {self.path}); close() the other "
-                "PassageIndex or wait for that process, or load without lock=True to read only"
+                f"{what} at {target} is locked by pid {holder} (lock file {self.path}): another writer is using it; "
+                f"{hint}"
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
         self._fd = fd
+        # The lock is ours: a writer that died between the two renames of the fallback swap left the directory
+        # absent and its previous version as ``.<name>.old-...``: bring it back now, before this writer looks at
+        # the directory (it would otherwise start a new one and replace the previous version).
+        try:
+            recover_stale(target)
+        except BaseException:
+            self.release()
+            raise
 
     @property
     def held(self) -> bool:

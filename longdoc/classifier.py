@@ -648,7 +648,7 @@ class LongDocClassifier:
         temporary sibling, fsynced and swapped into place)."""
         directory = Path(directory)
         separate = self.retrieval_encoder is not self.encoder
-        with durable_directory(directory, mode=0o700) as tmp:  # 0o700: as tempfile.mkdtemp made it
+        with durable_directory(directory) as tmp:  # the mode the umask gives, as any new directory
             self.encoder.save(tmp / "encoder", window=False)  # the geometry is stored once, in config.json
             if separate:
                 self.retrieval_encoder.save(tmp / "retrieval_encoder", window=False)

@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 import traceback
@@ -37,6 +38,7 @@ import longdoc
 from indexer import PassageIndex
 from indexer.errors import IndexInputError, IndexLoadError
 from indexer.sharded import load_index
+from indexer.storage import DirectoryLock, swap_in_progress
 from longdoc import demo
 from longdoc.classifier import LongDocClassifier
 from longdoc.data import load_documents
@@ -176,6 +178,9 @@ def _reader_options(parser: argparse.ArgumentParser, *, labels: bool = True) -> 
     if labels:
         g.add_argument("--label-column", default=None, help="column holding the label(s) (default: label or labels)")
     g.add_argument("--id-column", default=None, help="column holding unique ids (default: id, doc_id or row numbers)")
+    g.add_argument("--on-bad-line", default=None, choices=["error", "warn"],
+                   help="an unreadable line (not JSON, a broken CSV row): 'error' stops, 'warn' keeps it as an empty "
+                        "document with the reason recorded (default: warn for label, error otherwise)")
 
 
 def _reader_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -184,13 +189,18 @@ def _reader_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         kw["label_column"] = args.label_column
     if args.id_column is not None:
         kw["id_column"] = args.id_column
+    if getattr(args, "on_bad_line", None) is not None:
+        kw["on_bad_line"] = args.on_bad_line
     return kw
 
 
 def _load_documents(path: str, args: argparse.Namespace) -> Any:
     if not Path(path).exists():
         raise DataError(f"documents not found: {path!r}")
-    return load_documents(path, **_reader_kwargs(args))
+    docs = load_documents(path, **_reader_kwargs(args))
+    if docs.height == 0:
+        raise DataError(f"{path!r} holds no documents (the input is empty)")
+    return docs
 
 
 def _dtype(bf16: bool) -> Any:
@@ -434,6 +444,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         clf = load_classifier(args.model, device=args.device, bf16=args.bf16)
     docs = _load_documents(args.documents, args)
     out = Path(args.out)
+    _recover_interrupted_swap(out)
     updating = (out / "manifest.json").is_file()
     if updating:
         # lock=True: a second `longdoc index` on the same directory fails now, not after its encoding
@@ -450,11 +461,18 @@ def cmd_index(args: argparse.Namespace) -> int:
     return _report_index(args, out, result, index, updating, started)
 
 
+def _recover_interrupted_swap(out: Path) -> None:
+    """Take and release the writer lock of ``out``: taking it restores the previous version that a writer killed
+    mid-swap left beside the directory, before this run decides between a new index and an update."""
+    DirectoryLock(out).release()
+
+
 def _cmd_index_plain(args: argparse.Namespace) -> int:
     """``longdoc index DOCUMENTS -o OUT``: no classifier (``longdoc.indexing.build_index``)."""
     started = time.perf_counter()
     docs = _load_documents(args.documents, args)
     out = Path(args.out)
+    _recover_interrupted_swap(out)
     updating = (out / "manifest.json").is_file()
     given = {name: getattr(args, name) for name in ("max_length", "stride", "max_windows")
              if getattr(args, name) is not None}
@@ -491,7 +509,8 @@ def _report_index(args: argparse.Namespace, out: Path, result: Any, index: Any, 
     else:
         c = result.counts
         print(f"{'updated' if updating else 'built'} {out}: {c.added} added, {c.updated} updated, "
-              f"{c.unchanged} unchanged, {c.removed} removed ({c.encoded} documents encoded); "
+              f"{c.unchanged} unchanged, {c.removed} removed, {c.empty} empty (no text, not indexed) "
+              f"({c.encoded} documents encoded); "
               f"{len(index)} windows of {len(index.doc_ids)} documents")
     return EXIT_OK
 
@@ -546,8 +565,25 @@ def cmd_index_ray(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------------- search
 
 
+def _check_queries(queries: list[str], name: str = "QUERY") -> None:
+    """A QUERY (or ``--label``) whose bytes are not UTF-8 reaches Python with lone surrogates (surrogateescape):
+    refuse it here, with the byte, rather than as the tokenizer's type error."""
+    for q in queries:
+        try:
+            raw = os.fsencode(q)
+        except UnicodeEncodeError:  # a lone surrogate that no byte gave (main() called with such a str)
+            raise DataError(f"{name} {q!r} is not valid Unicode text (a lone surrogate)") from None
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{name} {raw!r} is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at position "
+                            f"{exc.start}): pass it as UTF-8 text") from None
+
+
 def cmd_search(args: argparse.Namespace) -> int:
-    if not (Path(args.index) / "manifest.json").is_file():
+    _check_queries(args.queries)
+    _check_queries(args.label, "--label")
+    if not (Path(args.index) / "manifest.json").is_file() and not swap_in_progress(args.index):
         raise ModelLoadError(f"{args.index!r} is not an index directory (manifest.json is missing)")
     encoder = load_query_encoder(args.model, index=args.index, device=args.device, bf16=args.bf16)
     try:
@@ -754,6 +790,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         _restore_logging(saved)
 
 
+# The library's errors name its API (``text_column=...``); on the command line the same advice names the flags.
+_CLI_SPELLINGS = (
+    ("pass labels=... or label_column=...", "pass --label-column"),
+    ("(or label_column=None for unlabelled documents)", "(or leave --label-column out for unlabelled documents)"),
+    ("(or id_column=None to number the rows)", "(or leave --id-column out to number the rows)"),
+    ("text_column=...", "--text-column"),
+    ("label_column=...", "--label-column"),
+    ("id_column=...", "--id-column"),
+    ("pass on_bad_line='warn' to keep going", "pass --on-bad-line warn to keep going"),
+    ("multi_label=True", "--multi-label"),
+    ("close() the other PassageIndex or wait for that process, or load without lock=True to read only",
+     "wait for that process (another `longdoc index`, or a program writing the index) to finish"),
+)
+
+
+def _cli_spelling(message: str) -> str:
+    """``message`` with the API spellings of its advice replaced by the command line's flags."""
+    for api, cli in _CLI_SPELLINGS:
+        message = message.replace(api, cli)
+    return message
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
@@ -768,7 +826,7 @@ def _run(args: argparse.Namespace) -> int:
         code, error = EXIT_FAILURE, exc
     if args.debug:
         traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
-    message = " ".join(str(error).split()) or type(error).__name__
+    message = _cli_spelling(" ".join(str(error).split()) or type(error).__name__)
     print(f"longdoc {args.command}: error: {safe_text(message)}", file=sys.stderr)
     return code
 

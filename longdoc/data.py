@@ -39,6 +39,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -595,6 +596,11 @@ def _records_chunk(
     sparse: bool = False,
 ) -> _Chunk:
     """Build a frame from rows whose values may be of mixed types (JSON, CSV, Python lists)."""
+    key_warnings: dict[int, str] = {}
+    for j, record in enumerate(records):  # a key with a lone surrogate: polars cannot name a column with it
+        if any(isinstance(k, str) and _SURROGATES.search(k) for k in record):
+            records[j] = {_SURROGATES.sub("\ufffd", k) if isinstance(k, str) else k: v for k, v in record.items()}
+            key_warnings[j] = "a key held lone UTF-16 surrogates (not valid Unicode): replaced with U+FFFD"
     columns: dict[str, None] = {}
     for record in records:
         for key in record:
@@ -602,11 +608,14 @@ def _records_chunk(
     if sparse:  # streaming: a named metadata key absent from one chunk is a null column there, not an error
         for name in opts.metadata_columns or ():
             columns.setdefault(name, None)
-    text_warnings: list[str | None] = [None] * len(records)
+    text_warnings: list[str | None] = [key_warnings.get(j) for j in range(len(records))]
     series = []
     label_column = _resolve(opts.label_column, columns)
     for name in columns:
         values = [record.get(name) for record in records]
+        for i in _replace_surrogates(values):
+            text_warnings[i] = _join(text_warnings[i], f"{name!r} held lone UTF-16 surrogates (\\ud800-\\udfff, "
+                                     "not valid Unicode): replaced with U+FFFD")
         if name == opts.text_column:
             for i, value in enumerate(values):
                 if value is not None and not isinstance(value, str):
@@ -623,6 +632,37 @@ def _records_chunk(
         frame = pl.DataFrame({opts.text_column: [None] * len(records)}, schema={opts.text_column: pl.String})
     merged = [_join(a, b) for a, b in zip(warnings or [None] * len(records), text_warnings, strict=True)]
     return _Chunk(frame, merged, fallback_ids)
+
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def _scrub(value: Any) -> tuple[Any, bool]:
+    """``value`` with every lone surrogate (a JSON ``"\\ud800"`` escape, which no UTF-8 text can hold) of its
+    strings replaced by U+FFFD, lists and dicts included; and whether anything was replaced."""
+    if isinstance(value, str):
+        fixed = _SURROGATES.sub("\ufffd", value)
+        return fixed, fixed != value
+    if isinstance(value, list):
+        pairs = [_scrub(v) for v in value]
+        return ([v for v, _ in pairs], True) if any(c for _, c in pairs) else (value, False)
+    if isinstance(value, dict):
+        pairs = {k: _scrub(v) for k, v in value.items()}
+        if any(c for _, c in pairs.values()):
+            return {k: v for k, (v, _) in pairs.items()}, True
+    return value, False
+
+
+def _replace_surrogates(values: list[Any]) -> list[int]:
+    """Replace, in place, the lone surrogates of ``values`` (polars, Arrow and the tokenizer refuse them, and one
+    bad document must not fail its whole chunk); returns the positions changed."""
+    changed = []
+    for i, value in enumerate(values):
+        fixed, hit = _scrub(value)
+        if hit:
+            values[i] = fixed
+            changed.append(i)
+    return changed
 
 
 def _series(name: str, values: list[Any]) -> pl.Series:
@@ -685,6 +725,39 @@ def _join(*parts: str | None) -> str | None:
     return "; ".join(kept) if kept else None
 
 
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """A warning logged once per process (a streamed source repeats it for every chunk otherwise)."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        logger.warning("%s", message)
+
+
+def _text_of(column: str, dtype: pl.DataType) -> tuple[pl.Expr, str]:
+    """The text of a ``column`` that is not a string column, and how it was made: a list (or array) of strings
+    becomes its items joined with newlines (never polars' printed form of the list), a struct its JSON, anything
+    else its value as a string. A list of lists is refused (``DataError``)."""
+    col = pl.col(column)
+    if isinstance(dtype, (pl.List, pl.Array)):
+        inner = dtype.inner
+        if inner.is_nested():
+            raise DataError(f"the text column {column!r} is {dtype}: expected strings, or lists of strings (joined "
+                            "with newlines); flatten it first or pass --text-column with another column")
+        if isinstance(dtype, pl.Array):
+            col = col.cast(pl.List(inner))
+        how = "its items joined with newlines"
+        _warn_once(f"the text column {column!r} is {dtype}: each document's items are joined with newlines")
+        return col.list.eval(pl.element().cast(pl.String)).list.join("\n", ignore_nulls=True), how
+    if isinstance(dtype, pl.Struct):
+        _warn_once(f"the text column {column!r} is {dtype}: each document's text is its JSON")
+        return col.struct.json_encode(), "converted to JSON"
+    if dtype == pl.Object:
+        return col.map_elements(str, return_dtype=pl.String), "converted to str"
+    return col.cast(pl.String), "converted to str"
+
+
 def _finish(chunk: _Chunk, opts: _Options, row_offset: int) -> pl.DataFrame:
     """Turn a raw chunk into a document table."""
     frame = chunk.frame
@@ -729,11 +802,8 @@ def _finish(chunk: _Chunk, opts: _Options, row_offset: int) -> pl.DataFrame:
     if text_dtype == pl.Null:
         text = text.cast(pl.String)
     elif text_dtype != pl.String:
-        if text_dtype.is_numeric() or text_dtype == pl.Boolean:
-            text = text.cast(pl.String)
-        else:
-            text = text.map_elements(str, return_dtype=pl.String)
-        warnings.append(pl.when(pl.col(opts.text_column).is_not_null()).then(pl.lit(f"text was {text_dtype}, converted to str")))
+        text, how = _text_of(opts.text_column, text_dtype)
+        warnings.append(pl.when(pl.col(opts.text_column).is_not_null()).then(pl.lit(f"text was {text_dtype}, {how}")))
     raw_text = text
     warnings.append(
         pl.when(raw_text.is_null())

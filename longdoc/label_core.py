@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from indexer.storage import write_file_atomically
+from indexer.storage import DirectoryLock, write_file_atomically
 from longdoc.errors import ConfigError
 from longdoc.label_store import label_schema, part_files, prepare_output
 
@@ -29,7 +29,11 @@ if TYPE_CHECKING:
 # The records of a failing document keep the logger name they have always had, whichever engine labels it.
 logger = logging.getLogger("longdoc.labeling")
 
-__all__ = ["LabelRun", "LabelSummary", "check_options", "label_chunk", "label_rows", "positive_int"]
+#: A document with more characters than this is labelled on its own, after the shorter documents of its chunk
+#: (``longdoc.labeling``): about 25 windows of 512 tokens of English prose, many more than a typical document.
+LONG_DOCUMENT_CHARS = 50_000
+
+__all__ = ["LONG_DOCUMENT_CHARS", "LabelRun", "LabelSummary", "check_options", "label_chunk", "label_rows", "positive_int"]
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,8 @@ def _error_of(warning: str | None, n_windows: int) -> str | None:
 
 
 def label_rows(
-    clf: LongDocClassifier, docs: pl.DataFrame, top_passages: int, *, analysis: Analysis | None = None
+    clf: LongDocClassifier, docs: pl.DataFrame, top_passages: int, *, analysis: Analysis | None = None,
+    show_progress_bar: bool = False,
 ) -> pl.DataFrame:
     """The part rows of ``docs`` from one analysis (one encoder pass); raises when the analysis raises
     (:func:`label_chunk` isolates the bad document). Documents without tokens get error rows.
@@ -103,7 +108,7 @@ def label_rows(
     windows they were handed); ``None`` runs ``clf.analyze(docs)``.
     """
     if analysis is None:
-        analysis = clf.analyze(docs, show_progress_bar=False)
+        analysis = clf.analyze(docs, show_progress_bar=show_progress_bar)
     decided = clf.decide(analysis.probs)
     counts = analysis.windows.documents["n_windows"].to_numpy().astype(np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)])
@@ -139,14 +144,15 @@ def label_rows(
     )
 
 
-def label_chunk(clf: LongDocClassifier, docs: pl.DataFrame, top_passages: int) -> pl.DataFrame:
+def label_chunk(clf: LongDocClassifier, docs: pl.DataFrame, top_passages: int, *,
+                show_progress_bar: bool = False) -> pl.DataFrame:
     """Rows for one chunk; on an unexpected failure, documents are retried one by one to isolate the bad one.
 
     A document whose analysis still raises alone gets an error row with ``failed=True`` (the next
     labelling call labels it again); every other row has ``failed=False``.
     """
     try:
-        return label_rows(clf, docs, top_passages)
+        return label_rows(clf, docs, top_passages, show_progress_bar=show_progress_bar)
     except Exception as exc:  # noqa: BLE001 - a bad document must not stop the batch
         if docs.height == 1:
             logger.warning("document %r failed: %s", docs["doc_id"][0], exc)
@@ -164,8 +170,9 @@ def label_chunk(clf: LongDocClassifier, docs: pl.DataFrame, top_passages: int) -
 class LabelRun:
     """The bookkeeping of one labelling call over a labels directory, whatever the engine.
 
-    Opening it checks or creates ``output`` for ``clf`` (:func:`longdoc.label_store.prepare_output`), calls
-    ``tidy(output)`` (an engine's own clean-up of what a killed run left), and logs what is resumed. The engine
+    Opening it takes the directory's writer lock (``<output>.lock`` beside it, as for an index: a second run on the
+    same directory gets ``IndexLockedError``; released by :meth:`finish` or :meth:`close`), checks or creates
+    ``output`` for ``clf`` (:func:`longdoc.label_store.prepare_output`), calls ``tidy(output)`` (an engine's own clean-up of what a killed run left), and logs what is resumed. The engine
     then hands it every part through :meth:`write_part` and ends with :meth:`finish`.
 
     Attributes:
@@ -187,12 +194,27 @@ class LabelRun:
         self.started = time.perf_counter() if started is None else started
         self.output = output
         self.log = log
-        self.done, self.retry, self._next_part = prepare_output(output, clf, retry_failed=retry_failed)
+        # one writer per labels directory, as per index directory: a second run fails here, before any work
+        self._lock: DirectoryLock | None = DirectoryLock(
+            output, what="labels directory",
+            hint="wait for that run to finish (one writer per labels directory; a killed run's lock is released "
+                 "with it), or write to another output directory")
+        try:
+            self.done, self.retry, self._next_part = prepare_output(output, clf, retry_failed=retry_failed)
+        except BaseException:
+            self.close()
+            raise
         self.n_labelled = self.n_retried = self.n_errors = self.n_failed = 0
         if tidy is not None:
             tidy(output)
         if self.done:
             log.info("resuming: %d documents already labelled in %s", len(self.done), output)
+
+    def close(self) -> None:
+        """Release the labels directory's writer lock (``finish`` does; call it when a run stops on an error)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def write_part(self, rows: pl.DataFrame, write: Callable[[Path], Any]) -> None:
         """Write the next part atomically through ``write(path)`` and count its ``rows`` (``doc_id``,
@@ -208,6 +230,7 @@ class LabelRun:
     def finish(self, *, n_documents: int, n_skipped: int, closing: str) -> LabelSummary:
         """The call's summary; logs ``closing`` (an engine's wording, ``%(name)s`` fields of the summary) and,
         when documents failed, how to retry them."""
+        self.close()
         summary = LabelSummary(output=str(self.output), n_documents=n_documents, n_labelled=self.n_labelled,
                                n_skipped=n_skipped, n_retried=self.n_retried, n_errors=self.n_errors,
                                n_parts=len(part_files(self.output)), seconds=time.perf_counter() - self.started)

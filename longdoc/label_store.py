@@ -118,7 +118,10 @@ def prepare_output(
     doc_id written when ``retry_failed`` is False); ``retry``: those whose latest row is ``failed``, to label
     again (empty when ``retry_failed`` is False); ``next_part``: the number of the next part file.
     """
-    output.mkdir(parents=True, exist_ok=True)
+    real = Path(os.path.realpath(output))
+    if real.exists() and not real.is_dir():
+        raise DataError(f"output={str(output)!r} exists and is not a directory; choose a new or empty directory")
+    real.mkdir(parents=True, exist_ok=True)  # through a dangling link: at its target
     meta = _metadata(clf)
     meta_path = output / META_FILE
     parts = part_files(output)

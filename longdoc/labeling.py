@@ -20,7 +20,14 @@ import polars as pl
 from tqdm.auto import tqdm
 
 from longdoc.data import iter_documents
-from longdoc.label_core import LabelRun, LabelSummary, check_options, label_chunk, label_rows
+from longdoc.label_core import (
+    LONG_DOCUMENT_CHARS,
+    LabelRun,
+    LabelSummary,
+    check_options,
+    label_chunk,
+    label_rows,
+)
 from longdoc.label_store import conform_rows, label_names, read_labels
 
 if TYPE_CHECKING:
@@ -29,6 +36,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = ["LabelSummary", "label_chunk", "label_documents", "label_names", "label_rows", "read_labels"]
+
+#: Characters of long documents held back (to be labelled after the short ones that follow them) before they are
+#: labelled anyway: bounds the memory the hold-back costs.
+_HELD_BACK_CHARS = 64 * 1024 * 1024
 
 _CLOSING = ("labelled %(n_labelled)d documents (%(n_skipped)d skipped as done, %(n_retried)d retried, "
             "%(n_errors)d error rows) into %(output)s")
@@ -79,17 +90,43 @@ def label_documents(
     n_docs = n_skipped = 0
     show = logger.isEnabledFor(logging.INFO) if show_progress_bar is None else bool(show_progress_bar)
     bar = tqdm(desc="label documents", unit="doc", disable=not show)
+    held: list[pl.DataFrame] = []  # long documents, labelled one by one after the shorter ones
+
+    def write(docs: pl.DataFrame, *, progress: bool = False) -> None:
+        rows = conform_rows(label_chunk(clf, docs, top_passages, show_progress_bar=progress), clf.multi_label)
+        run.write_part(rows, lambda p, rows=rows: rows.write_parquet(p))
+
+    def label_held() -> None:
+        while held:
+            doc = held.pop(0)
+            logger.info("labelling the long document %r (%d characters)", doc["doc_id"][0],
+                        doc["text"].str.len_chars().fill_null(0)[0])
+            write(doc, progress=show)  # the encoder's window bar shows its progress
+            bar.update(1)
+
     try:
         for chunk in _chunks(source, chunk_size, reader_options):
             n_docs += chunk.height
             todo = chunk.filter(pl.Series([i not in done for i in chunk["doc_id"].to_list()], dtype=pl.Boolean)) \
                 if done else chunk
             n_skipped += chunk.height - todo.height
-            if todo.height:
-                rows = conform_rows(label_chunk(clf, todo, top_passages), clf.multi_label)
-                run.write_part(rows, lambda p, rows=rows: rows.write_parquet(p))
-                done.update(todo["doc_id"].to_list())
-            bar.update(chunk.height)
+            # one long document must not hold the others back: it waits (as its own part) for the end of the
+            # source, or until the long documents held back reach _HELD_BACK_CHARS
+            long = (todo["text"].str.len_chars().fill_null(0) > LONG_DOCUMENT_CHARS).to_numpy()
+            if long.any():
+                for i in long.nonzero()[0]:
+                    held.append(todo.slice(int(i), 1))
+                todo_now = todo.filter(pl.Series(~long))
+            else:
+                todo_now = todo
+            if todo_now.height:
+                write(todo_now)
+            done.update(todo["doc_id"].to_list())
+            bar.update(chunk.height - int(long.sum()))
+            if sum(int(d["text"].str.len_chars().fill_null(0)[0]) for d in held) > _HELD_BACK_CHARS:
+                label_held()
+        label_held()
     finally:
         bar.close()
+        run.close()  # the lock, when a chunk raised (finish releases it too)
     return run.finish(n_documents=n_docs, n_skipped=n_skipped, closing=_CLOSING)

@@ -10,10 +10,12 @@ those copies are still read, and a directory whose copies disagree is refused.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from longdoc.encoder import TOKEN_POOLINGS
 from longdoc.errors import ConfigError, ModelLoadError
 from longdoc.heads import HeadConfig
 from longdoc.windows import WindowConfig
@@ -120,25 +122,52 @@ def read_model_config(directory: str | Path) -> ModelConfig:
         raise ModelLoadError(f"{config_path} is not a valid longdoc model config: {exc!r}") from exc
     if len(labels) != head.num_labels:
         raise ModelLoadError(f"{config_path}: {len(labels)} labels but the head has {head.num_labels} outputs")
+    if pooling not in TOKEN_POOLINGS:
+        raise ModelLoadError(f"{config_path}: 'encoder'.'pooling' is {pooling!r}; valid: {list(TOKEN_POOLINGS)}")
+    temperature = _temperature(config.get("temperature", 1.0), config_path, "'temperature'")
     _check_old_window_copies(directory, config, window)
     part = config.get("retrieval_encoder", "encoder")
     if part not in _PARTS:
         raise ModelLoadError(f"{config_path}: retrieval_encoder must be 'encoder' or 'retrieval_encoder', "
                              f"got {part!r}")
+    for name in sorted({"encoder", part}):
+        _check_window_fits(directory / name, window, config_path)
     tasks: dict[str, TaskConfig] = {}
     task_configs = config.get("tasks") or {}
     try:
         for name, t in task_configs.items():
             tasks[name] = TaskConfig(
                 tuple(t["labels"]), t["column"], bool(t["multi_label"]), HeadConfig.from_dict(t["head"]),
-                float(t.get("temperature", 1.0)), t.get("thresholds"))
+                _temperature(t.get("temperature", 1.0), config_path, f"'tasks'.{name!r}.'temperature'"),
+                t.get("thresholds"))
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise ModelLoadError(f"{config_path}: malformed 'tasks' entry: {exc}") from exc
     return ModelConfig(
         path=config_path, labels=labels, head=head, window=window, pooling=pooling, normalize=normalize,
-        retrieval_encoder=part, temperature=config.get("temperature", 1.0), thresholds=config.get("thresholds"),
+        retrieval_encoder=part, temperature=temperature, thresholds=config.get("thresholds"),
         tasks=tasks, history=config.get("history", []), raw=config,
     )
+
+
+def _temperature(value: Any, config_path: Path, where: str) -> float:
+    """A stored temperature: a finite number > 0 (probabilities divide the logits by it)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ModelLoadError(f"{config_path}: {where} is {value!r}; expected a finite number > 0")
+    return float(value)
+
+
+def _check_window_fits(encoder_dir: Path, window: WindowConfig, config_path: Path) -> None:
+    """The stored window length must fit the encoder's position embeddings (its ``config.json``, read as JSON)."""
+    encoder_config = encoder_dir / "config.json"
+    if not encoder_config.is_file():
+        return  # a missing encoder is reported when it is loaded
+    try:
+        positions = json.loads(encoder_config.read_text(encoding="utf-8")).get("max_position_embeddings")
+    except (OSError, ValueError, AttributeError):
+        return  # unreadable: reported when the encoder is loaded
+    if isinstance(positions, int) and window.max_length > positions:
+        raise ModelLoadError(f"{config_path}: 'window'.'max_length' is {window.max_length}, more than the "
+                             f"{positions} positions of {encoder_config}; the config is damaged")
 
 
 def _check_old_window_copies(directory: Path, config: dict[str, Any], window: WindowConfig) -> None:

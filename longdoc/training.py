@@ -22,6 +22,7 @@ classifier's heads (and, fine-tuning, its encoder) in place. The loops only use 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -311,10 +312,43 @@ def fit(
     weights = class_weights(y.labels, len(clf.labels), clf.multi_label) if args.class_weights == "balanced" else None
     if lexical_scores is not None:
         y = dataclasses.replace(y, lexical=lexical_scores)
+    # what a checkpoint must match to be resumed by this run (computed before fine-tuning changes the encoder)
+    run = run_identity(clf, train, y, val, args) if args.checkpoint_dir else None
     if args.mode == "frozen":
-        _fit_frozen(clf, train, y, val, y_val, args, weights, show)
+        _fit_frozen(clf, train, y, val, y_val, args, weights, show, run)
     else:
-        _fit_finetune(clf, train, y, val, y_val, args, weights, show)
+        _fit_finetune(clf, train, y, val, y_val, args, weights, show, run)
+
+
+def _data_fingerprint(data: Any, y: Targets | None) -> str | None:
+    """A hash of documents (ids and texts) and their targets: another data set gives another hash."""
+    if data is None:
+        return None
+    docs = data if isinstance(data, pl.DataFrame) else data.documents
+    h = hashlib.blake2b(digest_size=16)
+    for doc_id, text in zip(docs["doc_id"].to_list(), docs["text"].to_list(), strict=True):
+        h.update(str(doc_id).encode("utf-8", "surrogatepass") + b"\0")
+        h.update(("" if text is None else text).encode("utf-8", "surrogatepass") + b"\0")
+    if y is not None:
+        for name, target in [("", y.labels), *sorted(y.tasks.items())]:
+            h.update(name.encode() + b"\0" + target.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def run_identity(clf: LongDocClassifier, train: Any, y: Targets, val: Any, args: TrainConfig) -> dict[str, Any]:
+    """What a training run's checkpoint records and a resumed run must match: labels (and extra tasks), head,
+    window geometry, mode, the encoder's weights when training starts, and fingerprints of the training and
+    validation data."""
+    return json.loads(json.dumps({  # as state.json gives it back (lists, not tuples)
+        "labels": list(clf.labels),
+        "tasks": {name: list(task.labels) for name, task in sorted(clf.tasks.items())},
+        "head": clf.head.config.to_dict(),
+        "window": clf.window.to_dict(),
+        "mode": args.mode,
+        "encoder": clf.encoder.fingerprint,
+        "training data": _data_fingerprint(train, y),
+        "validation data": _data_fingerprint(val, None),
+    }))
 
 
 def _heads(clf: LongDocClassifier) -> torch.nn.ModuleList:
@@ -368,7 +402,7 @@ def _validation_score(clf: LongDocClassifier, analysis: Analysis, y: Targets) ->
 
 def _fit_frozen(clf: LongDocClassifier, train: Encoded | pl.DataFrame, y: Targets,
                 val: Encoded | pl.DataFrame | None, y_val: Targets | None, args: TrainConfig,
-                weights: torch.Tensor | None, show: bool | None) -> None:
+                weights: torch.Tensor | None, show: bool | None, run: dict[str, Any] | None = None) -> None:
     """Encode every window once without gradients, then train the heads on the cached embeddings."""
     logger.info("encoding the training documents once (frozen encoder)")
     train_enc = clf.encode(train, show_progress_bar=show)
@@ -387,12 +421,12 @@ def _fit_frozen(clf: LongDocClassifier, train: Encoded | pl.DataFrame, y: Target
         return _validation_score(clf, clf.analyze(val_enc, show_progress_bar=False), y_val)
 
     _epoch_loop(clf, n_train=len(offsets) - 1, args=args, step_fn=step, evaluate_fn=evaluate,
-                encoder_trains=False, show=show)
+                encoder_trains=False, show=show, run=run)
 
 
 def _fit_finetune(clf: LongDocClassifier, train_docs: pl.DataFrame, y: Targets, val_docs: pl.DataFrame | None,
                   y_val: Targets | None, args: TrainConfig, weights: torch.Tensor | None,
-                  show: bool | None) -> None:
+                  show: bool | None, run: dict[str, Any] | None = None) -> None:
     """End to end: each step encodes (a sample of) the windows of a batch of documents with gradients."""
     if args.retrieval_encoder == "finetuned":
         clf.retrieval_encoder = clf.encoder
@@ -445,7 +479,7 @@ def _fit_finetune(clf: LongDocClassifier, train_docs: pl.DataFrame, y: Targets, 
     try:
         with attention_dropout(model, args.attention_dropout):
             _epoch_loop(clf, n_train=train_docs.height, args=args, step_fn=step, evaluate_fn=evaluate,
-                        encoder_trains=True, show=show)
+                        encoder_trains=True, show=show, run=run)
     finally:
         if args.gradient_checkpointing:
             model.gradient_checkpointing_disable()
@@ -463,6 +497,7 @@ def _epoch_loop(
     evaluate_fn: Callable[[], tuple[float, float] | None],
     encoder_trains: bool,
     show: bool | None,
+    run: dict[str, Any] | None = None,
 ) -> None:
     """Shared epoch logic: shuffling, accumulation, schedule, early stopping, checkpoints, resume.
 
@@ -479,15 +514,19 @@ def _epoch_loop(
     start_epoch, best, bad_epochs, step = 0, (-np.inf,), 0, 0
     best_head = {k: v.detach().clone() for k, v in heads.state_dict().items()}
     best_encoder = None
+    history: list[dict[str, Any]] = []  # this run's epoch records, those a resumed checkpoint brings included
     ckpt_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else None
     if ckpt_dir is not None:
-        meta = load_checkpoint(ckpt_dir, head=heads, encoder=encoder if encoder_trains else None, optimizer=optimizer)
+        meta = load_checkpoint(ckpt_dir, head=heads, encoder=encoder if encoder_trains else None, optimizer=optimizer,
+                               run=run)
         if meta is not None:
             start_epoch, bad_epochs, step = meta["epoch"] + 1, meta["bad_epochs"], meta["step"]
             best = tuple(meta["best_score"])
             best_head = meta["best_head"]
             best_encoder = meta["best_encoder"]
-            clf.history = list(meta.get("history", []))  # the epochs before the interruption
+            history = list(meta.get("history") or [])
+            if history and clf.history[-len(history):] != history:  # a new process: the epochs before the kill
+                clf.history.extend(history)
             with warnings.catch_warnings():  # fast-forwarding the schedule, not skipping an optimizer step
                 warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
                 for _ in range(step):
@@ -527,6 +566,7 @@ def _epoch_loop(
         if score is not None:
             record["eval_macro_f1"], record["eval_loss"] = score[0], -score[1]
         clf.history.append(record)
+        history.append(record)
         logger.info("epoch %d: %s", epoch + 1, record)
         current = score if score is not None else (-record["train_loss"],)
         if current > best:
@@ -539,7 +579,7 @@ def _epoch_loop(
         if ckpt_dir is not None:
             save_checkpoint(ckpt_dir, epoch=epoch, best_score=best, bad_epochs=bad_epochs, head=heads,
                             best_head=best_head, encoder=encoder if encoder_trains else None,
-                            best_encoder=best_encoder, optimizer=optimizer, step=step, history=clf.history)
+                            best_encoder=best_encoder, optimizer=optimizer, step=step, run=run, history=history)
         if score is not None and bad_epochs >= args.patience:
             logger.info("early stop after epoch %d (best eval macro-F1 %.4f)", epoch + 1, best[0])
             break
@@ -553,6 +593,25 @@ def _epoch_loop(
 
 
 # ---------------------------------------------------------------------- checkpoints (no pickle)
+def _check_same_run(path: Path, saved: Any, run: dict[str, Any]) -> None:
+    where = f"checkpoint_dir={str(path.parent)!r}"
+    advice = f"pass another checkpoint_dir (--checkpoint-dir), or delete {path} to start this run afresh"
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{where} holds a checkpoint that does not record which run wrote it (an older "
+                          f"longdoc): it cannot be checked against this run; {advice}")
+    differs = [key for key in run if saved.get(key) != run[key]]
+    if differs:
+        details = "; ".join(f"{key}: checkpoint {_short(saved.get(key))}, this run {_short(run[key])}"
+                            for key in differs)
+        raise ConfigError(f"{where} holds a checkpoint of another run ({', '.join(differs)} differ: {details}); "
+                          f"{advice}")
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
 def save_checkpoint(
     directory: Path,
     *,
@@ -565,15 +624,16 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     step: int,
     best_encoder: dict[str, torch.Tensor] | None = None,
+    run: dict[str, Any] | None = None,
     history: list[dict[str, Any]] | None = None,
 ) -> None:
     """Write a resumable checkpoint atomically (``indexer.storage.durable_directory``: a temporary directory
-    swapped into place); ``history``: the epoch records so far, restored on resume."""
+    swapped into place). ``run`` (``run_identity``) is recorded; ``load_checkpoint`` compares it."""
     directory.mkdir(parents=True, exist_ok=True)
-    with durable_directory(directory / "checkpoint", mode=0o700) as tmp:  # 0o700: as tempfile.mkdtemp made it
+    with durable_directory(directory / "checkpoint") as tmp:  # the mode the umask gives
         _write_checkpoint(tmp, epoch=epoch, best_score=best_score, bad_epochs=bad_epochs, head=head,
                           best_head=best_head, encoder=encoder, best_encoder=best_encoder, optimizer=optimizer,
-                          step=step, history=history or [])
+                          step=step, run=run, history=history)
 
 
 def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -581,7 +641,7 @@ def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _write_checkpoint(tmp: Path, *, epoch, best_score, bad_epochs, head, best_head, encoder, best_encoder,
-                      optimizer, step, history) -> None:
+                      optimizer, step, run=None, history=None) -> None:
     save_file(_tensors(head.state_dict()), tmp / "head.safetensors")
     save_file(_tensors(best_head), tmp / "best_head.safetensors")
     if encoder is not None:
@@ -599,7 +659,8 @@ def _write_checkpoint(tmp: Path, *, epoch, best_score, bad_epochs, head, best_he
                 scalars[f"{idx}.{key}"] = value
     save_file(tensors or {"_empty": torch.zeros(1)}, tmp / "optimizer.safetensors")
     meta = {
-        "epoch": epoch, "best_score": list(best_score), "bad_epochs": bad_epochs, "step": step, "history": history,
+        "epoch": epoch, "best_score": list(best_score), "bad_epochs": bad_epochs, "step": step, "run": run,
+        "history": history or [],
         "optimizer_scalars": scalars,
         "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in state["param_groups"]],
     }
@@ -612,13 +673,27 @@ def load_checkpoint(
     head: torch.nn.Module,
     encoder: torch.nn.Module | None,
     optimizer: torch.optim.Optimizer,
+    run: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
-    """Restore a checkpoint written by ``save_checkpoint``; ``None`` when there is none."""
+    """Restore a checkpoint written by ``save_checkpoint``; ``None`` when there is none.
+
+    With ``run`` (``run_identity`` of the run resuming), a checkpoint written by another run (other labels,
+    head, window, mode, encoder, training or validation data), or one that does not record its run, is refused
+    with a ``ConfigError`` naming what differs, before anything is loaded."""
     path = directory / "checkpoint"
     recover_stale(path)
     if not (path / "state.json").exists():
         return None
-    meta = json.loads((path / "state.json").read_text())
+    try:
+        meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"checkpoint_dir={str(directory)!r}: {path / 'state.json'} is unreadable ({exc}); delete "
+                          f"{path} to start afresh") from exc
+    if not isinstance(meta, dict):
+        raise ConfigError(f"checkpoint_dir={str(directory)!r}: {path / 'state.json'} must hold a JSON object, got "
+                          f"{type(meta).__name__}; delete {path} to start afresh")
+    if run is not None:
+        _check_same_run(path, meta.get("run"), run)
     head.load_state_dict(load_file(path / "head.safetensors"))
     if encoder is not None and (path / "encoder.safetensors").exists():
         encoder.load_state_dict(load_file(path / "encoder.safetensors"))

@@ -133,7 +133,7 @@ def test_finetune_updates_the_encoder_and_resumes(tiny_model_dir, tmp_path):
     again = LongDocClassifier.from_encoder(tiny_model_dir, labels=["sport", "tech", "news"],
                                            window=WindowConfig(max_length=32, stride=8), device="cpu")
     again.fit(df, args=args)
-    assert again.history == clf.history  # the checkpoint keeps the epochs it ran
+    assert again.history == clf.history  # the checkpoint's epoch records come back with it (issue 14)
     assert np.allclose(again.predict_proba(texts), clf.predict_proba(texts), atol=1e-5)
 
 
