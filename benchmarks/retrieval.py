@@ -153,8 +153,12 @@ def sweep(encoder, docs, table, emb, query_sets) -> None:
     texts = docs["text"].to_list()
     position = {d: i for i, d in enumerate(docs["doc_id"].to_list())}
     starts, ends = table["char_start"].to_list(), table["char_end"].to_list()
-    passages = table.with_columns(pl.Series("text", [texts[position[d]][a:b] for d, a, b in zip(
-        table["doc_id"].to_list(), starts, ends, strict=True)]))
+    labels = docs["labels"].to_list()
+    passages = table.with_columns(
+        pl.Series("text", [texts[position[d]][a:b] for d, a, b in zip(table["doc_id"].to_list(), starts, ends,
+                                                                        strict=True)]),
+        pl.Series("labels", [labels[position[d]] for d in table["doc_id"].to_list()], dtype=pl.List(pl.String)),
+    )
     all_queries = [q for queries, _ in query_sets.values() for q in queries]
     cached = CachedEncoder(encoder, all_queries)
     index = PassageIndex.build(emb, passages, encoder=cached)
@@ -166,6 +170,29 @@ def sweep(encoder, docs, table, emb, query_sets) -> None:
           "first_windows": len(first_index), "candidate_pool": index_module.CANDIDATE_POOL})
     for set_name, (queries, relevant) in query_sets.items():
         run_set(set_name, queries, relevant, index, first_index, page_bm25, doc_ids)
+    if "questions" in query_sets:
+        filter_speed(index, query_sets["questions"][0])
+
+
+def filter_speed(index: PassageIndex, queries: list[str], repeat: int = 3) -> None:
+    """Seconds for the questions as one batch and one per call, with each section's label filter and without."""
+    sections = {lab: int(index.passages.filter(pl.col("labels").list.contains(lab))["doc_id"].n_unique())
+                for lab in index.labels}
+    for mode, per_doc in (("dense", 1), ("dense", None), ("hybrid", 1), ("hybrid", None)):
+        for label in (None, "1", "3", "2", "4"):
+            def batch(mode=mode, per_doc=per_doc, label=label):
+                return index.search(queries, k=10, mode=mode, per_doc=per_doc, labels=label)
+
+            def one_by_one(mode=mode, per_doc=per_doc, label=label):
+                return [index.search(q, k=10, mode=mode, per_doc=per_doc, labels=label) for q in queries]
+
+            found = batch()
+            seconds = min(timed(batch)[1] for _ in range(repeat))
+            single = min(timed(one_by_one)[1] for _ in range(repeat))
+            emit({"bench": "retrieval", "what": "filter_speed", "mode": mode, "per_doc": per_doc, "label": label,
+                  "pages_in_filter": sections.get(label, len(index.doc_ids)), "queries": len(queries),
+                  "batch_s": round(seconds, 3), "one_per_call_s": round(single, 3),
+                  "min_hits": min(len(h) for h in found)})
 
 
 def timed(fn):
