@@ -58,6 +58,7 @@ __all__ = [
     "Hit",
     "PassageIndex",
     "QueryEncoder",
+    "describe_score",
 ]
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,27 @@ DOC_SCORE_FIRST_WEIGHT = 0.3
 #: Per-document hybrid score = dense document score + HYBRID_LEXICAL_WEIGHT x (the document's BM25 / the best
 #: BM25 among the candidates): measured on the same questions (benchmarks/retrieval.py sweeps it).
 HYBRID_LEXICAL_WEIGHT = 0.1
+
+def describe_score(*, mode: str = "dense", per_doc: int | None = 1, doc_score: str | None = None,
+                   normalize: bool = True) -> str:
+    """In words, what ``Hit.score`` is for a search with these arguments (for a header above printed hits)."""
+    per_doc = check_positive_int(per_doc, name="per_doc", allow_none=True)
+    check_mode(mode)
+    doc_score = check_doc_score(doc_score, per_doc)
+    sim = "cosine" if normalize else "inner product"
+    if mode == "hybrid" and per_doc is None:
+        return f"hybrid window score: reciprocal rank fusion of the dense and BM25 window ranks (sum of 1/({RRF_K} + rank))"
+    if doc_score == "max":
+        dense = f"document score: the {sim} of its best window"
+    elif doc_score == "top2_first":
+        dense = (f"document score: {DOC_SCORE_TOP2_WEIGHT:g} x mean {sim} of its 2 best windows + "
+                 f"{DOC_SCORE_FIRST_WEIGHT:g} x {sim} of its first window")
+    else:
+        return f"window score: {sim} of query and window"
+    if mode == "hybrid":
+        return f"hybrid document score: ({dense}) + {HYBRID_LEXICAL_WEIGHT:g} x page BM25 / best page BM25"
+    return dense
+
 
 #: One picked hit inside a search: (table position, score, the window's own score).
 _Picked = tuple[int, float, float]
