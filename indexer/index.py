@@ -78,6 +78,8 @@ DOC_SCORE_FIRST_WEIGHT = 0.3
 #: Per-document hybrid score = dense document score + HYBRID_LEXICAL_WEIGHT x (the document's BM25 / the best
 #: BM25 among the candidates): measured on the same questions (benchmarks/retrieval.py sweeps it).
 HYBRID_LEXICAL_WEIGHT = 0.1
+#: Resolved filters (labels=, doc_ids=) kept per version of the table; beyond this many the cache starts over.
+FILTER_CACHE_SIZE = 64
 
 def describe_score(*, mode: str = "dense", per_doc: int | None = 1, doc_score: str | None = None,
                    normalize: bool = True) -> str:
@@ -167,6 +169,7 @@ class _Caches:
         self.doc_order = np.lexsort((table["window_index"].to_numpy(), self.doc_codes))
         self.doc_starts = np.concatenate([[0], np.cumsum(np.bincount(self.doc_codes, minlength=len(names)))])
         self.doc_bm25: Bm25Index | None = None
+        self.filters: dict[tuple[tuple[str, ...] | None, tuple[str, ...] | None], np.ndarray] = {}
 
     def document_texts(self, table: pl.DataFrame) -> list[str]:
         """Each document's text (in code order) for document-level BM25: its windows in order, rebuilt from their
@@ -585,22 +588,33 @@ class PassageIndex:
         return encode_queries(self._encoder, texts, dim=self.dim, owner="PassageIndex")
 
     def _allowed(self, labels: Any, doc_ids: Any) -> np.ndarray | None:
-        """Sorted row ids passing the filters, or None when there is no filter."""
+        """Sorted row ids passing the filters, or None when there is no filter.
+
+        The answer is kept per filter until the table changes (the same array object for the same filter), so a
+        run of searches under one filter resolves it once (the torch scan keeps its mask for that object too).
+        """
         if labels is None and doc_ids is None:
             return None
         caches = self._caches_now()
+        wanted = None if labels is None else str_list(labels, name="labels")
+        docs = None if doc_ids is None else str_list(doc_ids, name="doc_ids")
+        if wanted is not None and len(self):
+            check_known_labels(wanted, caches.label_rows)
+        key = (None if wanted is None else tuple(wanted), None if docs is None else tuple(docs))
+        found = caches.filters.get(key)
+        if found is not None:
+            return found
         allowed: np.ndarray | None = None
-        if labels is not None:
-            wanted = str_list(labels, name="labels")
-            if len(self):
-                check_known_labels(wanted, caches.label_rows)
+        if wanted is not None:
             parts = [caches.label_rows[lab] for lab in wanted if lab in caches.label_rows]
             allowed = np.unique(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
-        if doc_ids is not None:
-            docs = str_list(doc_ids, name="doc_ids")
+        if docs is not None:
             parts = [caches.doc_rows[d] for d in docs if d in caches.doc_rows]
             rows = np.unique(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
             allowed = rows if allowed is None else np.intersect1d(allowed, rows, assume_unique=True)
+        if len(caches.filters) >= FILTER_CACHE_SIZE:
+            caches.filters.clear()
+        caches.filters[key] = allowed
         return allowed
 
     def _positions(self, ids: np.ndarray) -> np.ndarray:

@@ -328,3 +328,20 @@ def test_document_text_is_rebuilt_without_the_overlaps(real):
         "doc_id": ["a", "a"], "window_index": [0, 1], "char_start": [0, 0], "char_end": [0, 0],
         "text": ["first part", "second part"]}))
     assert odd._caches_now().document_texts(odd.passages) == ["first part\nsecond part"]
+
+
+def test_a_kept_filter_follows_changes_of_the_index():
+    index, table, X = build_real()
+    query = "serialize an object to a JSON formatted string"
+    before = index.search(query, k=5, labels="json", per_doc=None)
+    assert before and all(h.labels == ("json",) for h in before)
+    assert index.search(query, k=5, labels="json", per_doc=None) == before  # the kept filter: same answer
+    new = {"doc_id": "json.new", "window_index": 0, "char_start": 0, "char_end": len(query), "text": query,
+           "labels": ["json"]}
+    index.add(index.encoder.encode([query]), pl.DataFrame([new]))
+    for per_doc in (None, 1):
+        assert index.search(query, k=5, labels="json", per_doc=per_doc)[0].doc_id == "json.new"
+    index.remove(doc_ids=["json.new", before[0].doc_id])
+    after = index.search(query, k=5, labels="json", per_doc=None)
+    assert {h.doc_id for h in after}.isdisjoint({"json.new", before[0].doc_id}) and len(after) == 5
+    assert all(h.labels == ("json",) for h in after)
