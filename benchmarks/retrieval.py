@@ -102,6 +102,9 @@ def main() -> None:
     parser.add_argument("--stride", type=int, default=64)
     parser.add_argument("--encode-only", action="store_true")
     parser.add_argument("--sets", default="questions,name_lines", help="query sets to run (comma-separated)")
+    parser.add_argument("--speed-only", action="store_true",
+                        help="only the filtered-search timing on the questions (best of --repeat)")
+    parser.add_argument("--repeat", type=int, default=3, help="timing repeats (best kept)")
     args = parser.parse_args()
     setup_logging()
     emit({"bench": "retrieval", "what": "machine", **machine(), "args": vars(args)})
@@ -119,7 +122,8 @@ def main() -> None:
     query_sets = {"questions": (questions, relevant),
                   "name_lines": ([names[i] for i in name_rows], [{docs["doc_id"][i]} for i in name_rows])}
     wanted = args.sets.split(",")
-    sweep(encoder, docs, table, emb, {name: value for name, value in query_sets.items() if name in wanted})
+    sweep(encoder, docs, table, emb, {name: value for name, value in query_sets.items() if name in wanted},
+          speed_only=args.speed_only, repeat=args.repeat)
 
 
 class CachedEncoder:
@@ -148,7 +152,7 @@ def page_ranking(hits: list, k: int = 10) -> list[str]:
     return list(dict.fromkeys(h.doc_id for h in hits))[:k]
 
 
-def sweep(encoder, docs, table, emb, query_sets) -> None:
+def sweep(encoder, docs, table, emb, query_sets, *, speed_only: bool = False, repeat: int = 3) -> None:
     """Every method through the library's search, on both query sets."""
     texts = docs["text"].to_list()
     position = {d: i for i, d in enumerate(docs["doc_id"].to_list())}
@@ -169,9 +173,10 @@ def sweep(encoder, docs, table, emb, query_sets) -> None:
     emit({"bench": "retrieval", "what": "index", "windows": len(index), "pages": len(index.doc_ids),
           "first_windows": len(first_index), "candidate_pool": index_module.CANDIDATE_POOL})
     for set_name, (queries, relevant) in query_sets.items():
-        run_set(set_name, queries, relevant, index, first_index, page_bm25, doc_ids)
+        if not speed_only:
+            run_set(set_name, queries, relevant, index, first_index, page_bm25, doc_ids)
     if "questions" in query_sets:
-        filter_speed(index, query_sets["questions"][0])
+        filter_speed(index, query_sets["questions"][0], repeat=repeat)
 
 
 def filter_speed(index: PassageIndex, queries: list[str], repeat: int = 3) -> None:
