@@ -4,6 +4,11 @@ Vectors live in one faiss index (inner product; L2-normalised by default, so sco
 keyed by a ``row_id`` the index assigns (increasing, never reused). The passage table is a polars DataFrame
 holding each window's document id, window index, exact character span, text, labels and user metadata.
 The two never diverge: every change is validated in full before either is touched.
+
+Search returns documents by default (``per_doc=1``), each as its best window and ranked by a document score
+(``doc_score``: by default a blend of its two best windows and its first one, see ``PassageIndex.search``),
+or windows (``per_doc=None``); ``mode="hybrid"`` adds BM25 (over whole documents, or over windows). Every
+branch draws a fixed pool of candidates (``CANDIDATE_POOL``), so results never depend on ``k`` beyond the cut.
 """
 
 from __future__ import annotations
