@@ -6,17 +6,21 @@ MiniLM (bf16, cached under ``.cache/retrieval``). Questions: ``benchmarks/data/m
 hand before any system was run on them; questions whose relevant pages are not in the corpus are counted and
 left out). NAME-line queries: each page's NAME line for its own page.
 
-Methods (all on the same vectors):
+Methods, each the real ``PassageIndex.search`` over the same window vectors (queries encoded once, cached):
 
-* ``first_window``: MiniLM on each page's first window only (what "index the first 256 tokens" gives);
-* ``bm25_pages``: BM25 over whole pages;
-* ``dense_max``: every window indexed, a page scored by its best window (``doc_score="max"``);
-* ``hybrid_rrf_windows``: BM25 over windows fused with the dense windows by reciprocal rank fusion;
-* the document scorings of ``indexer.scoring`` (``doc_score=...``), dense and hybrid (page-level BM25).
+* ``first_window``: an index of each page's first window only (MiniLM on the first 256 tokens), per page;
+* ``bm25_pages``: BM25 over whole pages (``indexer.hybrid.Bm25Index``);
+* ``dense_<doc_score>``: every window indexed, per-page results with ``doc_score=`` each of ``DOC_SCORES``;
+* ``hybrid_<doc_score>_w<W>``: ``mode="hybrid"`` per page (page-level BM25 fused by ``fuse_scores`` with weight
+  W, the library's ``HYBRID_LEXICAL_WEIGHT`` set for the sweep);
+* ``hybrid_<doc_score>_rrf``: the dense per-page ranking and the page BM25 ranking (``CANDIDATE_POOL`` each)
+  fused by ``indexer.hybrid.reciprocal_rank_fusion``;
+* ``hybrid_windows_rrf``: ``mode="hybrid", per_doc=None`` (window BM25 + dense windows, RRF), pages in order of
+  their first window.
 
     python benchmarks/retrieval.py                    # about 20 minutes on 2 cores the first time (encoding)
 
-One JSON line per figure on stdout: R@1, R@10, MRR@10, nDCG@10.
+One JSON line per figure on stdout: R@1, R@10, MRR@10, nDCG@10 and the search seconds.
 """
 
 from __future__ import annotations
@@ -36,8 +40,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, machine, setup_logging  # noqa: E402
 
+import indexer.index as index_module  # noqa: E402
+from indexer import PassageIndex  # noqa: E402
 from indexer.evaluation import mrr, ndcg_at_k, recall_at_k  # noqa: E402
-from indexer.hybrid import Bm25Index  # noqa: E402
+from indexer.hybrid import Bm25Index, reciprocal_rank_fusion  # noqa: E402
+from indexer.inputs import DOC_SCORES  # noqa: E402
 from longdoc.encoder import WindowEncoder  # noqa: E402
 from longdoc.manpages import load_man_pages  # noqa: E402
 from longdoc.windows import WindowConfig  # noqa: E402
@@ -45,7 +52,10 @@ from longdoc.windows import WindowConfig  # noqa: E402
 logger = logging.getLogger("benchmarks.retrieval")
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "retrieval"
+QUERY_CACHE = ROOT / ".cache" / "retrieval-queries"
 QUESTIONS = Path(__file__).resolve().parent / "data" / "man_questions.jsonl"
+#: The lexical weights of per-page hybrid search that the sweep measures.
+HYBRID_WEIGHTS = (0.05, 0.1, 0.2, 0.3)
 
 
 def metrics(rankings: list[list[str]], relevant: list[set[str]]) -> dict[str, float]:
@@ -91,6 +101,10 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--stride", type=int, default=64)
     parser.add_argument("--encode-only", action="store_true")
+    parser.add_argument("--sets", default="questions,name_lines", help="query sets to run (comma-separated)")
+    parser.add_argument("--speed-only", action="store_true",
+                        help="only the filtered-search timing on the questions (best of --repeat)")
+    parser.add_argument("--repeat", type=int, default=3, help="timing repeats (best kept)")
     args = parser.parse_args()
     setup_logging()
     emit({"bench": "retrieval", "what": "machine", **machine(), "args": vars(args)})
@@ -107,82 +121,122 @@ def main() -> None:
     name_rows = [i for i, n in enumerate(names) if n and n.strip()]
     query_sets = {"questions": (questions, relevant),
                   "name_lines": ([names[i] for i in name_rows], [{docs["doc_id"][i]} for i in name_rows])}
-    sweep(encoder, docs, table, emb, query_sets)
+    wanted = args.sets.split(",")
+    sweep(encoder, docs, table, emb, {name: value for name, value in query_sets.items() if name in wanted},
+          speed_only=args.speed_only, repeat=args.repeat)
 
 
-def doc_matrix(table: pl.DataFrame, doc_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(n_docs, max_windows) window rows of each page, -1 padded, and each page's window count."""
-    position = {d: i for i, d in enumerate(doc_ids)}
-    doc_of = np.asarray([position[d] for d in table["doc_id"].to_list()])
-    counts = np.bincount(doc_of, minlength=len(doc_ids))
-    width = int(counts.max())
-    rows = np.full((len(doc_ids), width), -1, dtype=np.int64)
-    order = np.argsort(doc_of, kind="stable")
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    for d in range(len(doc_ids)):
-        rows[d, : counts[d]] = order[starts[d] : starts[d] + counts[d]]
-    return rows, counts
+class CachedEncoder:
+    """The query encoder for the index: the MiniLM vectors of the benchmark's queries, encoded once."""
+
+    def __init__(self, encoder: WindowEncoder, texts: list[str]) -> None:
+        self.dim = encoder.dim
+        unique = list(dict.fromkeys(texts))
+        key = hashlib.sha1(json.dumps(unique).encode()).hexdigest()[:16]
+        path = QUERY_CACHE / f"{key}.npy"
+        if path.exists():
+            vectors = np.load(path)
+        else:
+            vectors = np.asarray(encoder.encode(unique), dtype=np.float32)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path, vectors)
+        self._rows = {t: i for i, t in enumerate(unique)}
+        self._vectors = vectors
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return self._vectors[[self._rows[t] for t in texts]]
 
 
-def rank_docs(scores: np.ndarray, doc_ids: list[str], k: int = 10) -> list[list[str]]:
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return [[doc_ids[j] for j in row] for row in top]
+def page_ranking(hits: list, k: int = 10) -> list[str]:
+    """The first k distinct pages of a hit list."""
+    return list(dict.fromkeys(h.doc_id for h in hits))[:k]
 
 
-def sweep(encoder, docs, table, emb, query_sets) -> None:
-    """Document scorings computed from the same window scores, and page-level BM25 fused with them."""
+def sweep(encoder, docs, table, emb, query_sets, *, speed_only: bool = False, repeat: int = 3) -> None:
+    """Every method through the library's search, on both query sets."""
+    texts = docs["text"].to_list()
+    position = {d: i for i, d in enumerate(docs["doc_id"].to_list())}
+    starts, ends = table["char_start"].to_list(), table["char_end"].to_list()
+    labels = docs["labels"].to_list()
+    passages = table.with_columns(
+        pl.Series("text", [texts[position[d]][a:b] for d, a, b in zip(table["doc_id"].to_list(), starts, ends,
+                                                                        strict=True)]),
+        pl.Series("labels", [labels[position[d]] for d in table["doc_id"].to_list()], dtype=pl.List(pl.String)),
+    )
+    all_queries = [q for queries, _ in query_sets.values() for q in queries]
+    cached = CachedEncoder(encoder, all_queries)
+    index = PassageIndex.build(emb, passages, encoder=cached)
+    first = table["window_index"] == 0
+    first_index = PassageIndex.build(emb[first.to_numpy()], passages.filter(first), encoder=cached)
     doc_ids = docs["doc_id"].to_list()
-    rows, counts = doc_matrix(table, doc_ids)
-    first = rows[:, 0]
-    bm25 = Bm25Index(docs["text"].to_list())
-    log_len = np.log(counts.astype(np.float64))
+    page_bm25 = Bm25Index(texts)
+    emit({"bench": "retrieval", "what": "index", "windows": len(index), "pages": len(index.doc_ids),
+          "first_windows": len(first_index), "candidate_pool": index_module.CANDIDATE_POOL})
     for set_name, (queries, relevant) in query_sets.items():
-        t0 = time.perf_counter()
-        q = encoder.encode(queries)
-        q = q / np.linalg.norm(q, axis=1, keepdims=True)
-        methods: dict[str, list[np.ndarray]] = {}
-        for start in range(0, len(q), 64):
-            s = q[start : start + 64] @ emb.T  # (b, n_windows)
-            per_doc = np.where(rows >= 0, s[:, np.maximum(rows, 0)], -np.inf)  # (b, n_docs, width)
-            ordered = -np.sort(-per_doc, axis=2)[:, :, :3]  # best three windows of each page
-            best = ordered[:, :, 0]
-            second = np.where(np.isfinite(ordered[:, :, 1]), ordered[:, :, 1], best)
-            third = np.where(np.isfinite(ordered[:, :, 2]), ordered[:, :, 2], second)
-            first_s = s[:, first]
-            cand = {
-                "max": best,
-                "first_window": first_s,
-                "top2_mean": (best + second) / 2,
-                "top3_mean": (best + second + third) / 3,
-                "max_len_prior_0.01": best - 0.01 * log_len,
-                "max_len_prior_0.02": best - 0.02 * log_len,
-                "max_first_0.3": 0.7 * best + 0.3 * first_s,
-                "max_first_0.5": 0.5 * best + 0.5 * first_s,
-                "top2_first_0.3": 0.7 * (best + second) / 2 + 0.3 * first_s,
-                "top3_first_0.3": 0.7 * (best + second + third) / 3 + 0.3 * first_s,
-            }
-            lex = np.stack([bm25.scores(text) for text in queries[start : start + 64]])  # (b, n_docs)
-            lex_n = lex / np.maximum(lex.max(axis=1, keepdims=True), 1e-9)
-            for name in ("max", "top2_first_0.3", "top3_first_0.3", "max_first_0.3"):
-                dense = cand[name]
-                cand[f"{name}+bm25_rrf"] = rrf(dense, lex)
-                for w in (0.1, 0.2, 0.3):
-                    cand[f"{name}+bm25_lin{w}"] = dense + w * lex_n
-            cand["bm25_pages"] = lex
-            for name, value in cand.items():
-                methods.setdefault(name, []).append(value)
-        for name, parts in methods.items():
-            ranking = rank_docs(np.concatenate(parts), doc_ids)
-            emit({"bench": "retrieval", "what": "sweep", "queries": set_name, "method": name,
-                  **{k: round(v, 4) for k, v in metrics(ranking, relevant).items()}})
-        logger.info("%s: %d queries in %.1f s", set_name, len(queries), time.perf_counter() - t0)
+        if not speed_only:
+            run_set(set_name, queries, relevant, index, first_index, page_bm25, doc_ids)
+    if "questions" in query_sets:
+        filter_speed(index, query_sets["questions"][0], repeat=repeat)
 
 
-def rrf(a: np.ndarray, b: np.ndarray, k: int = 60) -> np.ndarray:
-    """Reciprocal rank fusion of two (b, n_docs) score matrices (ranks over all documents)."""
-    ra = np.argsort(np.argsort(-a, axis=1, kind="stable"), axis=1) + 1
-    rb = np.argsort(np.argsort(-b, axis=1, kind="stable"), axis=1) + 1
-    return 1.0 / (k + ra) + 1.0 / (k + rb)
+def filter_speed(index: PassageIndex, queries: list[str], repeat: int = 3) -> None:
+    """Seconds for the questions as one batch and one per call, with each section's label filter and without."""
+    sections = {lab: int(index.passages.filter(pl.col("labels").list.contains(lab))["doc_id"].n_unique())
+                for lab in index.labels}
+    for mode, per_doc in (("dense", 1), ("dense", None), ("hybrid", 1), ("hybrid", None)):
+        for label in (None, "1", "3", "2", "4"):
+            def batch(mode=mode, per_doc=per_doc, label=label):
+                return index.search(queries, k=10, mode=mode, per_doc=per_doc, labels=label)
+
+            def one_by_one(mode=mode, per_doc=per_doc, label=label):
+                return [index.search(q, k=10, mode=mode, per_doc=per_doc, labels=label) for q in queries]
+
+            found = batch()
+            seconds = min(timed(batch)[1] for _ in range(repeat))
+            single = min(timed(one_by_one)[1] for _ in range(repeat))
+            emit({"bench": "retrieval", "what": "filter_speed", "mode": mode, "per_doc": per_doc, "label": label,
+                  "pages_in_filter": sections.get(label, len(index.doc_ids)), "queries": len(queries),
+                  "batch_s": round(seconds, 3), "one_per_call_s": round(single, 3),
+                  "min_hits": min(len(h) for h in found)})
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - t0
+
+
+def run_set(set_name, queries, relevant, index, first_index, page_bm25, doc_ids) -> None:
+    position = {d: i for i, d in enumerate(doc_ids)}
+    pool = index_module.CANDIDATE_POOL
+
+    def report(method: str, rankings: list[list[str]], seconds: float) -> None:
+        emit({"bench": "retrieval", "queries": set_name, "n": len(queries), "method": method,
+              **{k: round(v, 4) for k, v in metrics(rankings, relevant).items()}, "seconds": round(seconds, 2)})
+
+    hits, sec = timed(lambda: first_index.search(queries, k=10, doc_score="max"))
+    report("first_window", [page_ranking(h) for h in hits], sec)
+    bm25_top, sec = timed(lambda: [page_bm25.top(q, pool) for q in queries])
+    report("bm25_pages", [[doc_ids[j] for j in top[:10]] for top in bm25_top], sec)
+    for doc_score in DOC_SCORES:
+        hits, sec = timed(lambda ds=doc_score: index.search(queries, k=pool, doc_score=ds))
+        dense = [[h.doc_id for h in found] for found in hits]
+        report(f"dense_{doc_score}", [r[:10] for r in dense], sec)
+        # page-level RRF of the dense and BM25 rankings, with the library's fusion
+        fused = [[doc_ids[j] for j, _ in reciprocal_rank_fusion([[position[d] for d in ranked], top.tolist()])][:10]
+                 for ranked, top in zip(dense, bm25_top, strict=True)]
+        report(f"hybrid_{doc_score}_rrf", fused, 0.0)
+        saved = index_module.HYBRID_LEXICAL_WEIGHT
+        try:
+            for weight in HYBRID_WEIGHTS:
+                index_module.HYBRID_LEXICAL_WEIGHT = weight
+                hits, sec = timed(lambda ds=doc_score: index.search(queries, k=10, mode="hybrid", doc_score=ds))
+                report(f"hybrid_{doc_score}_w{weight}", [page_ranking(h) for h in hits], sec)
+        finally:
+            index_module.HYBRID_LEXICAL_WEIGHT = saved
+    hits, sec = timed(lambda: index.search(queries, k=100, mode="hybrid", per_doc=None))
+    report("hybrid_windows_rrf", [page_ranking(h) for h in hits], sec)
+    logger.info("%s: %d queries done", set_name, len(queries))
 
 
 if __name__ == "__main__":

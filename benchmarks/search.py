@@ -10,6 +10,13 @@ one JSON line per figure.
 
     python benchmarks/search.py --n 1000000 --dims 384,768 --queries 200
     python benchmarks/search.py --real .cache/bench/man_windows.npy --queries 1000
+    python benchmarks/search.py --filtered             # filtered against unfiltered search, every search kind
+
+``--filtered``: one index (``--n`` windows of ``--windows-per-doc``, one label per document out of
+``--labels``, each window a short text of a fixed vocabulary), ``--queries`` text queries searched as one
+batch and one per call, with and without a label filter (one label: about 1/labels of the documents) and a
+selective ``doc_ids`` filter (2% of the documents), for dense and hybrid, window and per-document results.
+Prints the seconds of each and the ratio filtered / unfiltered (best of ``--repeat``).
 """
 
 from __future__ import annotations
@@ -253,6 +260,67 @@ def run(n: int, dim: int, n_queries: int, clusters: int, seed: int, windows_per_
          value=round(wrapper_ivf_qps / wrapper_qps, 3))
 
 
+class TableEncoder:
+    """Text queries for the filtered case: each known text has its vector (real text -> vector lookups)."""
+
+    def __init__(self, texts: list[str], vectors: np.ndarray) -> None:
+        self.dim = vectors.shape[1]
+        self._rows = {t: i for i, t in enumerate(texts)}
+        self._vectors = vectors
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return self._vectors[[self._rows[t] for t in texts]]
+
+
+def filtered(n: int, dim: int, n_queries: int, windows_per_doc: int, n_labels: int, seed: int, repeat: int) -> None:
+    """Filtered against unfiltered search on one index: dense and hybrid, windows and documents."""
+    data = clustered(n + n_queries, dim, clusters=max(1, n // 500), seed=seed)
+    X, Q = data[:n], np.ascontiguousarray(data[n:])
+    rng = np.random.default_rng(seed)
+    vocab = [f"w{i}" for i in range(5000)]
+    texts = [" ".join(rng.choice(vocab, 40)) for _ in range(n)]
+    queries = [" ".join(rng.choice(vocab, 6)) + f" q{i}" for i in range(n_queries)]
+    n_docs = (n + windows_per_doc - 1) // windows_per_doc
+    table = pl.DataFrame({
+        "doc_id": [f"doc{i // windows_per_doc}" for i in range(n)],
+        "window_index": [i % windows_per_doc for i in range(n)],
+        "char_start": [0] * n,
+        "char_end": [len(t) for t in texts],
+        "text": texts,
+        "labels": [[f"label{(i // windows_per_doc) % n_labels}"] for i in range(n)],
+    })
+    index = PassageIndex.build(X, table, encoder=TableEncoder(queries, Q), ivf_threshold=n + 1)
+    few_docs = [f"doc{i}" for i in rng.choice(n_docs, max(1, n_docs // 50), replace=False)]
+    base = {"figure": "filtered", "n": n, "dim": dim, "docs": n_docs, "queries": n_queries, "k": K,
+            "labels": n_labels}
+    cases = [("dense", None, None), ("dense", 1, "max"), ("dense", 1, "top2_first"), ("hybrid", None, None),
+             ("hybrid", 1, "top2_first")]
+    filters = {"none": {}, "label": {"labels": "label0"}, "doc_ids_2pct": {"doc_ids": few_docs}}
+    for mode, per_doc, doc_score in cases:
+        seconds = {}
+        for name, options in filters.items():
+            def search(options: dict[str, Any] = options, mode: str = mode, per_doc: int | None = per_doc,
+                       doc_score: str | None = doc_score) -> Any:
+                return index.search(queries, k=K, mode=mode, per_doc=per_doc, doc_score=doc_score, **options)
+
+            def one_by_one(options: dict[str, Any] = options, mode: str = mode, per_doc: int | None = per_doc,
+                           doc_score: str | None = doc_score) -> Any:
+                return [index.search(q, k=K, mode=mode, per_doc=per_doc, doc_score=doc_score, **options)
+                        for q in queries]
+
+            found = search()  # warm-up (BM25 and caches built here)
+            assert all(len(hits) == K for hits in found), "a filtered search returned fewer than k hits"
+            seconds[name] = min(timed(search)[0] for _ in range(repeat))
+            seconds[name + "/single"] = min(timed(one_by_one)[0] for _ in range(repeat))
+        for name in ("label", "doc_ids_2pct"):
+            emit(**base, mode=mode, per_doc=per_doc, doc_score=doc_score, filter=name,
+                 seconds=round(seconds[name], 3), unfiltered_seconds=round(seconds["none"], 3),
+                 ratio=round(seconds[name] / seconds["none"], 2),
+                 one_per_call_seconds=round(seconds[name + "/single"], 3),
+                 one_per_call_unfiltered_seconds=round(seconds["none/single"], 3),
+                 one_per_call_ratio=round(seconds[name + "/single"] / seconds["none/single"], 2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000, help="vectors in the collection")
@@ -264,10 +332,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--real", default=None, help="a .npy of real (n, dim) embeddings instead of synthetic ones")
     parser.add_argument("--exact-only", action="store_true", help="skip the IVF contenders (their k-means is slow)")
+    parser.add_argument("--filtered", action="store_true",
+                        help="only the filtered-vs-unfiltered case (default there: --n 34563 --queries 60)")
+    parser.add_argument("--labels", type=int, default=3, help="labels in the filtered case (one per document)")
+    parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     emit(figure="machine", cpus=os.cpu_count(), faiss_threads=faiss.omp_get_max_threads(),
          gpus=faiss.get_num_gpus(), python=platform.python_version(), faiss=indexer.backend.faiss_version(),
          processor=platform.processor() or platform.machine())
+    if args.filtered:
+        n = args.n if args.n != parser.get_default("n") else 34_563
+        queries = args.queries if args.queries != parser.get_default("queries") else 60
+        for dim in (int(d) for d in args.dims.split(",")):
+            filtered(n, dim, queries, args.windows_per_doc, args.labels, args.seed, args.repeat)
+        return
     if args.real:
         real = np.load(args.real).astype(np.float32)
         real /= np.linalg.norm(real, axis=1, keepdims=True)

@@ -12,7 +12,7 @@ from indexer.errors import (
     IndexUnsupportedError,
 )
 from indexer.evaluation import evaluate_retrieval, mrr, ndcg_at_k, recall_at_k
-from indexer.index import FORMAT_VERSION, Hit, PassageIndex, QueryEncoder
+from indexer.index import FORMAT_VERSION, Hit, PassageIndex, QueryEncoder, describe_score
 from indexer.rag import Context, build_contexts, format_contexts
 from indexer.sharded import ShardedPassageIndex, export_vectors_parquet
 
@@ -29,6 +29,7 @@ __all__ = [
     "QueryEncoder",
     "ShardedPassageIndex",
     "build_contexts",
+    "describe_score",
     "evaluate_retrieval",
     "export_vectors_parquet",
     "format_contexts",

@@ -116,6 +116,7 @@ class FaissBackend:
         self._version = 0
         self._gpu_cache: tuple[tuple[int, int | None], faiss.Index | None] | None = None
         self._torch_cache: tuple[tuple[int, str], TorchExactSearch | None] | None = None
+        self._stored_cache: tuple[int, np.ndarray, np.ndarray, np.ndarray | None] | None = None
         self.device = check_device(device)
         self._warned: set[str] = set()
         self._nprobe_override: int | None = None
@@ -397,6 +398,42 @@ class FaissBackend:
             view = faiss.rev_swig_ptr(inner.get_xb(), inner.ntotal * inner.d).reshape(inner.ntotal, inner.d)
             return ids, view
         return self.ids_and_vectors()
+
+    def vectors_of(self, ids: np.ndarray) -> np.ndarray:
+        """The stored vectors of ``ids`` (int64 ids present in the index), float32 ``(len(ids), dim)``: for
+        scoring chosen windows exactly (document scores) without a search.
+
+        Exact layouts read their storage (in place for float32, decoded once per version for fp16). Other
+        layouts reconstruct through faiss: an IVF index gets a hash-table direct map the first time (kept, and
+        saved with the index), so its vectors are the stored codes decoded. A layout that cannot reconstruct
+        raises ``IndexUnsupportedError``.
+        """
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if len(ids) == 0:
+            return np.empty((0, self.dim), dtype=np.float32)
+        if self.is_exact:
+            if self._stored_cache is None or self._stored_cache[0] != self._version:
+                self._stored_cache = None
+                all_ids, matrix = self._vectors_in_place()
+                order = None if np.all(all_ids[1:] > all_ids[:-1]) else np.argsort(all_ids, kind="stable")
+                self._stored_cache = (self._version, all_ids, matrix, order)
+            _, all_ids, matrix, order = self._stored_cache
+            if order is None:
+                return matrix[np.searchsorted(all_ids, ids)]
+            return matrix[order[np.searchsorted(all_ids[order], ids)]]
+        ivf = self.ivf
+        try:
+            if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
+                logger.info("adding a direct map to %s so that document scores can read stored vectors",
+                            self.description)
+                ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+            return np.ascontiguousarray(self.index.reconstruct_batch(ids), dtype=np.float32)
+        except RuntimeError as exc:
+            raise IndexUnsupportedError(
+                f"the {self.layout!r} layout ({self.description}) cannot hand back stored vectors, which per-document "
+                f"scores need (doc_score='top2_first', hybrid per_doc): {str(exc).strip().splitlines()[-1]}; "
+                "use doc_score='max' or a Flat/IVF layout"
+            ) from None
 
     def search(
         self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None, id_bound: int = 0

@@ -1,7 +1,10 @@
-"""Lexical retrieval (BM25 through ``bm25s``) and reciprocal rank fusion with the dense ranking.
+"""Lexical retrieval (BM25 through ``bm25s``) and its fusion with the dense ranking.
 
-The BM25 index is derived from the passage table's ``text`` column (same row order), built on the first hybrid
-search and rebuilt after any change; it is never saved, so it can never disagree with the saved table.
+Two BM25 indexes are derived from the passage table, built on the first hybrid search that needs them and rebuilt
+after any change (never saved, so they can never disagree with the saved table): one over the window texts (same
+row order; window results, ``per_doc=None``) and one over whole documents (per-document results). Fusion:
+``fuse_scores`` (dense score + weight x BM25 / the best BM25 of the candidates: what per-document hybrid search
+uses) and ``reciprocal_rank_fusion`` (ranks only: what window-level hybrid search uses).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from collections.abc import Sequence
 import bm25s
 import numpy as np
 
-__all__ = ["RRF_K", "Bm25Index", "reciprocal_rank_fusion"]
+__all__ = ["RRF_K", "Bm25Index", "fuse_scores", "reciprocal_rank_fusion"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +38,7 @@ class Bm25Index:
             retriever = bm25s.BM25()
             retriever.index(tokens, show_progress=False)
             self._retriever = retriever
-        logger.debug("built BM25 over %d windows", self.size)
+        logger.debug("built BM25 over %d texts", self.size)
 
     def scores(self, query: str) -> np.ndarray:
         """BM25 score of every text for ``query`` (zeros when no query term is in the vocabulary)."""
@@ -48,12 +51,14 @@ class Bm25Index:
             return out
         return np.asarray(self._retriever.get_scores(ids), dtype=np.float32)
 
-    def top(self, query: str, depth: int, allowed: np.ndarray | None = None) -> np.ndarray:
+    def top(self, query: str, depth: int, allowed: np.ndarray | None = None, *,
+            scores: np.ndarray | None = None) -> np.ndarray:
         """Row positions of the best ``depth`` texts with a positive score, best first.
 
-        ``allowed`` is a boolean mask over rows: other rows are never candidates.
+        ``allowed`` is a boolean mask over rows: other rows are never candidates. ``scores``: this query's
+        ``scores(query)`` when the caller has them already.
         """
-        scores = self.scores(query)
+        scores = self.scores(query) if scores is None else scores
         if allowed is not None:
             scores = np.where(allowed, scores, 0.0)
         candidates = np.flatnonzero(scores > 0)
@@ -75,3 +80,13 @@ def reciprocal_rank_fusion(rankings: Sequence[Sequence[int]], *, k: int = RRF_K)
         for rank, row in enumerate(ranking, start=1):
             fused[int(row)] = fused.get(int(row), 0.0) + 1.0 / (k + rank)
     return sorted(fused.items(), key=lambda item: (-item[1], item[0]))
+
+
+def fuse_scores(dense: np.ndarray, lexical: np.ndarray, *, weight: float) -> np.ndarray:
+    """``dense + weight * lexical / max(lexical)``, element-wise over the same candidates (the lexical half scaled
+    to [0, 1] by the best lexical score among them; all-zero lexical scores add nothing). Works on 1-D candidate
+    vectors and on (queries, candidates) matrices (the maximum taken per row)."""
+    dense = np.asarray(dense, dtype=np.float64)
+    lexical = np.asarray(lexical, dtype=np.float64)
+    top = lexical.max(axis=-1, keepdims=True) if lexical.size else np.zeros(dense.shape[:-1] + (1,))
+    return dense + weight * lexical / np.where(top > 0, top, 1.0)

@@ -4,6 +4,11 @@ Vectors live in one faiss index (inner product; L2-normalised by default, so sco
 keyed by a ``row_id`` the index assigns (increasing, never reused). The passage table is a polars DataFrame
 holding each window's document id, window index, exact character span, text, labels and user metadata.
 The two never diverge: every change is validated in full before either is touched.
+
+Search returns documents by default (``per_doc=1``), each as its best window and ranked by a document score
+(``doc_score``: by default a blend of its two best windows and its first one, see ``PassageIndex.search``),
+or windows (``per_doc=None``); ``mode="hybrid"`` adds BM25 (over whole documents, or over windows). Every
+branch draws a fixed pool of candidates (``CANDIDATE_POOL``), so results never depend on ``k`` beyond the cut.
 """
 
 from __future__ import annotations
@@ -25,11 +30,13 @@ import polars as pl
 from indexer import storage
 from indexer.backend import AUTO_IVF_THRESHOLD, FaissBackend, check_device, faiss_version
 from indexer.errors import IndexInputError, IndexLoadError, IndexUnsupportedError
-from indexer.hybrid import RRF_K, Bm25Index, reciprocal_rank_fusion
+from indexer.hybrid import RRF_K, Bm25Index, fuse_scores, reciprocal_rank_fusion
 from indexer.inputs import (
+    DOC_SCORES,
     Query,
     QueryEncoder,
     as_matrix,
+    check_doc_score,
     check_encoder,
     check_fingerprint,
     check_known_labels,
@@ -46,21 +53,82 @@ from indexer.inputs import (
 )
 from indexer.passages import empty_table, metadata_columns, validate_passages, validate_stored_table
 
-__all__ = ["FORMAT_VERSION", "Hit", "PassageIndex", "QueryEncoder"]
+__all__ = [
+    "CANDIDATE_POOL",
+    "DOC_SCORES",
+    "DOC_SCORE_FIRST_WEIGHT",
+    "DOC_SCORE_TOP2_WEIGHT",
+    "FORMAT_VERSION",
+    "HYBRID_LEXICAL_WEIGHT",
+    "Hit",
+    "PassageIndex",
+    "QueryEncoder",
+    "describe_score",
+]
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 METRIC = "inner_product"
-#: How many candidates each ranking contributes to reciprocal rank fusion, at least.
-HYBRID_MIN_DEPTH = 50
+#: The candidate pool of every search branch, whatever ``k`` is: max(k, CANDIDATE_POOL) documents (per-document
+#: results: the documents of the best dense windows, and in hybrid mode also the best BM25 documents) or windows
+#: (``per_doc=None`` in hybrid mode, each ranking). Fixed, so the top k is a prefix of the top k + m.
+CANDIDATE_POOL = 100
+#: ``doc_score="top2_first"``: document score = TOP2 x mean(two best window scores) + FIRST x (first window's
+#: score); a one-window document scores its one window. Measured on the 248 hand-written man-page questions
+#: (benchmarks/retrieval.py, benchmarks/RESULTS.md "Man-page retrieval"): MRR@10 0.632 for the best window alone,
+#: the best of the sweep's few simple blends with 0.7 / 0.3.
+DOC_SCORE_TOP2_WEIGHT = 0.7
+DOC_SCORE_FIRST_WEIGHT = 0.3
+#: Per-document hybrid score = dense document score + HYBRID_LEXICAL_WEIGHT x (the document's BM25 / the best
+#: BM25 among the candidates): measured on the same questions (benchmarks/retrieval.py sweeps it).
+HYBRID_LEXICAL_WEIGHT = 0.1
+#: Resolved filters (labels=, doc_ids=) kept per version of the table; beyond this many the cache starts over.
+FILTER_CACHE_SIZE = 64
+
+def describe_score(*, mode: str = "dense", per_doc: int | None = 1, doc_score: str | None = None,
+                   normalize: bool = True) -> str:
+    """In words, what ``Hit.score`` is for a search with these arguments (for a header above printed hits)."""
+    per_doc = check_positive_int(per_doc, name="per_doc", allow_none=True)
+    check_mode(mode)
+    doc_score = check_doc_score(doc_score, per_doc)
+    sim = "cosine" if normalize else "inner product"
+    if mode == "hybrid" and per_doc is None:
+        return f"hybrid window score: reciprocal rank fusion of the dense and BM25 window ranks (sum of 1/({RRF_K} + rank))"
+    if doc_score == "max":
+        dense = f"document score: the {sim} of its best window"
+    elif doc_score == "top2_first":
+        dense = (f"document score: {DOC_SCORE_TOP2_WEIGHT:g} x mean {sim} of its 2 best windows + "
+                 f"{DOC_SCORE_FIRST_WEIGHT:g} x {sim} of its first window")
+    else:
+        return f"window score: {sim} of query and window"
+    if mode == "hybrid":
+        return f"hybrid document score: ({dense}) + {HYBRID_LEXICAL_WEIGHT:g} x page BM25 / best page BM25"
+    return dense
+
+
+#: One picked hit inside a search: (table position, score, the window's own score).
+_Picked = tuple[int, float, float]
+
 
 @dataclass(frozen=True)
 class Hit:
     """One search result: a window of a document.
 
-    ``score`` is the inner product of query and window vectors (cosine similarity with ``normalize=True``), or
-    the reciprocal-rank-fusion score in hybrid mode. ``rank`` starts at 1. ``labels`` are the document's gold
+    ``score`` is what the results are ranked by, depending on the search:
+
+    * window results (``per_doc=None``), dense: the inner product of query and window vectors (the cosine
+      similarity with ``normalize=True``);
+    * per-document results (``per_doc`` set), dense: the document's score (``doc_score=``: ``"max"`` its best
+      window's cosine, ``"top2_first"`` the blend of its two best windows and its first one);
+    * hybrid, per document: the dense document score + ``HYBRID_LEXICAL_WEIGHT`` x the document's BM25 over the
+      best BM25 among the candidates (``fuse_scores``);
+    * hybrid, windows: the reciprocal-rank-fusion score (about 0.01 to 0.033).
+
+    ``window_score`` is always the inner product of the query with this hit's own window (equal to ``score``
+    for dense window results and ``doc_score="max"``). A per-document hit's window is the document's best
+    window (with ``per_doc`` > 1: its best windows, each a hit carrying the document's score). ``rank`` starts
+    at 1. ``labels`` are the document's gold
     labels when the passage table has them for this window, else its predicted labels (the labels the
     ``labels=`` filter matches); ``pred_labels`` are always the predicted ones. ``metadata`` holds the passage
     table's extra columns.
@@ -77,6 +145,7 @@ class Hit:
     metadata: dict[str, Any] = field(default_factory=dict)
     pred_labels: tuple[str, ...] = ()
     weight: float | None = None
+    window_score: float | None = None
 
 
 class _Caches:
@@ -96,6 +165,40 @@ class _Caches:
         grouped = table.group_by("doc_id").agg(pl.col("row_id"))
         self.doc_rows = {doc: np.asarray(ids, dtype=np.int64) for doc, ids in grouped.iter_rows()}
         self.bm25: Bm25Index | None = None
+        # documents as integer codes: doc_codes[position], and each document's positions in window order
+        # (doc_order[doc_starts[c]:doc_starts[c + 1]])
+        names, codes = np.unique(self.doc_ids.astype(str), return_inverse=True) if table.height else (
+            np.empty(0, dtype=str), np.empty(0, dtype=np.int64))
+        self.doc_names = names
+        self.doc_codes = codes.astype(np.int64).reshape(-1)
+        self.doc_order = np.lexsort((table["window_index"].to_numpy(), self.doc_codes))
+        self.doc_starts = np.concatenate([[0], np.cumsum(np.bincount(self.doc_codes, minlength=len(names)))])
+        self.doc_bm25: Bm25Index | None = None
+        self.filters: dict[tuple[tuple[str, ...] | None, tuple[str, ...] | None], np.ndarray] = {}
+
+    def document_texts(self, table: pl.DataFrame) -> list[str]:
+        """Each document's text (in code order) for document-level BM25: its windows in order, rebuilt from their
+        character spans without the overlaps; where the spans do not fit the texts (a text whose length is not
+        its span, or spans going backwards), the window texts joined by newlines."""
+        texts = table["text"].to_list()
+        starts = table["char_start"].to_numpy()
+        ends = table["char_end"].to_numpy()
+        out = []
+        for c in range(len(self.doc_names)):
+            rows = self.doc_order[self.doc_starts[c]:self.doc_starts[c + 1]]
+            fits = all(len(texts[r]) == ends[r] - starts[r] for r in rows) and bool(
+                np.all(np.diff(starts[rows]) >= 0) and np.all(np.diff(ends[rows]) >= 0))
+            if not fits:
+                out.append("\n".join(texts[r] for r in rows))
+                continue
+            parts, covered = [], None
+            for r in rows:
+                skip = 0 if covered is None else max(0, int(covered) - int(starts[r]))
+                gap = covered is not None and starts[r] > covered
+                parts.append((" " if gap else "") + texts[r][skip:])
+                covered = ends[r] if covered is None else max(covered, ends[r])
+            out.append("".join(parts))
+        return out
 
 
 class PassageIndex:
@@ -391,13 +494,15 @@ class PassageIndex:
     @overload
     def search(self, query: str, *, k: int = ..., labels: str | Iterable[str] | None = ...,
                doc_ids: str | Iterable[str] | None = ..., min_score: float | None = ...,
-               per_doc: int | None = ..., mode: Literal["dense", "hybrid"] = ...) -> list[Hit]: ...
+               per_doc: int | None = ..., mode: Literal["dense", "hybrid"] = ...,
+               doc_score: Literal["top2_first", "max"] | None = ...) -> list[Hit]: ...
 
     @overload
     def search(self, query: Sequence[str] | np.ndarray, *, k: int = ...,
                labels: str | Iterable[str] | None = ..., doc_ids: str | Iterable[str] | None = ...,
                min_score: float | None = ..., per_doc: int | None = ...,
-               mode: Literal["dense", "hybrid"] = ...) -> list[Hit] | list[list[Hit]]: ...
+               mode: Literal["dense", "hybrid"] = ...,
+               doc_score: Literal["top2_first", "max"] | None = ...) -> list[Hit] | list[list[Hit]]: ...
 
     def search(
         self,
@@ -409,27 +514,48 @@ class PassageIndex:
         min_score: float | None = None,
         per_doc: int | None = 1,
         mode: Literal["dense", "hybrid"] = "dense",
+        doc_score: Literal["top2_first", "max"] | None = None,
     ) -> list[Hit] | list[list[Hit]]:
-        """Find the windows closest to ``query``.
+        """Find the documents (default) or windows closest to ``query``.
 
         ``query``: a str or a 1-D vector gives ``list[Hit]``; a list of str or a 2-D array (one row per query)
         gives ``list[list[Hit]]``. Text needs ``encoder``.
 
-        ``k``: hits per query; fewer come back when fewer windows match (the collection or the filter is
-        smaller than ``k``, ``min_score`` cuts, or an IVF probe finds fewer). An empty index gives [].
-        ``labels``: keep windows whose document has one of these labels (gold ``labels`` where present, else
-        ``pred_labels``); an unknown label is an error listing the known ones. ``doc_ids``: keep windows of
-        these documents (unknown ids match nothing). Both filters run inside faiss (an ``IDSelector``), so the
-        hits are the exact top-k among the allowed windows for an exact layout.
-        ``per_doc``: at most this many windows per document (default 1: the best window of each document);
-        None for no limit. ``min_score``: drop hits scoring below it.
-        ``mode="hybrid"``: BM25 over the window texts and the dense ranking fused by reciprocal rank fusion
-        (k=60; each ranking contributes its top max(50, 4 * k * per_doc) candidates); ``Hit.score`` is then
-        the fused score. Needs text queries and an encoder.
+        ``k``: hits per query. k come back whenever at least k windows (``per_doc=None``) or documents pass the
+        filters; fewer only when fewer match, ``min_score`` cuts, or an IVF probe finds fewer. An empty index
+        gives []. ``labels``: keep windows whose document has one of these labels (gold ``labels`` where
+        present, else ``pred_labels``); an unknown label is an error listing the known ones. ``doc_ids``: keep
+        windows of these documents (unknown ids match nothing). Both filters apply inside the search (an exact
+        scan of the allowed rows, or an ``IDSelector`` in faiss), so the candidates are the best among the allowed
+        windows.
+
+        ``per_doc``: per-document results with at most this many windows per document (default 1: each
+        document once, as its best window); None for window results (no grouping).
+        ``doc_score`` (per-document results only): how a document's windows make its score, which ranks the
+        documents and is ``Hit.score``.
+
+        * ``"top2_first"`` (the default): ``DOC_SCORE_TOP2_WEIGHT`` (0.7) x the mean of its two best window
+          scores + ``DOC_SCORE_FIRST_WEIGHT`` (0.3) x its first window's score (a one-window document: that
+          window's score). Long documents no longer win by having many windows to match with; it measured
+          best on our man-page questions (benchmarks/RESULTS.md). Candidates: the ``max(k, CANDIDATE_POOL)``
+          documents of the best windows (exact dense search); each candidate's first and best windows are then
+          scored exactly from the stored vectors. Each document's hits are its best windows (best first).
+        * ``"max"``: the best window's score (the classic ranking; with ``per_doc`` > 1 the hits are the top k
+          windows under the per-document cap, each with its own score).
+
+        ``min_score``: drop hits whose ``score`` is below it.
+        ``mode="hybrid"`` (text queries and an encoder): per-document results fuse the dense document score
+        (``doc_score``) with BM25 over whole documents (each document's text rebuilt from its windows without
+        the overlaps): score = dense + ``HYBRID_LEXICAL_WEIGHT`` (0.1) x BM25 / the best BM25 among the
+        candidates (the ``max(k, CANDIDATE_POOL)`` best documents of each ranking). Window results
+        (``per_doc=None``) fuse BM25 over the window texts with the dense window ranking by reciprocal rank
+        fusion (k=60, the ``max(k, CANDIDATE_POOL)`` best windows of each ranking). ``Hit`` documents which
+        score each case gives.
         """
         k = check_positive_int(k, name="k")
         per_doc = check_positive_int(per_doc, name="per_doc", allow_none=True)
         check_mode(mode)
+        doc_score = check_doc_score(doc_score, per_doc)
         min_score = check_min_score(min_score)
         single, texts, vectors = self._parse_query(query, mode)
         n_queries = 1 if single else (len(texts) if texts is not None else len(vectors))
@@ -438,16 +564,20 @@ class PassageIndex:
             if n_queries == 0:
                 return []
             if len(self) == 0 or (allowed is not None and len(allowed) == 0):
-                results: list[list[tuple[int, float]]] = [[] for _ in range(n_queries)]
+                results: list[list[_Picked]] = [[] for _ in range(n_queries)]
             else:
                 if texts is not None:
                     vectors = self._encode(texts)
                 if self._normalize:
                     vectors = normalized(vectors, name="query")
-                if mode == "dense":
-                    results = self._dense(vectors, k, allowed, per_doc, min_score)
+                if mode == "hybrid" and per_doc is not None:
+                    results = self._hybrid_docs(texts, vectors, k, allowed, per_doc, min_score, doc_score)
+                elif mode == "hybrid":
+                    results = self._hybrid_windows(texts, vectors, k, allowed, min_score)
+                elif doc_score == "top2_first":
+                    results = self._dense_docs(vectors, k, allowed, per_doc, min_score, doc_score)
                 else:
-                    results = self._hybrid(texts, vectors, k, allowed, per_doc, min_score)
+                    results = self._dense(vectors, k, allowed, per_doc, min_score)
             hits = self._hits(results)
         return hits[0] if single else hits
 
@@ -463,22 +593,33 @@ class PassageIndex:
         return encode_queries(self._encoder, texts, dim=self.dim, owner="PassageIndex")
 
     def _allowed(self, labels: Any, doc_ids: Any) -> np.ndarray | None:
-        """Sorted row ids passing the filters, or None when there is no filter."""
+        """Sorted row ids passing the filters, or None when there is no filter.
+
+        The answer is kept per filter until the table changes (the same array object for the same filter), so a
+        run of searches under one filter resolves it once (the torch scan keeps its mask for that object too).
+        """
         if labels is None and doc_ids is None:
             return None
         caches = self._caches_now()
+        wanted = None if labels is None else str_list(labels, name="labels")
+        docs = None if doc_ids is None else str_list(doc_ids, name="doc_ids")
+        if wanted is not None and len(self):
+            check_known_labels(wanted, caches.label_rows)
+        key = (None if wanted is None else tuple(wanted), None if docs is None else tuple(docs))
+        found = caches.filters.get(key)
+        if found is not None:
+            return found
         allowed: np.ndarray | None = None
-        if labels is not None:
-            wanted = str_list(labels, name="labels")
-            if len(self):
-                check_known_labels(wanted, caches.label_rows)
+        if wanted is not None:
             parts = [caches.label_rows[lab] for lab in wanted if lab in caches.label_rows]
             allowed = np.unique(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
-        if doc_ids is not None:
-            docs = str_list(doc_ids, name="doc_ids")
+        if docs is not None:
             parts = [caches.doc_rows[d] for d in docs if d in caches.doc_rows]
             rows = np.unique(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
             allowed = rows if allowed is None else np.intersect1d(allowed, rows, assume_unique=True)
+        if len(caches.filters) >= FILTER_CACHE_SIZE:
+            caches.filters.clear()
+        caches.filters[key] = allowed
         return allowed
 
     def _positions(self, ids: np.ndarray) -> np.ndarray:
@@ -495,9 +636,9 @@ class PassageIndex:
         k: int,
         per_doc: int | None,
         min_score: float | None,
-    ) -> tuple[list[tuple[int, float]], bool]:
+    ) -> tuple[list[_Picked], bool]:
         """Walk (position, score) best first; keep at most per_doc per document. Returns (picked, complete)."""
-        picked: list[tuple[int, float]] = []
+        picked: list[_Picked] = []
         seen: dict[str, int] = {}
         for pos, score in candidates:
             if min_score is not None and score < min_score:
@@ -508,7 +649,7 @@ class PassageIndex:
                 if count >= per_doc:
                     continue
                 seen[doc] = count + 1
-            picked.append((int(pos), float(score)))
+            picked.append((int(pos), float(score), float(score)))
             if len(picked) == k:
                 return picked, True
         return picked, False
@@ -520,16 +661,16 @@ class PassageIndex:
         allowed: np.ndarray | None,
         per_doc: int | None,
         min_score: float | None,
-    ) -> list[list[tuple[int, float]]]:
-        """Exact top-k windows per query under the per-document cap.
+    ) -> list[list[_Picked]]:
+        """Exact top-k windows per query under the per-document cap (window scores).
 
-        The filter is applied inside faiss. The per-document cap needs more than k candidates when a document
+        The filter is applied inside the scan. The per-document cap needs more than k candidates when a document
         has many good windows: the fetch doubles until k windows pass the cap or the candidates run out.
         """
         available = len(allowed) if allowed is not None else len(self)
         doc_ids = self._caches_now().doc_ids
         fetch = min(available, k if per_doc is None else 4 * k)
-        results: list[list[tuple[int, float]]] = [[] for _ in range(len(queries))]
+        results: list[list[_Picked]] = [[] for _ in range(len(queries))]
         pending = np.arange(len(queries))
         while len(pending):
             scores, ids = self._backend.search(queries[pending], fetch, allowed=allowed, id_bound=self._next_row_id)
@@ -542,7 +683,7 @@ class PassageIndex:
                 found = positions[row][mask].tolist()
                 found_scores = scores[row][mask].tolist()
                 if per_doc is None and min_score is None:
-                    picked = list(zip(found[:k], found_scores[:k], strict=True))
+                    picked = [(p, sc, sc) for p, sc in zip(found[:k], found_scores[:k], strict=True)]
                     complete = len(picked) == k
                 else:
                     picked, complete = self._select(zip(found, found_scores, strict=True), doc_ids, k, per_doc,
@@ -555,37 +696,197 @@ class PassageIndex:
             fetch = min(available, fetch * 2)
         return results
 
+    # -- per-document scoring ----------------------------------------------------------------------------------
+    def _allowed_mask(self, allowed: np.ndarray | None) -> np.ndarray | None:
+        """The filter as a boolean mask over table positions (None: no filter)."""
+        if allowed is None:
+            return None
+        mask = np.zeros(len(self), dtype=bool)
+        mask[self._positions(allowed)] = True
+        return mask
+
+    def _doc_candidates(self, queries: np.ndarray, want: int, allowed: np.ndarray | None) -> list[np.ndarray]:
+        """Per query, the codes of the ``want`` documents with the best windows (exact dense search under the
+        filter), best first: the first ``want`` distinct documents of the window ranking (all of them when fewer
+        pass the filter). The window fetch grows until it holds ``want`` documents, so the set depends on
+        ``want`` only, never on how deep the search had to go."""
+        caches = self._caches_now()
+        available = len(allowed) if allowed is not None else len(self)
+        n_docs = len(caches.doc_names)
+        fetch = min(available, max(4 * want, 256))
+        out: list[np.ndarray] = [np.empty(0, dtype=np.int64) for _ in range(len(queries))]
+        pending = np.arange(len(queries))
+        while len(pending):
+            _, ids = self._backend.search(queries[pending], fetch, allowed=allowed, id_bound=self._next_row_id)
+            still = []
+            for row, q in enumerate(pending):
+                found = ids[row][ids[row] >= 0]
+                codes = caches.doc_codes[self._positions(found)]
+                _, first = np.unique(codes, return_index=True)
+                ordered = codes[np.sort(first)]
+                if len(ordered) >= want or len(found) < fetch or fetch >= available or len(ordered) >= n_docs:
+                    out[q] = ordered[:want]
+                else:
+                    still.append(q)
+            pending = np.asarray(still, dtype=np.int64)
+            fetch = min(available, fetch * 2)
+        return out
+
+    def _score_docs(
+        self,
+        query: np.ndarray,
+        codes: np.ndarray,
+        mask: np.ndarray | None,
+        doc_score: str,
+        per_doc: int,
+    ) -> tuple[np.ndarray, list[list[tuple[int, float]]]]:
+        """Exact document scores of ``codes`` for one query, from every allowed window's stored vector; and each
+        document's best ``per_doc`` windows as (position, window score), best first."""
+        caches = self._caches_now()
+        if len(codes) == 0:
+            return np.empty(0, dtype=np.float64), []
+        lengths = caches.doc_starts[codes + 1] - caches.doc_starts[codes]
+        positions = np.concatenate([caches.doc_order[caches.doc_starts[c]:caches.doc_starts[c + 1]] for c in codes])
+        group = np.repeat(np.arange(len(codes)), lengths)
+        if mask is not None:  # only allowed windows count; every candidate has at least one
+            keep = mask[positions]
+            positions, group = positions[keep], group[keep]
+        scores = self._window_vectors(positions) @ query.astype(np.float32)
+        counts = np.bincount(group, minlength=len(codes))
+        if not counts.all():
+            raise RuntimeError("a candidate document has no allowed window")
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        order = np.lexsort((np.arange(len(scores)), -scores, group))  # by document, best window first
+        ranked = scores[order].astype(np.float64)
+        best = ranked[starts]
+        second = np.where(counts >= 2, ranked[np.minimum(starts + 1, len(ranked) - 1)], best)
+        first = scores[starts].astype(np.float64)  # each document's positions are in window order
+        if doc_score == "max":
+            value = best
+        else:
+            value = DOC_SCORE_TOP2_WEIGHT * (best + second) / 2 + DOC_SCORE_FIRST_WEIGHT * first
+        windows = [[(int(positions[order[j]]), float(ranked[j])) for j in range(st, st + min(per_doc, n))]
+                   for st, n in zip(starts.tolist(), counts.tolist(), strict=True)]
+        return value, windows
+
+    def _window_vectors(self, positions: np.ndarray) -> np.ndarray:
+        return self._backend.vectors_of(self._row_ids[positions])
+
+    @staticmethod
+    def _rank_docs(
+        codes: np.ndarray,
+        scores: np.ndarray,
+        windows: list[list[tuple[int, float]]],
+        k: int,
+        min_score: float | None,
+    ) -> list[_Picked]:
+        """Documents best first (ties: by document id), each as its windows, until k hits; ``scores`` are the
+        documents' (the hits' ``score``), the windows' own scores go to ``window_score``."""
+        order = np.lexsort((codes, -scores))
+        picked: list[_Picked] = []
+        for i in order.tolist():
+            score = float(scores[i])
+            if min_score is not None and score < min_score:
+                break
+            for pos, window_score in windows[i]:
+                picked.append((pos, score, window_score))
+                if len(picked) == k:
+                    return picked
+        return picked
+
+    def _dense_docs(
+        self,
+        queries: np.ndarray,
+        k: int,
+        allowed: np.ndarray | None,
+        per_doc: int,
+        min_score: float | None,
+        doc_score: str,
+    ) -> list[list[_Picked]]:
+        """Per-document dense results: candidates from the window ranking, scored exactly (``doc_score``)."""
+        want = max(k, CANDIDATE_POOL)
+        mask = self._allowed_mask(allowed)
+        results = []
+        for q, codes in zip(queries, self._doc_candidates(queries, want, allowed), strict=True):
+            scores, windows = self._score_docs(q, codes, mask, doc_score, per_doc)
+            results.append(self._rank_docs(codes, scores, windows, k, min_score))
+        return results
+
+    def _doc_bm25(self) -> Bm25Index:
+        caches = self._caches_now()
+        if caches.doc_bm25 is None:
+            caches.doc_bm25 = Bm25Index(caches.document_texts(self._table))
+        return caches.doc_bm25
+
+    def _hybrid_docs(
+        self,
+        texts: list[str],
+        queries: np.ndarray,
+        k: int,
+        allowed: np.ndarray | None,
+        per_doc: int,
+        min_score: float | None,
+        doc_score: str,
+    ) -> list[list[_Picked]]:
+        """Per-document hybrid results: the union of the dense and BM25 candidate documents (max(k,
+        CANDIDATE_POOL) each), scored by ``fuse_scores`` (exact dense document score + weighted page BM25)."""
+        want = max(k, CANDIDATE_POOL)
+        caches = self._caches_now()
+        mask = self._allowed_mask(allowed)
+        doc_allowed = None
+        if mask is not None:
+            doc_allowed = np.zeros(len(caches.doc_names), dtype=bool)
+            doc_allowed[caches.doc_codes[mask]] = True
+        bm25 = self._doc_bm25()
+        results = []
+        for text, q, dense_codes in zip(texts, queries, self._doc_candidates(queries, want, allowed), strict=True):
+            lex_all = bm25.scores(text)
+            lexical = bm25.top(text, want, doc_allowed, scores=lex_all)
+            pool = np.union1d(dense_codes, lexical).astype(np.int64)
+            dense, windows = self._score_docs(q, pool, mask, doc_score, per_doc)
+            lex_scores = lex_all[pool]
+            fused = fuse_scores(dense, lex_scores, weight=HYBRID_LEXICAL_WEIGHT)
+            results.append(self._rank_docs(pool, fused, windows, k, min_score))
+        return results
+
     def _bm25(self) -> Bm25Index:
         caches = self._caches_now()
         if caches.bm25 is None:
             caches.bm25 = Bm25Index(self._table["text"].to_list())
         return caches.bm25
 
-    def _hybrid(
+    def _hybrid_windows(
         self,
         texts: list[str],
         queries: np.ndarray,
         k: int,
         allowed: np.ndarray | None,
-        per_doc: int | None,
         min_score: float | None,
-    ) -> list[list[tuple[int, float]]]:
-        depth = max(HYBRID_MIN_DEPTH, 4 * k * (per_doc or 1))
+    ) -> list[list[_Picked]]:
+        """Window-level hybrid results: the best max(k, CANDIDATE_POOL) windows of the dense ranking and of BM25
+        over the window texts, fused by reciprocal rank fusion."""
+        depth = max(k, CANDIDATE_POOL)
         dense = self._dense(queries, depth, allowed, None, None)
         bm25 = self._bm25()
-        mask = None if allowed is None else np.isin(self._row_ids, allowed, assume_unique=True)
-        doc_ids = self._caches_now().doc_ids
+        mask = self._allowed_mask(allowed)
         results = []
-        for text, dense_hits in zip(texts, dense, strict=True):
+        for text, q, dense_hits in zip(texts, queries, dense, strict=True):
             lexical = bm25.top(text, depth, mask)
-            fused = reciprocal_rank_fusion([[pos for pos, _ in dense_hits], lexical.tolist()], k=RRF_K)
-            picked, _ = self._select(fused, doc_ids, k, per_doc, min_score)
-            results.append(picked)
+            fused = reciprocal_rank_fusion([[pos for pos, _, _ in dense_hits], lexical.tolist()], k=RRF_K)
+            picked = []
+            for pos, score in fused:
+                if min_score is not None and score < min_score:
+                    break
+                picked.append((pos, score))
+                if len(picked) == k:
+                    break
+            own = self._window_vectors(np.asarray([p for p, _ in picked], dtype=np.int64)) @ q.astype(np.float32)
+            results.append([(int(p), float(sc), float(w)) for (p, sc), w in zip(picked, own, strict=True)])
         return results
 
-    def _hits(self, results: list[list[tuple[int, float]]]) -> list[list[Hit]]:
-        """Hit objects for every query's (position, score) list, from one gather over the passage table."""
-        positions = [pos for picked in results for pos, _ in picked]
+    def _hits(self, results: list[list[_Picked]]) -> list[list[Hit]]:
+        """Hit objects for every query's (position, score, window score) list, from one gather over the table."""
+        positions = [pos for picked in results for pos, _, _ in picked]
         if not positions:
             return [[] for _ in results]
         rows = self._table.select(pl.all().gather(positions))
@@ -596,13 +897,15 @@ class PassageIndex:
         labels = [tuple(g) if g is not None else p for g, p in zip(col["labels"], pred, strict=True)]
         metadata = ([dict(zip(meta, values, strict=True)) for values in zip(*(col[m] for m in meta), strict=True)]
                     if meta else [{} for _ in positions])
-        scores = [score for picked in results for _, score in picked]
+        scores = [score for picked in results for _, score, _ in picked]
+        window_scores = [own for picked in results for _, _, own in picked]
         ranks = [rank for picked in results for rank in range(1, len(picked) + 1)]
         flat = [Hit(score=score, rank=rank, doc_id=doc_id, window_index=window_index, text=text, char_start=start,
-                    char_end=end, labels=gold, metadata=meta_row, pred_labels=predicted, weight=weight)
-                for score, rank, doc_id, window_index, text, start, end, gold, meta_row, predicted, weight in zip(
+                    char_end=end, labels=gold, metadata=meta_row, pred_labels=predicted, weight=weight,
+                    window_score=own)
+                for score, rank, doc_id, window_index, text, start, end, gold, meta_row, predicted, weight, own in zip(
                     scores, ranks, col["doc_id"], col["window_index"], col["text"], col["char_start"],
-                    col["char_end"], labels, metadata, pred, col["weight"], strict=True)]
+                    col["char_end"], labels, metadata, pred, col["weight"], window_scores, strict=True)]
         out: list[list[Hit]] = []
         i = 0
         for picked in results:

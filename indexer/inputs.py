@@ -1,8 +1,8 @@
 """Checks on the arguments of index methods, shared by ``PassageIndex`` and ``ShardedPassageIndex``.
 
 One place for what both indexes accept: vectors and queries (``as_matrix``, ``parse_query``, ``encode_queries``),
-search arguments (``check_positive_int``, ``check_min_score``, ``check_mode``, ``str_list``,
-``check_known_labels``), encoders (``check_encoder``, ``check_fingerprint``) and new windows that are already in
+search arguments (``check_positive_int``, ``check_min_score``, ``check_mode``, ``check_doc_score``,
+``str_list``, ``check_known_labels``), encoders (``check_encoder``, ``check_fingerprint``) and new windows that are already in
 the index (``check_no_clash``). Every failure is an ``IndexInputError`` whose message names the argument.
 """
 
@@ -18,10 +18,12 @@ import polars as pl
 from indexer.errors import IndexInputError
 
 __all__ = [
+    "DOC_SCORES",
     "SEARCH_MODES",
     "Query",
     "QueryEncoder",
     "as_matrix",
+    "check_doc_score",
     "check_encoder",
     "check_fingerprint",
     "check_known_labels",
@@ -39,6 +41,10 @@ __all__ = [
 
 #: The search modes ``PassageIndex.search`` knows.
 SEARCH_MODES = ("dense", "hybrid")
+#: How ``PassageIndex.search`` turns window scores into a document's score when results are per document
+#: (``per_doc`` set): ``"max"`` the best window; ``"top2_first"`` a blend of the two best windows and the first one
+#: (``indexer.index.DOC_SCORE_TOP2_WEIGHT`` / ``DOC_SCORE_FIRST_WEIGHT``).
+DOC_SCORES = ("top2_first", "max")
 
 Query = str | Sequence[str] | np.ndarray
 
@@ -190,6 +196,22 @@ def check_mode(mode: Any) -> str:
     if mode not in SEARCH_MODES:
         raise IndexInputError(f"mode must be 'dense' or 'hybrid', got {mode!r}")
     return mode
+
+
+def check_doc_score(value: Any, per_doc: int | None) -> str | None:
+    """The ``doc_score=`` search argument: one of ``DOC_SCORES``, or None for the default (``"top2_first"`` when
+    ``per_doc`` is set). A document score needs per-document results, so a ``doc_score`` with ``per_doc=None``
+    (window results) is an ``IndexInputError``, as is any other value."""
+    if value is None:
+        return None if per_doc is None else DOC_SCORES[0]
+    if not isinstance(value, str) or value not in DOC_SCORES:
+        raise IndexInputError(f"doc_score must be one of {list(DOC_SCORES)} or None (the default), got {value!r}")
+    if per_doc is None:
+        raise IndexInputError(
+            f"doc_score={value!r} scores documents, but per_doc=None asks for windows; set per_doc (e.g. 1) or leave "
+            "doc_score=None"
+        )
+    return value
 
 
 def check_known_labels(wanted: list[str], known: Iterable[str]) -> None:

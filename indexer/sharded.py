@@ -50,6 +50,7 @@ from indexer.index import METRIC, Hit, PassageIndex
 from indexer.inputs import (
     QueryEncoder,
     as_matrix,
+    check_doc_score,
     check_encoder,
     check_fingerprint,
     check_known_labels,
@@ -485,15 +486,18 @@ class ShardedPassageIndex:
         min_score: float | None = None,
         per_doc: int | None = 1,
         mode: Literal["dense"] = "dense",
+        doc_score: Literal["top2_first", "max"] | None = None,
     ) -> list[Hit] | list[list[Hit]]:
         """Find the windows closest to ``query`` over all shards; arguments and result shape as
         ``PassageIndex.search`` (a str or 1-D vector gives ``list[Hit]``, a list or 2-D array a list of lists).
 
         Every shard answers with its top-k under the filters (a document's windows all live in one shard, so
-        ``per_doc`` is exact per shard); the answers are merged by score and re-ranked. Only ``mode="dense"``.
+        ``per_doc`` and the document scores of ``doc_score`` are exact per shard); the answers are merged by score
+        and re-ranked. Only ``mode="dense"``.
         """
         k = check_positive_int(k, name="k")
-        check_positive_int(per_doc, name="per_doc", allow_none=True)
+        per_doc = check_positive_int(per_doc, name="per_doc", allow_none=True)
+        doc_score = check_doc_score(doc_score, per_doc)
         check_min_score(min_score)
         if mode != "dense":
             raise IndexUnsupportedError(
@@ -529,7 +533,8 @@ class ShardedPassageIndex:
                 return []
 
             def one(i: int) -> list[list[Hit]]:
-                found = self._shards[i].search(vectors, k=k, min_score=min_score, per_doc=per_doc, **targets[i])
+                found = self._shards[i].search(vectors, k=k, min_score=min_score, per_doc=per_doc,
+                                               doc_score=doc_score, **targets[i])
                 return found  # type: ignore[return-value]
 
             answers = self._map(one, list(targets))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from typing import Any
 
 import numpy as np
 
@@ -79,6 +80,7 @@ class TorchExactSearch:
         self._exact = exact
         self._scan = exact if self.dtype == torch.float32 else exact.to(self.dtype)
         self._ids_t = torch.from_numpy(self.ids).to(self.device)
+        self._filter: tuple[np.ndarray, tuple[Any, Any, Any, Any, int]] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -91,6 +93,36 @@ class TorchExactSearch:
             size += self._scan.element_size() * self._scan.nelement()
         return int(size)
 
+    def _restricted(self, allowed: np.ndarray | None) -> tuple[Any, Any, Any, Any, int]:
+        """(scan, exact, row ids, exclusion mask or None, rows available) for a filter: a small allowed set as its
+        own rows (a gathered copy), a large one as a mask over all rows. The last filter's answer is kept and
+        reused while the caller passes the same ``allowed`` object (``PassageIndex`` keeps one per filter), so
+        repeated searches under one filter do not resolve it again."""
+        import torch
+
+        if allowed is None:
+            return self._scan, self._exact, self._ids_t, None, len(self)
+        cached = self._filter
+        if cached is not None and cached[0] is allowed:
+            return cached[1]
+        ids = np.asarray(allowed, dtype=np.int64)
+        pos = np.searchsorted(self._sorted_ids, ids)
+        found = (pos < len(self.ids)) & (self._sorted_ids[np.minimum(pos, len(self.ids) - 1)] == ids)
+        rows_np = np.unique(self._order[pos[found]])
+        rows = torch.from_numpy(rows_np).to(self.device)
+        if len(rows_np) == 0:
+            answer = (self._scan, self._exact, self._ids_t, None, 0)
+        elif len(rows_np) <= max(1, int(len(self) * SUBSET_FRACTION)):  # a small allowed set: its rows only
+            scan = self._scan[rows]
+            answer = (scan, scan if self._scan is self._exact else self._exact[rows], self._ids_t[rows], None,
+                      len(rows_np))
+        else:  # a large one: mask out the rest before topk
+            mask = torch.ones(len(self), dtype=torch.bool, device=self.device)
+            mask[rows] = False
+            answer = (self._scan, self._exact, self._ids_t, mask, len(rows_np))
+        self._filter = (allowed, answer)
+        return answer
+
     def search(
         self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -100,24 +132,12 @@ class TorchExactSearch:
         n_queries = len(queries)
         scores_out = np.full((n_queries, k), -np.inf, dtype=np.float32)
         ids_out = np.full((n_queries, k), -1, dtype=np.int64)
-        rows = None
-        if allowed is not None:
-            allowed = np.asarray(allowed, dtype=np.int64)
-            pos = np.searchsorted(self._sorted_ids, allowed)
-            found = (pos < len(self.ids)) & (self._sorted_ids[np.minimum(pos, len(self.ids) - 1)] == allowed)
-            rows = torch.from_numpy(np.unique(self._order[pos[found]])).to(self.device)
-        if n_queries == 0 or len(self) == 0 or (rows is not None and len(rows) == 0):
+        if n_queries == 0 or len(self) == 0:
             return scores_out, ids_out
-        subset = rows is not None and len(rows) <= max(1, int(len(self) * SUBSET_FRACTION))
-        scan, exact, row_ids = self._scan, self._exact, self._ids_t
-        mask = None
-        if subset:  # a small allowed set: search its rows only
-            scan, exact, row_ids = scan[rows], exact[rows], row_ids[rows]
-        elif rows is not None:  # a large one: mask out the rest before topk
-            mask = torch.ones(len(self), dtype=torch.bool, device=self.device)
-            mask[rows] = False
+        scan, exact, row_ids, mask, available = self._restricted(allowed)
+        if available == 0:
+            return scores_out, ids_out
         n = len(row_ids)
-        available = n if mask is None else n - int(mask.sum())
         want = min(k, available)
         fetch = min(n, want + (RESCORE_MARGIN if scan is not exact else 0))
         elements = CPU_BLOCK_ELEMENTS if self.device.type == "cpu" else BLOCK_ELEMENTS

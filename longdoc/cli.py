@@ -37,6 +37,8 @@ import torch
 import longdoc
 from indexer import PassageIndex
 from indexer.errors import IndexInputError, IndexLoadError
+from indexer.index import describe_score
+from indexer.inputs import DOC_SCORES
 from indexer.sharded import load_index
 from indexer.storage import DirectoryLock, swap_in_progress
 from longdoc import demo
@@ -88,6 +90,7 @@ def hit_to_dict(hit: Any) -> dict[str, Any]:
     """A search hit as plain JSON-ready data."""
     return {
         "rank": hit.rank, "score": float(hit.score), "doc_id": hit.doc_id, "window_index": hit.window_index,
+        "window_score": None if hit.window_score is None else float(hit.window_score),
         "char_start": hit.char_start, "char_end": hit.char_end, "labels": list(hit.labels),
         "pred_labels": list(hit.pred_labels), "weight": hit.weight, "text": hit.text,
         "metadata": {k: v for k, v in hit.metadata.items() if k != "content_hash"},
@@ -583,6 +586,8 @@ def _check_queries(queries: list[str], name: str = "QUERY") -> None:
 def cmd_search(args: argparse.Namespace) -> int:
     _check_queries(args.queries)
     _check_queries(args.label, "--label")
+    per_doc = None if args.windows else args.per_doc
+    doc_score = None if args.windows else args.doc_score
     if not (Path(args.index) / "manifest.json").is_file() and not swap_in_progress(args.index):
         raise ModelLoadError(f"{args.index!r} is not an index directory (manifest.json is missing)")
     encoder = load_query_encoder(args.model, index=args.index, device=args.device, bf16=args.bf16)
@@ -600,13 +605,15 @@ def cmd_search(args: argparse.Namespace) -> int:
     quiet_encoder.setLevel(logging.WARNING)  # no progress bar for a few short queries
     try:
         results = index.search(list(args.queries), k=args.k, labels=args.label or None, mode=args.mode,
-                               per_doc=args.per_doc)
+                               per_doc=per_doc, doc_score=doc_score)
     finally:
         quiet_encoder.setLevel(level)
+    score_kind = describe_score(mode=args.mode, per_doc=per_doc, doc_score=doc_score, normalize=index.normalize)
     if args.json:
-        _print_json([{"query": q, "hits": [hit_to_dict(h) for h in hits]}
+        _print_json([{"query": q, "score_kind": score_kind, "hits": [hit_to_dict(h) for h in hits]}
                      for q, hits in zip(args.queries, results, strict=True)])
     else:
+        print(f"score: {score_kind}")
         for q, hits in zip(args.queries, results, strict=True):
             print(f"query: {safe_text(q)}" + (f"  (labels: {', '.join(args.label)})" if args.label else ""))
             if not hits:
@@ -744,6 +751,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", action="append", default=[], help="only documents with this label (repeatable)")
     p.add_argument("--mode", default="dense", choices=["dense", "hybrid"])
     p.add_argument("--per-doc", type=_positive_int, default=1, help="hits per document (default 1)")
+    p.add_argument("--doc-score", default="top2_first", choices=list(DOC_SCORES),
+                   help="how a document's windows make its score: top2_first (default: 0.7 x mean of its 2 best "
+                   "windows + 0.3 x its first window) or max (its best window)")
+    p.add_argument("--windows", action="store_true",
+                   help="rank windows, not documents (no per-document grouping; scores are window scores)")
     _device_options(p)
     _common(p)
     p.set_defaults(func=cmd_search)

@@ -1,4 +1,5 @@
-"""Hybrid search (BM25 + dense, reciprocal rank fusion) and the retrieval metrics."""
+"""Hybrid search (window level: BM25 + dense by reciprocal rank fusion; per document: dense document score +
+weighted page BM25) and the retrieval metrics."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import polars as pl
 import pytest
 
 from indexer import IndexInputError, PassageIndex, evaluate_retrieval, mrr, ndcg_at_k, recall_at_k
-from indexer.hybrid import Bm25Index, reciprocal_rank_fusion
+from indexer.hybrid import Bm25Index, fuse_scores, reciprocal_rank_fusion
+from indexer.index import HYBRID_LEXICAL_WEIGHT
 
 DIM = 32
 WORDS = "file mode bits change user group read write run command option system call library device".split()
@@ -55,16 +57,42 @@ def flagged():
     return index, ("doc3", 2)
 
 
-def test_hybrid_finds_an_identifier_that_dense_search_misses(flagged):
+def test_hybrid_windows_find_an_identifier_that_dense_search_misses(flagged):
     index, target = flagged
-    dense = index.search("--frobnicate-xyz", k=5)
+    dense = index.search("--frobnicate-xyz", k=5, per_doc=None)
     assert target not in [(h.doc_id, h.window_index) for h in dense]
-    hybrid = index.search("--frobnicate-xyz", k=5, mode="hybrid")
+    hybrid = index.search("--frobnicate-xyz", k=5, mode="hybrid", per_doc=None)
     assert (hybrid[0].doc_id, hybrid[0].window_index) == target
     assert 1 / 61 <= hybrid[0].score <= 2 / 61  # a fused score, not a cosine
     assert all(h.score <= hybrid[0].score for h in hybrid)
-    batch = index.search(["--frobnicate-xyz", "frobnicate"], k=3, mode="hybrid")
+    own = index.search("--frobnicate-xyz", k=240, per_doc=None)  # the window's cosine, kept beside the fused score
+    assert hybrid[0].window_score == pytest.approx(next(h.score for h in own if (h.doc_id, h.window_index) == target),
+                                                   abs=1e-5)
+    batch = index.search(["--frobnicate-xyz", "frobnicate"], k=3, mode="hybrid", per_doc=None)
     assert len(batch) == 2 and all((r[0].doc_id, r[0].window_index) == target for r in batch)
+
+
+def test_per_doc_hybrid_score_is_the_dense_document_score_plus_weighted_page_bm25(flagged):
+    index, _ = flagged
+    for doc_score in ("top2_first", "max"):
+        dense = {h.doc_id: h for h in index.search("frobnicate", k=60, doc_score=doc_score)}
+        hybrid = index.search("frobnicate", k=60, mode="hybrid", doc_score=doc_score)
+        assert len(hybrid) == len(dense) == 60 and [h.rank for h in hybrid] == list(range(1, 61))
+        for h in hybrid:  # only doc3 has the word: it alone gets the whole lexical weight
+            bonus = HYBRID_LEXICAL_WEIGHT if h.doc_id == "doc3" else 0.0
+            assert h.score == pytest.approx(dense[h.doc_id].score + bonus, abs=1e-5)
+            assert (h.window_index, h.window_score) == (dense[h.doc_id].window_index,
+                                                        pytest.approx(dense[h.doc_id].window_score, abs=1e-6))
+        dense_rank = [d for d in dense].index("doc3")
+        assert [h.doc_id for h in hybrid].index("doc3") <= dense_rank
+        assert [h.score for h in hybrid] == sorted((h.score for h in hybrid), reverse=True)
+
+
+def test_fuse_scores_units():
+    assert fuse_scores(np.array([0.5, 0.4]), np.array([2.0, 4.0]), weight=0.1).tolist() == pytest.approx([0.55, 0.5])
+    assert fuse_scores(np.array([0.5, 0.4]), np.zeros(2), weight=0.1).tolist() == pytest.approx([0.5, 0.4])
+    rows = fuse_scores(np.zeros((2, 2)), np.array([[1.0, 2.0], [3.0, 0.0]]), weight=1.0)
+    np.testing.assert_allclose(rows, [[0.5, 1.0], [1.0, 0.0]])
 
 
 def test_hybrid_applies_the_filters_to_bm25_too(flagged):
@@ -78,12 +106,19 @@ def test_hybrid_applies_the_filters_to_bm25_too(flagged):
 
 def test_hybrid_follows_changes(flagged):
     index, target = flagged
-    assert index.search("frobnicate", k=1, mode="hybrid")[0].doc_id == "doc3"
+    for per_doc in (None, 1):
+        hits = index.search("frobnicate", k=60, mode="hybrid", per_doc=per_doc)
+        assert hits[0].doc_id == "doc3" if per_doc is None else "doc3" in [h.doc_id for h in hits]
     index.remove(doc_ids=["doc3"])
-    assert all(h.doc_id != "doc3" for h in index.search("frobnicate", k=5, mode="hybrid"))
+    for per_doc in (None, 1):
+        assert all(h.doc_id != "doc3" for h in index.search("frobnicate", k=60, mode="hybrid", per_doc=per_doc))
     row = {"doc_id": "new", "window_index": 0, "char_start": 0, "char_end": 15, "text": "frobnicate here"}
     index.add(index.encoder.encode([row["text"]]), pl.DataFrame([row]))
-    assert index.search("frobnicate", k=1, mode="hybrid")[0].doc_id == "new"
+    assert index.search("frobnicate", k=1, mode="hybrid", per_doc=None)[0].doc_id == "new"
+    # the page-level BM25 follows the change too: "new" is now the only page with the word
+    per_doc = {h.doc_id: h.score for h in index.search("frobnicate", k=60, mode="hybrid")}
+    dense = {h.doc_id: h.score for h in index.search("frobnicate", k=60)}
+    assert per_doc["new"] == pytest.approx(dense["new"] + HYBRID_LEXICAL_WEIGHT, abs=1e-5)
 
 
 def test_hybrid_needs_text_and_an_encoder():
@@ -123,7 +158,8 @@ def test_metrics_by_hand():
 
 def test_evaluate_an_index(flagged):
     index, _ = flagged
-    result = evaluate_retrieval(index, ["--frobnicate-xyz", "frobnicate"], [{"doc3"}, {"doc3"}], k=5, mode="hybrid")
+    result = evaluate_retrieval(index, ["--frobnicate-xyz", "frobnicate"], [{"doc3"}, {"doc3"}], k=5, mode="hybrid",
+                                per_doc=None)
     assert result == {"recall@5": 1.0, "mrr@5": 1.0, "ndcg@5": 1.0, "queries": 2.0}
     # hits count a document once, at its best window
     hits = index.search("frobnicate", k=5, mode="hybrid", per_doc=None)
