@@ -399,6 +399,11 @@ class LongDocClassifier:
             self.calibrate(val_input)
         elif args.calibrate:
             logger.info("no validation documents: probabilities are not calibrated (temperature 1)")
+        if self.lexical is not None and eval_dataset is None and val_docs is not None:
+            # the split held out above has done its work (early stopping, calibration): the words of those
+            # documents now count too, as a TF-IDF baseline trained on every document would count them
+            every = self.document_table(train, labels, require_labels=True, **cols)
+            self.lexical.fit(every["text"].to_list(), self._targets(every).numpy())
         return self
 
     def _reset_heads(self) -> None:
