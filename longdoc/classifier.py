@@ -368,7 +368,9 @@ class LongDocClassifier:
 
         Every call starts from fresh head weights drawn from ``args.seed``: the same seed, data and machine
         give the same model. With the lexical branch, its TF-IDF model is fitted on the training documents
-        and the head trains on cross-fitted lexical scores (see ``longdoc.lexical``).
+        and the head trains on cross-fitted lexical scores (see ``longdoc.lexical``); when the validation split
+        was held out here (no ``eval_dataset``), the lexical model is refitted on every training document once
+        early stopping and calibration are done.
         """
         args = args or TrainConfig()
         seed_everything(args.seed)
