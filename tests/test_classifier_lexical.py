@@ -159,3 +159,32 @@ def test_a_str_path_is_read_for_training_and_refused_as_text(tiny_model_dir, tmp
         clf.predict(str(path))
     with pytest.raises(DataError, match="no such file"):
         clf.fit(str(tmp_path / "missing.jsonl"))
+
+
+@pytest.mark.parametrize("damage", ["nan_weights", "duplicate_terms", "not_json", "vocabulary_not_a_list"])
+def test_a_damaged_lexical_branch_is_refused_at_load(trained, tmp_path, damage):
+    from safetensors.numpy import load_file, save_file
+
+    path = trained.save(tmp_path / "model")
+    meta_path, tensors_path = path / "lexical.json", path / "lexical.safetensors"
+    meta = json.loads(meta_path.read_text())
+    if damage == "nan_weights":
+        tensors = load_file(str(tensors_path))
+        tensors["coef"][0, 0] = np.nan
+        save_file(tensors, str(tensors_path))
+    elif damage == "duplicate_terms":
+        meta["vocabulary"][1] = meta["vocabulary"][0]
+        meta_path.write_text(json.dumps(meta))
+    elif damage == "not_json":
+        meta_path.write_text("{not json")
+    else:
+        meta["vocabulary"] = 5
+        meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ModelLoadError, match="lexical"):
+        LongDocClassifier.load(path)
+
+
+def test_one_letter_words_and_digits_only_get_the_windows_alone(trained):
+    a = trained.analyze(["1 2 3 a b c", "x\x00y\x00z"])
+    assert a.notes == [NO_LEXICAL_TERMS, NO_LEXICAL_TERMS]
+    assert np.isfinite(a.probs).all()
