@@ -33,6 +33,7 @@ from safetensors.numpy import load_file, save_file
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold, StratifiedKFold
+from threadpoolctl import threadpool_limits
 
 from longdoc.errors import ConfigError, DataError, ModelLoadError
 
@@ -147,6 +148,12 @@ class LexicalModel:
 
     def _fit_linear(self, X: Any, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(coef (L, V), intercept (L,)) of a logistic regression on X."""
+        # one thread: beside torch's thread pool, scikit-learn's and SciPy's pools spin against it (a 2-core CPU
+        # fitted 4-7x slower with two threads each than with one)
+        with threadpool_limits(limits=1):
+            return self._fit_linear_threads(X, y)
+
+    def _fit_linear_threads(self, X: Any, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n_labels = len(self.labels)
         coef = np.zeros((n_labels, X.shape[1]), dtype=np.float32)
         intercept = np.zeros(n_labels, dtype=np.float32)

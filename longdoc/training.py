@@ -38,6 +38,7 @@ import numpy as np
 import polars as pl
 import torch
 from safetensors.torch import load_file, save_file
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from indexer.storage import durable_directory, recover_stale
@@ -420,8 +421,12 @@ def _fit_frozen(clf: LongDocClassifier, train: Encoded | pl.DataFrame, y: Target
             return None
         return _validation_score(clf, clf.analyze(val_enc, show_progress_bar=False), y_val)
 
-    _epoch_loop(clf, n_train=len(offsets) - 1, args=args, step_fn=step, evaluate_fn=evaluate,
-                encoder_trains=False, show=show, run=run)
+    # The head is small: its matrix products gain nothing from threads, and torch's, numpy's and scikit-learn's
+    # thread pools (three OpenMP/BLAS runtimes in one process) then spin against each other. One thread each
+    # made this loop 20-40x faster on a 2-core CPU (0.8 s against 17-32 s for 20 epochs of 180 documents).
+    with threadpool_limits(limits=1):
+        _epoch_loop(clf, n_train=len(offsets) - 1, args=args, step_fn=step, evaluate_fn=evaluate,
+                    encoder_trains=False, show=show, run=run)
 
 
 def _fit_finetune(clf: LongDocClassifier, train_docs: pl.DataFrame, y: Targets, val_docs: pl.DataFrame | None,
