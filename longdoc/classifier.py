@@ -391,6 +391,8 @@ class LongDocClassifier:
         y_val = None if val_docs is None else Targets(self._targets(val_docs), self._task_targets(val_docs))
         if args.mode != "frozen":  # fine-tuning encodes with changing weights: only the documents are needed
             train_input, val_input = train_docs, val_docs
+        elif val_input is not None and not isinstance(val_input, Encoded):
+            val_input = self.encode(val_input, show_progress_bar=show_progress_bar)  # once, for stopping and calibration
         lexical_scores = None
         if self.lexical is not None:
             lexical_scores = torch.from_numpy(self._fit_lexical(train_docs, y_train.labels, seed=args.seed))
