@@ -100,7 +100,8 @@ class Sizes:
     st_batch: int
     repeat: int
     cosine_docs: int
-    oom_docs: int
+    oom_docs: int  # on the CPU (no back-off to test: the oversize batch only has to finish)
+    oom_docs_cuda: int  # on CUDA: enough windows that the oversize batch cannot fit in the headroom
     finetune_docs: int
     finetune_windows: int
     finetune_batch: int
@@ -110,10 +111,10 @@ class Sizes:
 
 
 GPU_SIZES = Sizes(encode_docs={"bert-base": 512, "minilm": 1024}, doc_words=2600, forward_batch=256, st_batch=32,
-                  repeat=3, cosine_docs=64, oom_docs=256, finetune_docs=256, finetune_windows=4, finetune_batch=8,
+                  repeat=3, cosine_docs=64, oom_docs=256, oom_docs_cuda=256, finetune_docs=256, finetune_windows=4, finetune_batch=8,
                   search_n=1_000_000, search_queries=8192, compile_models=("bert-base", "minilm"))
 DRY_SIZES = Sizes(encode_docs={"bert-base": 40, "minilm": 40}, doc_words=600, forward_batch=16, st_batch=32,
-                  repeat=1, cosine_docs=2, oom_docs=20, finetune_docs=8, finetune_windows=2, finetune_batch=4,
+                  repeat=1, cosine_docs=2, oom_docs=20, oom_docs_cuda=200, finetune_docs=8, finetune_windows=2, finetune_batch=4,
                   search_n=10_000, search_queries=256, compile_models=())
 
 
@@ -217,6 +218,31 @@ def _on_alarm(signum: int, frame: Any) -> None:
     raise BudgetExceeded()
 
 
+class StepTimeout(Exception):
+    """Raised by ``step_limit`` when one step of a section (a compilation) runs past its own limit."""
+
+
+def _on_step_alarm(signum: int, frame: Any) -> None:
+    raise StepTimeout()
+
+
+@contextlib.contextmanager
+def step_limit(seconds: float) -> Any:
+    """Interrupt the block (``StepTimeout``) after ``seconds``, or when the section's budget runs out if that
+    comes first; the section's own alarm is put back afterwards with the time it has left."""
+    outer_left = signal.alarm(0)
+    start = time.monotonic()
+    previous = signal.signal(signal.SIGALRM, _on_step_alarm)
+    signal.alarm(max(1, int(min(seconds, outer_left) if outer_left else seconds)))
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+        if outer_left:
+            signal.alarm(max(1, int(outer_left - (time.monotonic() - start))))
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, (np.integer, np.floating)):
         return value.item()
@@ -313,14 +339,28 @@ def encode_model(suite: Suite, name: str) -> None:
     if name in sizes.compile_models or suite.args.compile:
         compiled = WindowEncoder(path, device=device, dtype=dtype, window=window)
         t0 = time.perf_counter()
+        limit = suite.args.compile_limit_s
+        from torch._dynamo.utils import counters
+
+        graphs_before = counters["stats"]["unique_graphs"]
         try:
-            compiled.model = torch.compile(compiled.model)
-            for _ in range(2):  # the full batch shape, then the dynamic one for the last, shorter batches
-                compiled.encode_documents(texts, show_progress_bar=False)
-            compile_info["compile_seconds"] = round(time.perf_counter() - t0, 1)
-            methods["longdoc compile"] = lambda c=compiled: run_longdoc(c)
+            with step_limit(limit):
+                compiled.model = torch.compile(compiled.model)
+                for _ in range(2):  # the full batch shape, then the dynamic one for the last, shorter batches
+                    compiled.encode_documents(texts, show_progress_bar=False)
+            graphs = counters["stats"]["unique_graphs"] - graphs_before
+            compile_info.update(compile_seconds=round(time.perf_counter() - t0, 1), compiled_graphs=graphs)
+            if graphs > 0:
+                methods["longdoc compile"] = lambda c=compiled: run_longdoc(c)
+            else:  # dynamo gave up on the frame (an interrupted trace included) and runs it eagerly
+                suite.record("encode", f"{name} torch.compile", "skipped",
+                             reason="torch.compile captured no graph: the model ran eagerly", **compile_info)
         except BudgetExceeded:
             raise
+        except StepTimeout:
+            suite.record("encode", f"{name} torch.compile", "skipped",
+                         reason=f"compiling took longer than {limit:.0f} s (--compile-limit-s) or the budget",
+                         seconds=round(time.perf_counter() - t0, 1))
         except Exception as exc:
             suite.record("encode", f"{name} torch.compile", "skipped",
                          reason=f"torch.compile failed: {type(exc).__name__}: {exc}"[:1000],
@@ -399,7 +439,8 @@ def section_oom(suite: Suite) -> None:
     cuda = suite.device.startswith("cuda")
     path = suite.model("bert-base")
     window = WindowConfig(max_length=512, stride=128)
-    texts = synthetic_documents(path, suite.sizes.oom_docs, suite.sizes.doc_words, seed=2)
+    n_docs = suite.sizes.oom_docs_cuda if cuda else suite.sizes.oom_docs
+    texts = synthetic_documents(path, n_docs, suite.sizes.doc_words, seed=2)
     reference = WindowEncoder(path, device=suite.device, window=window)
     windows, ref = reference.encode_documents(texts, show_progress_bar=False)
     del reference
@@ -599,8 +640,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="tokenizer of the random BERT-base / MiniLM models (default: the packaged MiniLM's)")
     parser.add_argument("--minilm", default=None, help="real MiniLM weights for the bf16 cosine (default: packaged)")
     parser.add_argument("--compile", action="store_true", help="torch.compile in a dry run too")
+    parser.add_argument("--compile-limit-s", type=float, default=150.0,
+                        help="longest a model's compilation (first two encodes) may take before it is skipped")
     parser.add_argument("--oom-headroom-mib", type=int, default=None,
-                        help="memory allowed over what the process holds (default 2048, 32 in a dry run)")
+                        help="memory allowed over what the process holds (default 2048, 8 in a dry run)")
     parser.add_argument("--search-n", type=int, default=None, help="vectors in the search section")
     args = parser.parse_args(argv)
     sections = args.sections.split(",")
@@ -611,9 +654,9 @@ def main(argv: list[str] | None = None) -> int:
 
     device = args.device or ("cpu" if args.dry_run or not torch.cuda.is_available() else "cuda")
     sizes = DRY_SIZES if args.dry_run else GPU_SIZES
-    if args.search_n:
+    if args.search_n is not None:
         sizes = dataclasses.replace(sizes, search_n=args.search_n)
-    args.oom_headroom_mib = args.oom_headroom_mib or (32 if args.dry_run else 2048)
+    args.oom_headroom_mib = args.oom_headroom_mib or (8 if args.dry_run else 2048)
     suite = Suite(args.out_dir, args.budget_s, device, args.dry_run, sizes, args)
     suite.record("setup", "machine", machine=machine(), device=device, dry_run=args.dry_run,
                  budget_s=args.budget_s, sections=sections,
