@@ -361,9 +361,13 @@ def encode_model(suite: Suite, name: str) -> None:
             suite.record("encode", f"{name} torch.compile", "skipped",
                          reason=f"compiling took longer than {limit:.0f} s (--compile-limit-s) or the budget",
                          seconds=round(time.perf_counter() - t0, 1))
-        except Exception as exc:
-            suite.record("encode", f"{name} torch.compile", "skipped",
-                         reason=f"torch.compile failed: {type(exc).__name__}: {exc}"[:1000],
+        except Exception as exc:  # inductor wraps an exception raised inside it (our timeouts too)
+            if suite.left_s() <= 0:
+                raise BudgetExceeded() from exc
+            timed_out = "StepTimeout" in f"{type(exc).__name__}: {exc}"
+            why = (f"compiling took longer than {limit:.0f} s (--compile-limit-s)" if timed_out
+                   else f"torch.compile failed: {type(exc).__name__}: {exc}")
+            suite.record("encode", f"{name} torch.compile", "skipped", reason=why[:1000],
                          seconds=round(time.perf_counter() - t0, 1))
     else:
         suite.record("encode", f"{name} torch.compile", "skipped",
