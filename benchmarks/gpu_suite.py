@@ -58,6 +58,7 @@ import gc
 import io
 import json
 import logging
+import re
 import signal
 import sys
 import tempfile
@@ -101,7 +102,8 @@ class Sizes:
     repeat: int
     cosine_docs: int
     oom_docs: int  # on the CPU (no back-off to test: the oversize batch only has to finish)
-    oom_docs_cuda: int  # on CUDA: enough windows that the oversize batch cannot fit in the headroom
+    oom_docs_cuda: int  # on CUDA: enough windows that the oversize batch cannot fit in the headroom (more
+    # than encode_documents' chunk of 512 documents on the GPU: whether a lowered budget carries to the next chunk)
     finetune_docs: int
     finetune_windows: int
     finetune_batch: int
@@ -110,12 +112,16 @@ class Sizes:
     compile_models: tuple[str, ...]
 
 
-GPU_SIZES = Sizes(encode_docs={"bert-base": 512, "minilm": 1024}, doc_words=2600, forward_batch=256, st_batch=32,
-                  repeat=3, cosine_docs=64, oom_docs=256, oom_docs_cuda=256, finetune_docs=256, finetune_windows=4, finetune_batch=8,
-                  search_n=1_000_000, search_queries=8192, compile_models=("bert-base", "minilm"))
-DRY_SIZES = Sizes(encode_docs={"bert-base": 40, "minilm": 40}, doc_words=600, forward_batch=16, st_batch=32,
-                  repeat=1, cosine_docs=2, oom_docs=20, oom_docs_cuda=200, finetune_docs=8, finetune_windows=2, finetune_batch=4,
-                  search_n=10_000, search_queries=256, compile_models=())
+GPU_SIZES = Sizes(
+    encode_docs={"bert-base": 512, "minilm": 1024}, doc_words=2600, forward_batch=256, st_batch=32, repeat=3,
+    cosine_docs=64, oom_docs=256, oom_docs_cuda=1100, finetune_docs=256, finetune_windows=4, finetune_batch=8,
+    search_n=1_000_000, search_queries=8192, compile_models=("bert-base", "minilm"),
+)
+DRY_SIZES = Sizes(
+    encode_docs={"bert-base": 40, "minilm": 40}, doc_words=600, forward_batch=16, st_batch=32, repeat=1,
+    cosine_docs=2, oom_docs=20, oom_docs_cuda=200, finetune_docs=8, finetune_windows=2, finetune_batch=4,
+    search_n=10_000, search_queries=256, compile_models=(),
+)
 
 
 @dataclass
@@ -255,7 +261,8 @@ _HEADLINE_KEYS = ("tokens_per_s", "qps", "min_cosine", "recall_at_10", "backoffs
 def _headline(row: dict[str, Any]) -> tuple[str, str]:
     figure = ", ".join(f"{k} {row[k]}" for k in _HEADLINE_KEYS if row.get(k) is not None)
     skip = {"section", "status", "what", "traceback", *_HEADLINE_KEYS}
-    details = "; ".join(f"{k}={v}" for k, v in row.items() if k not in skip and not isinstance(v, (dict, list)))
+    details = "; ".join(f"{k}={v}" for k, v in row.items()
+                        if k not in skip and not isinstance(v, dict) and not (isinstance(v, list) and len(v) > 12))
     return figure, details.replace("|", "/")[:300]
 
 
@@ -475,7 +482,9 @@ def section_oom(suite: Suite) -> None:
         enc_logger.setLevel(level)
     backoffs = [m for m in caught.messages if "out of memory" in m]
     figures = compare(got, ref)
-    fields = {"device": suite.device, "windows": len(windows), "first_budget_tokens": oversize,
+    fields = {"device": suite.device, "docs": len(texts), "chunks": -(-len(texts) // 512),
+              "windows": len(windows), "first_budget_tokens": oversize,
+              "budgets": [int(b) for m in backoffs for b in re.findall(r"budget to (\d+)", m)],
               "memory_limit_mib": round(limit / 2**20) if limit else None, "backoffs": len(backoffs),
               "last_message": backoffs[-1] if backoffs else None, "finished": True, "seconds": round(seconds, 2),
               **figures}
@@ -662,7 +671,9 @@ def main(argv: list[str] | None = None) -> int:
         sizes = dataclasses.replace(sizes, search_n=args.search_n)
     args.oom_headroom_mib = args.oom_headroom_mib or (8 if args.dry_run else 2048)
     suite = Suite(args.out_dir, args.budget_s, device, args.dry_run, sizes, args)
-    suite.record("setup", "machine", machine=machine(), device=device, dry_run=args.dry_run,
+    suite.record("setup", "machine", machine=machine(), device=device, torch_cuda=torch.version.cuda,
+                 gpu_memory_gib=round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+                 if torch.cuda.is_available() else None, dry_run=args.dry_run,
                  budget_s=args.budget_s, sections=sections,
                  versions=_versions(("transformers", "sentence_transformers", "polars", "faiss", "numpy")))
     with tempfile.TemporaryDirectory(prefix="longdoc-gpu-suite-") as tmp:
