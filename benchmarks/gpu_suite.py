@@ -23,7 +23,10 @@ fine-tuning step of ``longdoc.training`` through ``LongDocClassifier.fit(mode="f
 2. ``oom``: out-of-memory back-off. The process is held to the memory it has plus ``--oom-headroom-mib``
    (``torch.cuda.set_per_process_memory_fraction``) and the encoder is given a token budget far over it;
    ``WindowEncoder`` must catch ``torch.cuda.OutOfMemoryError``, halve its budget and finish, with the same
-   embeddings as a run at the default budget. Needs CUDA (the CPU has no such error): skipped there.
+   embeddings as a run at the default budget. On the GPU the documents span three of ``encode_documents``'
+   512-document chunks: ``budgets`` (the budgets it stepped down to) shows whether a lowered budget carries to
+   the next chunk (today it does not: each ``_encode_flat`` call starts again from ``max_tokens_per_batch``).
+   Needs CUDA (the CPU has no such error): skipped there, after the oversize batch has run.
 3. ``finetune``: training tokens/s of ``LongDocClassifier.fit(mode="finetune")`` (bf16 autocast on CUDA, fp32
    weights: the product's training step), BERT-base config, synthetic long documents, one epoch after a
    warm-up epoch; no validation split (``eval_fraction=0``), no lexical branch (CPU TF-IDF, not the step).
