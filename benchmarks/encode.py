@@ -69,14 +69,16 @@ def flops_per_window(model: Any, lengths: np.ndarray) -> float:
     return float((2.0 * params * t + 4.0 * cfg.num_hidden_layers * t**2 * cfg.hidden_size).sum())
 
 
-def build_bert_base(tokenizer_path: str, directory: str) -> str:
-    """A ``BertConfig()`` (12 x 768) BertModel with seeded random weights and the MiniLM tokenizer, saved."""
+def build_bert_base(tokenizer_path: str, directory: str, **config: Any) -> str:
+    """A ``BertConfig()`` (12 x 768) BertModel with seeded random weights and the MiniLM tokenizer, saved.
+
+    ``config`` overrides ``BertConfig`` fields (e.g. the MiniLM geometry: 6 layers, hidden 384)."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, use_fast=True)
-    model = BertModel(BertConfig(vocab_size=tokenizer.vocab_size))
+    model = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, **config))
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
     return directory
