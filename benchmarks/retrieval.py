@@ -19,6 +19,7 @@ Methods, each the real ``PassageIndex.search`` over the same window vectors (que
   their first window.
 
     python benchmarks/retrieval.py                    # about 20 minutes on 2 cores the first time (encoding)
+    python benchmarks/retrieval.py --ideas            # fusion ideas beside the default (benchmarks/retrieval_ideas.py)
 
 One JSON line per figure on stdout: R@1, R@10, MRR@10, nDCG@10 and the search seconds.
 """
@@ -105,6 +106,9 @@ def main() -> None:
     parser.add_argument("--speed-only", action="store_true",
                         help="only the filtered-search timing on the questions (best of --repeat)")
     parser.add_argument("--repeat", type=int, default=3, help="timing repeats (best kept)")
+    parser.add_argument("--ideas", action="store_true",
+                        help="only the fusion ideas of per-page hybrid search (pool depth, BM25 fields and "
+                             "parameters, normalisation, weighted RRF), scored in numpy beside the library's default")
     args = parser.parse_args()
     setup_logging()
     emit({"bench": "retrieval", "what": "machine", **machine(), "args": vars(args)})
@@ -122,6 +126,12 @@ def main() -> None:
     query_sets = {"questions": (questions, relevant),
                   "name_lines": ([names[i] for i in name_rows], [{docs["doc_id"][i]} for i in name_rows])}
     wanted = args.sets.split(",")
+    if args.ideas:
+        from retrieval_ideas import ideas  # noqa: PLC0415
+
+        ideas(encoder, docs, table, emb, {name: value for name, value in query_sets.items() if name in wanted},
+              build_index=build_index, cached_encoder=CachedEncoder, page_ranking=page_ranking, metrics=metrics)
+        return
     sweep(encoder, docs, table, emb, {name: value for name, value in query_sets.items() if name in wanted},
           speed_only=args.speed_only, repeat=args.repeat)
 
@@ -150,6 +160,20 @@ class CachedEncoder:
 def page_ranking(hits: list, k: int = 10) -> list[str]:
     """The first k distinct pages of a hit list."""
     return list(dict.fromkeys(h.doc_id for h in hits))[:k]
+
+
+def build_index(docs, table, emb, encoder) -> PassageIndex:
+    """The index of every window (texts and labels from the pages)."""
+    texts = docs["text"].to_list()
+    position = {d: i for i, d in enumerate(docs["doc_id"].to_list())}
+    starts, ends = table["char_start"].to_list(), table["char_end"].to_list()
+    labels = docs["labels"].to_list()
+    passages = table.with_columns(
+        pl.Series("text", [texts[position[d]][a:b] for d, a, b in zip(table["doc_id"].to_list(), starts, ends,
+                                                                        strict=True)]),
+        pl.Series("labels", [labels[position[d]] for d in table["doc_id"].to_list()], dtype=pl.List(pl.String)),
+    )
+    return PassageIndex.build(emb, passages, encoder=encoder)
 
 
 def sweep(encoder, docs, table, emb, query_sets, *, speed_only: bool = False, repeat: int = 3) -> None:
