@@ -130,6 +130,10 @@ def main() -> None:
 
         y = [r[0] for r in docs["labels"].to_list()]
         folds = list(StratifiedKFold(args.folds, shuffle=True, random_state=0).split(np.zeros(len(y)), y))
+    has_text = docs["text"].str.strip_chars().str.len_chars().to_numpy() > 0  # 20news: some bodies are empty
+    if not has_text.all():
+        logger.info("leaving out %d documents without text", int((~has_text).sum()))
+        folds = [(tr[has_text[tr]], te[has_text[te]]) for tr, te in folds]
     if args.only_folds:
         folds = folds[: args.only_folds]
     labels = sorted({x for row in docs["labels"].to_list() for x in row})
