@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from indexer.storage import durable_directory
 from longdoc import calibration, training
-from longdoc.data import check_unique_ids, documents_from_texts, load_documents
+from longdoc.data import check_unique_ids, documents_from_texts, load_documents, resolve_documents
 from longdoc.encoder import WindowEncoder
 from longdoc.errors import ConfigError, DataError, ModelLoadError
 from longdoc.heads import DocumentHead, HeadConfig, MultiTaskHead, predict_probs
@@ -763,25 +763,13 @@ def _validation_rows(docs: pl.DataFrame, fraction: float, *, seed: int, stratify
     return np.sort(np.concatenate(rows)) if rows else np.zeros(0, dtype=np.int64)
 
 
-_DOCUMENT_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet", ".csv", ".tsv", ".txt", ".md")
-
-
 def _path_or_text(value: str, *, read: bool) -> Path | list[str]:
-    """A str argument as a path to read (``read``) or as one document's text; never a path used as text."""
-    looks_like_path = "\n" not in value and len(value) < 4096
-    exists = False
-    if looks_like_path:
-        try:
-            exists = Path(value).expanduser().exists()
-        except (OSError, ValueError):  # a name too long, an embedded NUL...
-            exists = False
+    """A str argument as a path to read (``read``: ``longdoc.data.resolve_documents``) or as one document's text;
+    never a path used as text."""
     if read:
-        if exists:
-            return Path(value).expanduser()
-        if looks_like_path and " " not in value.strip() and value.strip().lower().endswith(_DOCUMENT_SUFFIXES):
-            raise DataError(f"no such file: {value!r} (a str here is read as a path to documents)")
-        return [value]
-    if exists:
+        resolved = resolve_documents(value)
+        return resolved if isinstance(resolved, Path) else [value]
+    if isinstance(resolve_documents(value), Path):
         raise DataError(
             f"{value!r} names an existing file, not a document text: pass load_documents({value!r}) (or a "
             f"pathlib.Path) to read the documents in it, or [{value!r}] to classify the string itself")

@@ -53,11 +53,13 @@ from longdoc.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DOC_COLUMNS", "documents_from_texts", "hub_dataset", "iter_documents", "load_documents"]
+__all__ = ["DOC_COLUMNS", "documents_from_texts", "hub_dataset", "iter_documents", "load_documents", "resolve_documents"]
 
 DOC_COLUMNS = ("doc_id", "text", "labels", "warning")
 TEXT_FILE_SUFFIXES = (".txt", ".md")
 _LABELS_DTYPE = pl.List(pl.String)
+_PATH_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet", ".csv", ".tsv", ".txt", ".md")
+_MAX_PATH_CHARS = 4096
 _SUPPORTED = ".jsonl, .ndjson, .json, .parquet, .csv, .tsv, .txt, .md or a folder of .txt/.md files"
 
 
@@ -890,3 +892,42 @@ def _empty_table() -> pl.DataFrame:
     return pl.DataFrame(
         schema={"doc_id": pl.String, "text": pl.String, "labels": _LABELS_DTYPE, "warning": pl.String}
     )
+
+
+def _names_existing(text: str) -> bool:
+    if not text or "\n" in text or len(text) > _MAX_PATH_CHARS:
+        return False
+    try:
+        return Path(text).exists()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte: not a path
+        return False
+
+
+def _looks_like_path(text: str) -> bool:
+    if not text.strip() or "\n" in text or len(text) > _MAX_PATH_CHARS:
+        return False
+    if text.strip().lower().endswith(_PATH_SUFFIXES):
+        return True
+    separators = {"/", os.sep} | ({os.altsep} if os.altsep else set())
+    return any(sep in text for sep in separators) and not any(c.isspace() for c in text)
+
+
+def resolve_documents(documents: Any) -> Any:
+    """``documents`` as the readers should see it: a ``str`` naming an existing file or folder becomes a ``Path``.
+
+    Raises:
+        DataError: ``documents`` is a ``str`` that looks like a path (one line ending in ``.jsonl``, ``.json``,
+            ``.parquet``, ``.csv``, ``.txt``..., or holding a path separator and no whitespace) but names nothing:
+            it is never indexed as the text of a document without a word.
+    """
+    if not isinstance(documents, str):
+        return documents
+    if _names_existing(documents):
+        return Path(documents)
+    if _looks_like_path(documents):
+        raise DataError(
+            f"documents={documents!r} looks like a path but no such file or folder exists (cwd: {os.getcwd()}); "
+            "pass an existing path (.jsonl, .json, .parquet, .csv, .txt, a folder of .txt/.md files), or "
+            f"[{documents!r}] to index this string as the text of one document"
+        )
+    return documents

@@ -54,8 +54,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from longdoc.data import check_unique_ids, documents_from_texts, load_documents
-from longdoc.errors import ConfigError, DataError, ModelLoadError
+from longdoc.data import check_unique_ids, documents_from_texts, load_documents, resolve_documents
+from longdoc.errors import ConfigError, ModelLoadError
 from longdoc.model_dir import ENCODER_SETTINGS, is_model_directory, read_encoder_settings, read_model_config
 from longdoc.windows import WindowConfig
 
@@ -69,15 +69,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = ["INDEX_WINDOW", "IndexCounts", "Indexed", "build_index", "content_hash", "index_documents",
-           "index_encoder", "index_vectors", "index_window", "load_encoder", "passages_from_analysis", "resolve_documents"]
+           "index_encoder", "index_vectors", "index_window", "load_encoder", "passages_from_analysis"]
 
 #: Window geometry of an index built without a classifier: the packaged MiniLM was trained on at most 256 tokens,
 #: and 256/64 windows retrieve better than 512/128 and encode faster (README, benchmarks/RESULTS.md).
 INDEX_WINDOW = WindowConfig(max_length=256, stride=64)
 
 # A str ending in one of these (one line, no longer than a path can be) is taken for a path, never for a text.
-_PATH_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet", ".csv", ".tsv", ".txt", ".md")
-_MAX_PATH_CHARS = 4096
 
 # Columns of the passage table this module writes; document metadata with one of these names is renamed.
 _PASSAGE_COLUMNS = (
@@ -210,45 +208,6 @@ def index_vectors(clf: LongDocClassifier, analysis: Analysis, rows: np.ndarray |
 
 
 # --------------------------------------------------------------------------------------------------- documents
-
-
-def _names_existing(text: str) -> bool:
-    if not text or "\n" in text or len(text) > _MAX_PATH_CHARS:
-        return False
-    try:
-        return Path(text).exists()
-    except (OSError, ValueError):  # a name too long for the file system, a NUL byte: not a path
-        return False
-
-
-def _looks_like_path(text: str) -> bool:
-    if not text.strip() or "\n" in text or len(text) > _MAX_PATH_CHARS:
-        return False
-    if text.strip().lower().endswith(_PATH_SUFFIXES):
-        return True
-    separators = {"/", os.sep} | ({os.altsep} if os.altsep else set())
-    return any(sep in text for sep in separators) and not any(c.isspace() for c in text)
-
-
-def resolve_documents(documents: Any) -> Any:
-    """``documents`` as the readers should see it: a ``str`` naming an existing file or folder becomes a ``Path``.
-
-    Raises:
-        DataError: ``documents`` is a ``str`` that looks like a path (one line ending in ``.jsonl``, ``.json``,
-            ``.parquet``, ``.csv``, ``.txt``..., or holding a path separator and no whitespace) but names nothing:
-            it is never indexed as the text of a document without a word.
-    """
-    if not isinstance(documents, str):
-        return documents
-    if _names_existing(documents):
-        return Path(documents)
-    if _looks_like_path(documents):
-        raise DataError(
-            f"documents={documents!r} looks like a path but no such file or folder exists (cwd: {os.getcwd()}); "
-            "pass an existing path (.jsonl, .json, .parquet, .csv, .txt, a folder of .txt/.md files), or "
-            f"[{documents!r}] to index this string as the text of one document"
-        )
-    return documents
 
 
 def _document_table(documents: Any, **columns: Any) -> pl.DataFrame:
@@ -566,7 +525,7 @@ def build_index(
 
     Args:
         documents: a path (``str`` or ``Path``: JSON lines, JSON, Parquet, CSV, text files, a folder), a document
-            table, a list of texts or of dicts (see :func:`resolve_documents` for ``str``). A label column, when
+            table, a list of texts or of dicts (see :func:`longdoc.data.resolve_documents` for ``str``). A label column, when
             present, is stored as the passages' gold labels: what ``search(..., labels=...)`` filters on.
         encoder: a loaded ``WindowEncoder``, or what :func:`load_encoder` takes (a checkpoint, sentence-transformers
             or model directory); ``None``: the encoder ``index`` records, else the packaged MiniLM.
@@ -641,7 +600,7 @@ def index_documents(
         clf: the classifier; its ``retrieval_encoder`` makes the vectors and becomes the index's query encoder
             (see the module docstring).
         documents: any input ``clf.analyze`` takes (document table, file path, list of texts...; a ``str`` as
-            :func:`resolve_documents` says), or an ``Analysis`` / ``Encoded`` from an earlier pass over the same
+            :func:`longdoc.data.resolve_documents` says), or an ``Analysis`` / ``Encoded`` from an earlier pass over the same
             documents (nothing is encoded again).
         index: an existing index to update (documents are matched by ``doc_id`` and ``content_hash``); ``None``
             builds a new one (``encoder=clf.retrieval_encoder``).

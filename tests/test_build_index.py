@@ -15,7 +15,7 @@ from indexer import PassageIndex
 from indexer.errors import IndexInputError
 from longdoc.classifier import Encoded, LongDocClassifier
 from longdoc.cli import main
-from longdoc.data import load_documents
+from longdoc.data import load_documents, resolve_documents
 from longdoc.errors import ConfigError, DataError
 from longdoc.indexing import (
     INDEX_WINDOW,
@@ -24,7 +24,6 @@ from longdoc.indexing import (
     index_documents,
     index_encoder,
     passages_from_analysis,
-    resolve_documents,
 )
 from longdoc.training import TrainConfig
 from longdoc.windows import WindowConfig
