@@ -732,7 +732,8 @@ class LongDocClassifier:
             tasks = {name: Task(t.labels, t.column, t.multi_label) for name, t in config.tasks.items()}
             task_head = MultiTaskHead({name: t.head for name, t in config.tasks.items()})
             task_head = _load_weights(task_head, directory / "task_heads.safetensors", f"the tasks {sorted(tasks)}")
-        lexical = LexicalModel.load(directory, labels=config.labels) if head_config.lexical_fusion else None
+        lexical = LexicalModel.load(directory, labels=config.labels,
+                                                                multi_label=head_config.multi_label) if head_config.lexical_fusion else None
         thresholds = config.thresholds
         clf = cls(encoder, head.eval(), config.labels, temperature=config.temperature,
                   thresholds=None if thresholds is None else np.asarray(thresholds, dtype=np.float32),
@@ -763,13 +764,22 @@ def _validation_rows(docs: pl.DataFrame, fraction: float, *, seed: int, stratify
     return np.sort(np.concatenate(rows)) if rows else np.zeros(0, dtype=np.int64)
 
 
+def _names_existing_file(value: str) -> bool:
+    if "\n" in value or len(value) > 4096:
+        return False
+    try:
+        return Path(value).expanduser().is_file()
+    except (OSError, ValueError):  # a name too long, an embedded NUL: not a path
+        return False
+
+
 def _path_or_text(value: str, *, read: bool) -> Path | list[str]:
     """A str argument as a path to read (``read``: ``longdoc.data.resolve_documents``) or as one document's text;
     never a path used as text."""
     if read:
         resolved = resolve_documents(value)
         return resolved if isinstance(resolved, Path) else [value]
-    if isinstance(resolve_documents(value), Path):
+    if _names_existing_file(value):  # only an existing file is refused: "TCP/IP" or "notes.txt" stay texts
         raise DataError(
             f"{value!r} names an existing file, not a document text: pass load_documents({value!r}) (or a "
             f"pathlib.Path) to read the documents in it, or [{value!r}] to classify the string itself")

@@ -342,7 +342,7 @@ class _Runner:
                     model = LongDocClassifier.from_encoder(
                         self.pretrained, labels=clf.labels, window=truncation_config(clf, max_windows=1),
                         pooling="mean", multi_label=clf.multi_label, device=str(clf.encoder.device),
-                        dtype=clf.encoder.dtype)
+                        dtype=clf.encoder.dtype, lexical=False)  # a truncation baseline: the window alone
                     self._fit_and_score(method, model, data, args, fold)
 
     def _fit_and_score(self, method: str, model: LongDocClassifier, split: dict[str, Any], args: TrainConfig,

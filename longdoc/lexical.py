@@ -283,8 +283,9 @@ class LexicalModel:
                   str(directory / "lexical.safetensors"))
 
     @classmethod
-    def load(cls, directory: Path, *, labels: Sequence[str]) -> LexicalModel:
-        """Read what :meth:`save` wrote; parts that disagree with each other or with ``labels`` are refused."""
+    def load(cls, directory: Path, *, labels: Sequence[str], multi_label: bool | None = None) -> LexicalModel:
+        """Read what :meth:`save` wrote; parts that disagree with each other, with ``labels`` or with
+        ``multi_label`` (when given) are refused."""
         try:
             meta = json.loads((directory / "lexical.json").read_text(encoding="utf-8"))
             tensors = load_file(str(directory / "lexical.safetensors"))
@@ -298,6 +299,9 @@ class LexicalModel:
         except (KeyError, TypeError, ConfigError) as exc:
             raise ModelLoadError(f"{directory}/lexical.json is malformed: {exc}") from exc
         n_terms, n_labels = len(vocabulary), len(model.labels)
+        if multi_label is not None and model.multi_label != bool(multi_label):
+            raise ModelLoadError(f"{directory}: the lexical branch is multi_label={model.multi_label}, the model "
+                                 f"multi_label={bool(multi_label)}")
         if model.labels != [str(x) for x in labels]:
             raise ModelLoadError(f"{directory}: the lexical branch has labels {model.labels}, the model "
                                  f"{list(labels)}")

@@ -349,6 +349,8 @@ def run_identity(clf: LongDocClassifier, train: Any, y: Targets, val: Any, args:
         "encoder": clf.encoder.fingerprint,
         "training data": _data_fingerprint(train, y),
         "validation data": _data_fingerprint(val, None),
+        "lexical": None if clf.lexical is None else clf.lexical.config.to_dict(),
+        "seed": args.seed,  # with the lexical branch, the seed also draws the cross-fitting folds
     }))
 
 

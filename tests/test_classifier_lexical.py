@@ -188,3 +188,8 @@ def test_one_letter_words_and_digits_only_get_the_windows_alone(trained):
     a = trained.analyze(["1 2 3 a b c", "x\x00y\x00z"])
     assert a.notes == [NO_LEXICAL_TERMS, NO_LEXICAL_TERMS]
     assert np.isfinite(a.probs).all()
+
+
+def test_path_shaped_texts_are_classified_and_only_existing_files_refused(trained):
+    assert len(trained.predict(["TCP/IP", "notes.txt", "https://example.com/a"])) == 3
+    assert isinstance(trained.predict("TCP/IP"), str)
