@@ -6,6 +6,7 @@
     longdoc index model/ docs.jsonl --out index/          # a classifier labels and indexes in one encoder pass
                                                           # both update index/ when it exists (--prune drops gone docs)
     longdoc search index/ "change file permissions" --k 5 --label 2 [--mode hybrid] [--model model/]
+    longdoc serve index/ [--model model/] [--host 127.0.0.1] [--port 8000] [--token T]   # the `serve` extra
     longdoc eval model/ test.jsonl [--baselines --train train.jsonl [--seeds 3]] [--confusion-png cm.png]
     longdoc demo                                          # man pages end to end, in minutes on a CPU
 
@@ -623,6 +624,23 @@ def cmd_search(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --------------------------------------------------------------------------------------------------- serve
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``longdoc serve``: the index (and, with --model, the classifier) over HTTP until interrupted."""
+    try:
+        from longdoc import serve  # here, not on top: FastAPI is an optional extra
+    except ImportError as exc:
+        raise ConfigError(f"{exc}") from None
+    token = args.token if args.token is not None else os.environ.get(serve.TOKEN_ENV) or None
+    serve.run(args.index, args.model, host=args.host, port=args.port, token=token,
+              log_level="warning" if args.quiet else "debug" if args.debug else "info",
+              batching=args.batching, max_batch=args.max_batch, max_k=args.max_k,
+              max_body_bytes=args.max_body_bytes, device=args.device)
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------------------------------- eval
 
 
@@ -759,6 +777,27 @@ def build_parser() -> argparse.ArgumentParser:
     _device_options(p)
     _common(p)
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("serve", help="serve an index (and a classifier) over HTTP: /search, /contexts, /label, "
+                       "/info (needs the `serve` extra)")
+    p.add_argument("index", help="index directory (from `longdoc index`); read only, never written")
+    p.add_argument("--model", default=None, help="model directory (from `longdoc train`) for /label; its encoder "
+                   "also encodes the queries when the index was built with it")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN' on every endpoint but "
+                   "/healthz (default: the LONGDOC_SERVE_TOKEN environment variable, which other users cannot "
+                   "read from the process list; unset: no token)")
+    p.add_argument("--batching", action=argparse.BooleanOptionalAction, default=True,
+                   help="encode the queries of concurrent searches in one forward (default: on)")
+    p.add_argument("--max-batch", type=_positive_int, default=64,
+                   help="queries per /search or /contexts request, documents per /label request (default 64)")
+    p.add_argument("--max-k", type=_positive_int, default=100, help="most hits per query (default 100)")
+    p.add_argument("--max-body-bytes", type=_positive_int, default=1_000_000,
+                   help="largest request body; larger ones get 413 (default 1000000)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: CUDA when present)")
+    _common(p)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("eval", help="evaluate a model on labelled documents")
     p.add_argument("model", help="model directory")

@@ -1,0 +1,422 @@
+"""``longdoc serve``: a real uvicorn server on an ephemeral port, over a real index (tiny BERT) and a real small
+classifier, queried with httpx. No mocks: results are compared with the in-process ``PassageIndex.search``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+
+import uvicorn  # noqa: E402
+
+from indexer import PassageIndex  # noqa: E402
+from indexer.errors import IndexInputError  # noqa: E402
+from indexer.index import describe_score  # noqa: E402
+from indexer.rag import approx_tokens, build_contexts  # noqa: E402
+from longdoc.classifier import LongDocClassifier  # noqa: E402
+from longdoc.errors import ConfigError, ModelLoadError  # noqa: E402
+from longdoc.indexing import build_index, index_encoder  # noqa: E402
+from longdoc.serve import create_app  # noqa: E402
+from longdoc.training import TrainConfig  # noqa: E402
+from longdoc.windows import WindowConfig  # noqa: E402
+
+WINDOW = WindowConfig(max_length=32, stride=8)
+TOPICS = {"sport": "team player goal win", "tech": "device system library model",
+          "news": "vote bank market report"}
+WORDS = ("file files mode bits change user group read write run command option system call library function device "
+         "format page manual music film game data text window token label document index search query contract").split()
+TOKEN = "s3cret-token"
+QUERIES = ["team player goal", "device system library", "vote bank market", "change file mode bits",
+           "read write command", "music film game", "search query index", "contract report data",
+           "user group option", "manual page format", "token window label", "win lost goal team"]
+
+
+def _docs(n: int, seed: int) -> list[dict]:
+    """Distinct texts (random words around a topic marker), so that no two documents tie on a score."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        label = list(TOPICS)[i % 3]
+        before = " ".join(rng.choice(WORDS, size=int(rng.integers(8, 40))))
+        after = " ".join(rng.choice(WORDS, size=int(rng.integers(8, 40))))
+        rows.append({"id": f"d{i}", "text": f"{before} {TOPICS[label]} {after}", "label": label})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def dirs(tiny_model_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    index, _ = build_index(_docs(30, 0), encoder=str(tiny_model_dir), window=WINDOW)
+    index.save(root / "index")
+    index.close()
+    clf = LongDocClassifier.from_encoder(tiny_model_dir, labels=list(TOPICS), window=WINDOW, device="cpu")
+    train = _docs(30, 1)
+    clf.fit([r["text"] for r in train], [r["label"] for r in train],
+            args=TrainConfig(mode="frozen", epochs=3, batch_size=8, eval_fraction=0, calibrate=False))
+    clf.save(root / "model")
+    return root / "index", root / "model"
+
+
+@pytest.fixture(scope="module")
+def reference(dirs):
+    """The in-process index with the encoder it records: what every server answer is compared with."""
+    index_dir, _ = dirs
+    index = PassageIndex.load(index_dir, encoder=index_encoder(index_dir, device="cpu"))
+    yield index
+    index.close()
+
+
+class _Server:
+    def __init__(self, app) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.app = app
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def served(dirs):
+    """Batching on (a wide 50 ms window, so concurrent test requests surely meet), a token and a classifier."""
+    index_dir, model_dir = dirs
+    server = _Server(create_app(index_dir, model_dir, token=TOKEN, batch_wait_ms=50, max_batch=16, max_k=20))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def plain(dirs):
+    """Batching off, no token, no classifier, a small body limit."""
+    index_dir, _ = dirs
+    server = _Server(create_app(index_dir, batching=False, max_body_bytes=2000))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def client(served):
+    with httpx.Client(base_url=served.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60) as c:
+        yield c
+
+
+def _same_hits(got: list[dict], want: list, tol: float = 1e-5) -> None:
+    """Server hits (JSON) equal to in-process ``Hit``s: same windows and spans, scores equal to float rounding
+    (a micro-batch pads queries to its longest one); two hits may swap only where their scores tie."""
+    assert len(got) == len(want)
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        assert g["score"] == pytest.approx(w.score, abs=tol)
+        assert g["rank"] == w.rank
+        if (g["doc_id"], g["window_index"]) != (w.doc_id, w.window_index):
+            tied = [h for h in want if abs(h.score - w.score) <= tol and (h.doc_id, h.window_index)
+                    == (g["doc_id"], g["window_index"])]
+            assert tied, f"hit {i}: {g['doc_id']} vs {w.doc_id}"
+            continue
+        assert (g["char_start"], g["char_end"], g["text"]) == (w.char_start, w.char_end, w.text)
+        assert g["labels"] == list(w.labels) and g["pred_labels"] == list(w.pred_labels)
+        assert g["window_score"] == pytest.approx(w.window_score, abs=tol)
+
+
+# --------------------------------------------------------------------------------------------------- endpoints
+
+
+def test_healthz_needs_no_token(served):
+    r = httpx.get(served.url + "/healthz")
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+
+
+def test_info_gives_the_manifest_and_the_model(client, reference):
+    r = client.get("/info")
+    assert r.status_code == 200
+    info = r.json()
+    idx = info["index"]
+    assert idx["windows"] == len(reference) and idx["documents"] == len(reference.doc_ids) == 30
+    assert idx["labels"] == sorted(TOPICS) == sorted(reference.labels)
+    assert idx["window"] == WINDOW.to_dict()
+    assert idx["encoder_fingerprint"] == reference.encoder_fingerprint and idx["encoder"]["source"] == "path"
+    assert info["model"]["labels"] == list(TOPICS) and info["model"]["multi_label"] is False
+    assert info["limits"]["max_k"] == 20 and info["limits"]["max_batch"] == 16
+    assert info["batching"]["enabled"] is True
+
+
+@pytest.mark.parametrize("options", [
+    {},
+    {"k": 7, "labels": ["sport", "news"]},
+    {"k": 5, "labels": "tech", "doc_score": "max", "per_doc": 2},
+    {"k": 6, "per_doc": None},
+    {"k": 4, "mode": "hybrid"},
+    {"k": 8, "mode": "hybrid", "per_doc": None},
+])
+def test_search_equals_the_in_process_search(client, reference, options):
+    r = client.post("/search", json={"queries": QUERIES[:3], **options})
+    assert r.status_code == 200, r.text
+    data = r.json()
+    kwargs = {"k": 5, "mode": "dense", "per_doc": 1, "doc_score": None, "labels": None, **options}
+    assert data["score_kind"] == describe_score(mode=kwargs["mode"], per_doc=kwargs["per_doc"],
+                                                doc_score=kwargs["doc_score"])
+    want = reference.search(QUERIES[:3], **kwargs)
+    assert [res["query"] for res in data["results"]] == QUERIES[:3]
+    for res, hits in zip(data["results"], want, strict=True):
+        _same_hits(res["hits"], hits)
+
+
+def test_one_query_as_query(client, reference):
+    r = client.post("/search", json={"query": "team player goal", "k": 3})
+    assert r.status_code == 200
+    (res,) = r.json()["results"]
+    assert res["query"] == "team player goal"
+    _same_hits(res["hits"], reference.search("team player goal", k=3))
+    assert set(res["hits"][0]) >= {"doc_id", "score", "char_start", "char_end", "text", "labels", "window_index"}
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({}, "query"),                                             # neither query nor queries
+    ({"query": "a", "queries": ["b"]}, "query"),              # both
+    ({"query": "team", "k": 0}, "k"),
+    ({"query": "team", "k": 21}, "k"),                        # over this server's max_k
+    ({"query": "team", "k": "many"}, "k"),
+    ({"query": "team", "mode": "sparse"}, "mode"),
+    ({"query": "team", "doc_score": "mean"}, "doc_score"),
+    ({"query": "team", "per_doc": 0}, "per_doc"),
+    ({"query": 3}, "query"),
+    ({"queries": []}, "queries"),
+    ({"queries": ["q"] * 17}, "queries"),                      # over max_batch
+    ({"query": "team", "lables": ["sport"]}, "lables"),       # a misspelt field is not ignored
+])
+def test_bad_search_bodies_get_422_naming_the_field(client, body, field):
+    r = client.post("/search", json=body)
+    assert r.status_code == 422, r.text
+    data = r.json()
+    assert field in data["error"] and isinstance(data["detail"], list)
+
+
+def test_malformed_json_gets_422(client):
+    r = client.post("/search", content=b'{"query": "team"', headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "error" in r.json()
+
+
+def test_library_refusals_are_400_with_the_library_words(client, reference):
+    r = client.post("/search", json={"query": "team", "labels": ["cooking"]})
+    assert r.status_code == 400
+    with pytest.raises(IndexInputError) as info:
+        reference.search("team", labels=["cooking"])
+    assert r.json()["error"] == " ".join(str(info.value).split()) and r.json()["type"] == "IndexInputError"
+    r = client.post("/search", json={"queries": ["team", "   "]})
+    assert r.status_code == 400 and "empty or only whitespace" in r.json()["error"]
+    r = client.post("/search", json={"query": "team", "per_doc": None, "doc_score": "max"})
+    assert r.status_code == 400 and "per_doc=None asks for windows" in r.json()["error"]
+    r = client.post("/nowhere", json={})
+    assert r.status_code == 404 and "error" in r.json()
+
+
+def test_oversize_bodies_get_413(plain):
+    big = {"query": "team " * 1000}
+    r = httpx.post(plain.url + "/search", json=big)
+    assert r.status_code == 413 and "2000 bytes" in r.json()["error"]
+
+    def chunks():  # no Content-Length: the limit holds while the body streams in
+        for _ in range(10):
+            yield b" " * 500
+
+    r = httpx.post(plain.url + "/search", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    r = httpx.post(plain.url + "/search", json={"query": "team"})  # under the limit
+    assert r.status_code == 200
+
+
+def test_the_token(served):
+    url = served.url + "/search"
+    body = {"query": "team"}
+    assert httpx.post(url, json=body).status_code == 401
+    r = httpx.post(url, json=body, headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 401 and "bearer token" in r.json()["error"] and r.headers["www-authenticate"] == "Bearer"
+    assert httpx.post(url, json=body, headers={"Authorization": TOKEN}).status_code == 401  # no scheme
+    assert httpx.get(served.url + "/info").status_code == 401
+    assert httpx.post(url, json=body, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    # the token is checked before the body is read: an unauthenticated oversize body is a 401, not a 413
+    assert httpx.post(url, content=b"x" * 2_000_000).status_code == 401
+
+
+def test_contexts_are_build_contexts_of_the_hits(client, reference):
+    r = client.post("/contexts", json={"query": "team player goal", "k": 6, "per_doc": 3, "max_tokens": 60})
+    assert r.status_code == 200, r.text
+    (res,) = r.json()["results"]
+    want = build_contexts(reference.search("team player goal", k=6, per_doc=3), max_tokens=60)
+    got = res["contexts"]
+    assert [(c["doc_id"], c["char_start"], c["char_end"], c["text"], c["truncated"]) for c in got] == \
+           [(c.doc_id, c.char_start, c.char_end, c.text, c.truncated) for c in want]
+    assert sum(approx_tokens(c["text"]) for c in got) <= 60
+    assert [c["source"] for c in got] == list(range(1, len(got) + 1))
+    r = client.post("/contexts", json={"query": "team", "max_tokens": 10**6})
+    assert r.status_code == 422 and "max_tokens" in r.json()["error"]
+
+
+def test_label(client, dirs):
+    _, model_dir = dirs
+    clf = LongDocClassifier.load(model_dir, device="cpu")
+    docs = [{"id": "a", "text": _docs(3, 5)[0]["text"]}, {"id": "b", "text": _docs(3, 6)[1]["text"]},
+            {"id": "empty", "text": "   "}]
+    r = client.post("/label", json={"documents": docs, "top_windows": 2})
+    assert r.status_code == 200, r.text
+    data = r.json()
+    assert data["labels"] == list(TOPICS) and data["multi_label"] is False
+    a, b, empty = data["results"]
+    expected = clf.predict([docs[0]["text"], docs[1]["text"]])
+    for row, doc, label in ((a, docs[0], expected[0]), (b, docs[1], expected[1])):
+        assert row["id"] == doc["id"] and row["label"] == label and row["error"] is None
+        assert sum(row["probabilities"].values()) == pytest.approx(1, abs=1e-5)
+        assert 1 <= len(row["top_windows"]) <= 2
+        for w in row["top_windows"]:
+            assert w["text"] == doc["text"][w["char_start"]:w["char_end"]] and 0 <= w["weight"] <= 1
+    assert empty["label"] is None and empty["probabilities"] is None and "whitespace-only" in empty["error"]
+
+    r = client.post("/label", json={"documents": [{"id": "x", "text": "a"}, {"id": "x", "text": "b"}]})
+    assert r.status_code == 400 and "x" in r.json()["error"]
+    r = client.post("/label", json={"documents": [{"text": "no id"}]})
+    assert r.status_code == 422 and "documents.0.id" in r.json()["error"]
+    r = client.post("/label", json={"documents": [{"id": str(i), "text": "t"} for i in range(17)]})
+    assert r.status_code == 422 and "documents" in r.json()["error"]
+
+
+def test_label_without_a_model_is_404(plain):
+    r = httpx.post(plain.url + "/label", json={"documents": [{"id": "a", "text": "team player"}]})
+    assert r.status_code == 404 and "--model" in r.json()["error"]
+
+
+# --------------------------------------------------------------------------------------------------- micro-batching
+
+
+async def _concurrently(url: str, bodies: list[dict], headers: dict | None = None) -> list[httpx.Response]:
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=120) as c:
+        return list(await asyncio.gather(*(c.post("/search", json=b) for b in bodies)))
+
+
+def _forwards(url: str, headers: dict | None = None) -> int:
+    return httpx.get(url + "/info", headers=headers).json()["batching"]["forwards"]
+
+
+@pytest.mark.parametrize("server_name", ["served", "plain"])
+def test_concurrent_searches_equal_in_process_search(request, reference, server_name):
+    server = request.getfixturevalue(server_name)
+    headers = {"Authorization": f"Bearer {TOKEN}"} if server_name == "served" else None
+    bodies = [{"query": q, "k": 5} for q in QUERIES] + \
+             [{"queries": QUERIES[i:i + 2], "k": 4, "mode": "hybrid"} for i in range(0, 12, 3)] + \
+             [{"query": q, "k": 3, "labels": ["tech"], "per_doc": None} for q in QUERIES[:8]]
+    before = _forwards(server.url, headers)
+    responses = asyncio.run(_concurrently(server.url, bodies, headers))
+    forwards = _forwards(server.url, headers) - before
+    for body, r in zip(bodies, responses, strict=True):
+        assert r.status_code == 200, r.text
+        texts = body.get("queries") or [body["query"]]
+        opts = {k: v for k, v in body.items() if k not in ("query", "queries")}
+        for res, hits in zip(r.json()["results"], reference.search(texts, **opts), strict=True):
+            _same_hits(res["hits"], hits)
+    if server_name == "served":  # 24 requests arriving together: a few forwards, not one per request
+        assert 1 <= forwards <= len(bodies) // 3, forwards
+    else:
+        assert forwards == len(bodies)
+
+
+def test_one_bad_request_in_a_batch_fails_alone(served):
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    bodies = [{"query": q} for q in QUERIES[:6]] + [{"query": "team", "labels": ["cooking"]}]
+    responses = asyncio.run(_concurrently(served.url, bodies, headers))
+    assert [r.status_code for r in responses] == [200] * 6 + [400]
+
+
+# --------------------------------------------------------------------------------------------------- the rest
+
+
+def _tree(path: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(path.rglob("*"))}
+
+
+def test_no_endpoint_writes_to_disk(dirs, tiny_model_dir):
+    index_dir, model_dir = dirs
+    before = [_tree(index_dir), _tree(model_dir), _tree(Path(tiny_model_dir))]
+    app = create_app(index_dir, model_dir, token=TOKEN)
+    server = _Server(app)
+    try:
+        h = {"Authorization": f"Bearer {TOKEN}"}
+        with httpx.Client(base_url=server.url, headers=h, timeout=60) as c:
+            assert c.get("/info").status_code == 200
+            assert c.post("/search", json={"query": "team", "mode": "hybrid"}).status_code == 200
+            assert c.post("/contexts", json={"query": "team"}).status_code == 200
+            assert c.post("/label", json={"documents": [{"id": "a", "text": "team goal"}]}).status_code == 200
+            assert c.get("/docs").status_code == 200 and c.get("/openapi.json").status_code == 200
+    finally:
+        server.stop()
+    assert [_tree(index_dir), _tree(model_dir), _tree(Path(tiny_model_dir))] == before
+
+
+def test_create_app_refuses_bad_directories_and_limits(dirs, tmp_path):
+    index_dir, model_dir = dirs
+    with pytest.raises(ModelLoadError, match="not an index directory"):
+        create_app(tmp_path)
+    with pytest.raises(ModelLoadError):
+        create_app(index_dir, tmp_path / "nope")
+    with pytest.raises(ConfigError, match="max_k"):
+        create_app(index_dir, max_k=0)
+    with pytest.raises(ConfigError, match="token"):
+        create_app(index_dir, token="  ")
+
+
+def test_the_command_serves_with_a_token_from_the_environment(dirs):
+    index_dir, _ = dirs
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "LONGDOC_SERVE_TOKEN": TOKEN, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "longdoc.cli", "serve", str(index_dir), "--port", str(port),
+                             "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(url + "/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.communicate()[1].decode()
+            assert time.monotonic() < deadline, "longdoc serve did not come up"
+            time.sleep(0.2)
+        assert httpx.get(url + "/info").status_code == 401
+        r = httpx.get(url + "/info", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert r.status_code == 200 and r.json()["index"]["documents"] == 30
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_the_command_reports_a_bad_index_like_search(tmp_path, capsys):
+    from longdoc.cli import main
+
+    assert main(["serve", str(tmp_path), "--quiet"]) == 3
+    assert "longdoc serve: error:" in capsys.readouterr().err
+    assert main(["search", str(tmp_path), "q", "--quiet"]) == 3
+    assert "not an index directory (manifest.json is missing)" in capsys.readouterr().err
