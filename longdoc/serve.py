@@ -41,7 +41,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from indexer.errors import IndexerError, IndexInputError, IndexLoadError
+from indexer.errors import IndexerError, IndexInputError, IndexLoadError, IndexUnsupportedError
 from indexer.index import describe_score
 from indexer.rag import build_contexts
 from indexer.sharded import ShardedPassageIndex, load_index
@@ -109,10 +109,12 @@ class _ServedEncoder:
         return self.forward(texts)
 
     def forward(self, texts: list[str]) -> np.ndarray:
+        from longdoc.encoder import WindowEncoder
+
         with self._lock:
-            try:
+            if isinstance(self.inner, WindowEncoder):
                 out = self.inner.encode(list(texts), show_progress_bar=False)
-            except TypeError:  # a QueryEncoder without the keyword
+            else:  # any indexer.QueryEncoder
                 out = self.inner.encode(list(texts))
         with self._count_lock:
             self.forwards += 1
@@ -237,18 +239,20 @@ def _load(index_dir: str | os.PathLike[str], model_dir: str | os.PathLike[str] |
     clf = load_classifier(str(model_dir), device=device) if model_dir is not None else None
     on_gpu = device is not None and str(device).startswith("cuda")
     index = load_index(index_dir, device=device if on_gpu else "cpu")
-    fingerprint = index.encoder_fingerprint
-    if clf is not None and fingerprint is not None and clf.retrieval_encoder.fingerprint == fingerprint:
-        encoder = clf.retrieval_encoder  # loaded once for both
-    else:
-        encoder = load_query_encoder(None, index=index_dir, device=device)
-    served = _ServedEncoder(encoder, model_lock)
     try:
-        index.encoder = served
-    except IndexerError as exc:
+        fingerprint = index.encoder_fingerprint
+        if clf is not None and fingerprint is not None and clf.retrieval_encoder.fingerprint == fingerprint:
+            encoder = clf.retrieval_encoder  # loaded once for both
+        else:
+            encoder = load_query_encoder(None, index=index_dir, device=device)
+        served = _ServedEncoder(encoder, model_lock)
+        try:
+            index.encoder = served
+        except IndexerError as exc:
+            raise IndexLoadError(f"{exc}; pass --model with the model directory the index was built with") from exc
+    except BaseException:
         index.close()
-        raise IndexLoadError(f"{exc}; the index's recorded encoder does not match it: rebuild the index, or "
-                             "serve it with --model, the model directory the index was built with") from exc
+        raise
     return index, clf, served
 
 
@@ -384,6 +388,8 @@ def _validation_message(exc: RequestValidationError) -> str:
 def _errors_of(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, (DataError, ConfigError, IndexInputError)):
         return 400, "bad_input"
+    if isinstance(exc, IndexUnsupportedError):  # e.g. mode="hybrid" on a sharded index
+        return 400, "unsupported"
     if isinstance(exc, (ModelLoadError, IndexLoadError)):
         return 503, "load_error"
     return 500, "internal"
