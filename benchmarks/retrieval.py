@@ -162,8 +162,8 @@ def page_ranking(hits: list, k: int = 10) -> list[str]:
     return list(dict.fromkeys(h.doc_id for h in hits))[:k]
 
 
-def build_index(docs, table, emb, encoder) -> PassageIndex:
-    """The index of every window (texts and labels from the pages)."""
+def passage_table(docs, table) -> pl.DataFrame:
+    """The window table with each window's text and its page's labels."""
     texts = docs["text"].to_list()
     position = {d: i for i, d in enumerate(docs["doc_id"].to_list())}
     starts, ends = table["char_start"].to_list(), table["char_end"].to_list()
@@ -173,27 +173,24 @@ def build_index(docs, table, emb, encoder) -> PassageIndex:
                                                                         strict=True)]),
         pl.Series("labels", [labels[position[d]] for d in table["doc_id"].to_list()], dtype=pl.List(pl.String)),
     )
-    return PassageIndex.build(emb, passages, encoder=encoder)
+    return passages
+
+
+def build_index(docs, table, emb, encoder) -> PassageIndex:
+    """The index of every window (texts and labels from the pages)."""
+    return PassageIndex.build(emb, passage_table(docs, table), encoder=encoder)
 
 
 def sweep(encoder, docs, table, emb, query_sets, *, speed_only: bool = False, repeat: int = 3) -> None:
     """Every method through the library's search, on both query sets."""
-    texts = docs["text"].to_list()
-    position = {d: i for i, d in enumerate(docs["doc_id"].to_list())}
-    starts, ends = table["char_start"].to_list(), table["char_end"].to_list()
-    labels = docs["labels"].to_list()
-    passages = table.with_columns(
-        pl.Series("text", [texts[position[d]][a:b] for d, a, b in zip(table["doc_id"].to_list(), starts, ends,
-                                                                        strict=True)]),
-        pl.Series("labels", [labels[position[d]] for d in table["doc_id"].to_list()], dtype=pl.List(pl.String)),
-    )
+    passages = passage_table(docs, table)
     all_queries = [q for queries, _ in query_sets.values() for q in queries]
     cached = CachedEncoder(encoder, all_queries)
     index = PassageIndex.build(emb, passages, encoder=cached)
     first = table["window_index"] == 0
     first_index = PassageIndex.build(emb[first.to_numpy()], passages.filter(first), encoder=cached)
     doc_ids = docs["doc_id"].to_list()
-    page_bm25 = Bm25Index(texts)
+    page_bm25 = Bm25Index(docs["text"].to_list())
     emit({"bench": "retrieval", "what": "index", "windows": len(index), "pages": len(index.doc_ids),
           "first_windows": len(first_index), "candidate_pool": index_module.CANDIDATE_POOL})
     for set_name, (queries, relevant) in query_sets.items():

@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from cli_run import run_cli as _run
+from cli_run import write_jsonl as _jsonl
 
 import longdoc.encoder
 from indexer import PassageIndex
 from indexer.errors import IndexInputError
 from longdoc.classifier import Encoded, LongDocClassifier
-from longdoc.cli import main
 from longdoc.data import load_documents, resolve_documents
 from longdoc.errors import ConfigError, DataError
 from longdoc.indexing import (
@@ -43,15 +44,8 @@ def _rows(n: int, seed: int, prefix: str = "d", labels: bool = True) -> list[dic
     return rows
 
 
-def _jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
-def _run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # --------------------------------------------------------------------------------------------------- Python API

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_run import run_cli as _run
 
 from longdoc.cli import main, safe_text
 
@@ -26,10 +27,6 @@ def _write(path: Path, n: int, seed: int, extra: list[dict] | None = None) -> Pa
     return path
 
 
-def _run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_run import run_cli as _run
 
 from longdoc.classifier import LongDocClassifier
-from longdoc.cli import main
 from longdoc.errors import ModelLoadError
 from longdoc.training import TrainConfig
 from longdoc.windows import WindowConfig
@@ -39,10 +39,6 @@ def docs_file(tmp_path_factory) -> Path:
     return path
 
 
-def _run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _copy(src: Path, dst: Path) -> Path:
