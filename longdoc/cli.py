@@ -116,6 +116,16 @@ def _positive_int(value: str) -> int:
     return n
 
 
+def _seconds(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {value!r}") from None
+    if not 0 <= x <= 86_400:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"expected a number of seconds in [0, 86400], got {value!r}")
+    return x
+
+
 def _fraction(value: str) -> float:
     try:
         x = float(value)
@@ -637,7 +647,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     serve.run(args.index, args.model, host=args.host, port=args.port, token=token,
               log_level="warning" if args.quiet else "debug" if args.debug else "info",
               batching=args.batching, max_batch=args.max_batch, max_k=args.max_k,
-              max_body_bytes=args.max_body_bytes, device=args.device)
+              max_body_bytes=args.max_body_bytes, reload_interval_s=args.reload_interval,
+              drain_timeout_s=args.drain_timeout, device=args.device)
     return EXIT_OK
 
 
@@ -795,6 +806,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-k", type=_positive_int, default=100, help="most hits per query (default 100)")
     p.add_argument("--max-body-bytes", type=_positive_int, default=1_000_000,
                    help="largest request body; larger ones get 413 (default 1000000)")
+    p.add_argument("--reload-interval", type=_seconds, default=2.0, metavar="SECONDS",
+                   help="look this often for a new version of the index (a `longdoc index` update) and switch to "
+                   "it without a restart or a failed request (default 2; 0: never)")
+    p.add_argument("--drain-timeout", type=_seconds, default=30.0, metavar="SECONDS",
+                   help="on SIGTERM or Ctrl-C, wait at most this long for requests in flight (default 30)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: CUDA when present)")
     _common(p)
     p.set_defaults(func=cmd_serve)

@@ -24,6 +24,14 @@ the encoder (one forward when the queries fit its token budget) and then runs ea
 with its vectors ready. The searches are exactly ``index.search`` (the same code, filters and scores); the
 vectors differ from encoding a request's queries alone only by float rounding (a batch pads to its longest
 query). ``batching=False`` calls ``index.search`` per request.
+
+Reload (``reload_interval_s``, default 2 s; 0 turns it off): a watcher looks at the index directory that often
+(its inode and manifest, a ``stat`` each) and, when ``longdoc index`` has swapped a new version into place, loads
+it beside the old one and switches new requests to it; requests already running finish on the version they
+started with, which is closed when the last of them is done. No request fails for a reload. A new version must
+record the encoder the server has loaded (the same fingerprint); one that does not is refused (logged, reported
+by ``/info``, the old version kept) until it does. ``run`` drains on SIGTERM / Ctrl-C: the listening socket
+closes, requests in flight finish (up to ``drain_timeout_s``), then the index is closed.
 """
 
 import asyncio
@@ -237,8 +245,7 @@ def _load(index_dir: str | os.PathLike[str], model_dir: str | os.PathLike[str] |
     if not (Path(index_dir) / "manifest.json").is_file() and not swap_in_progress(index_dir):
         raise ModelLoadError(f"{index_dir!r} is not an index directory (manifest.json is missing)")
     clf = load_classifier(str(model_dir), device=device) if model_dir is not None else None
-    on_gpu = device is not None and str(device).startswith("cuda")
-    index = load_index(index_dir, device=device if on_gpu else "cpu")
+    index = _open_index(index_dir, device)
     try:
         fingerprint = index.encoder_fingerprint
         if clf is not None and fingerprint is not None and clf.retrieval_encoder.fingerprint == fingerprint:
@@ -246,14 +253,151 @@ def _load(index_dir: str | os.PathLike[str], model_dir: str | os.PathLike[str] |
         else:
             encoder = load_query_encoder(None, index=index_dir, device=device)
         served = _ServedEncoder(encoder, model_lock)
-        try:
-            index.encoder = served
-        except IndexerError as exc:
-            raise IndexLoadError(f"{exc}; pass --model with the model directory the index was built with") from exc
+        _attach(index, served, "pass --model with the model directory the index was built with")
     except BaseException:
         index.close()
         raise
     return index, clf, served
+
+
+def _open_index(index_dir: str, device: str | None) -> Any:
+    on_gpu = device is not None and str(device).startswith("cuda")
+    return load_index(index_dir, device=device if on_gpu else "cpu")
+
+
+def _attach(index: Any, encoder: _ServedEncoder, hint: str) -> None:
+    """Give ``index`` the served query encoder (the index refuses one whose fingerprint it does not record)."""
+    try:
+        index.encoder = encoder
+    except IndexerError as exc:
+        raise IndexLoadError(f"{exc}; {hint}") from exc
+
+
+# --------------------------------------------------------------------------------------------------- reload
+
+
+def _signature(index_dir: str) -> tuple[int, ...] | None:
+    """What changes when a save swaps a new version of the index into place: the directory's inode (a swap is
+    a rename) and the manifest's; None while there is no manifest to read (mid-swap, or removed)."""
+    path = Path(index_dir).resolve()  # a symbolic link is swapped at its target
+    try:
+        d, m = os.stat(path), os.stat(path / "manifest.json")
+    except OSError:
+        return None
+    return (d.st_dev, d.st_ino, m.st_ino, m.st_size, m.st_mtime_ns)
+
+
+@dataclass(eq=False)
+class _Version:
+    """One loaded version of the index and how many requests are using it."""
+
+    index: Any
+    facts: dict[str, Any]
+    signature: tuple[int, ...] | None
+    users: int = 0
+    retired: bool = False
+
+
+class _IndexSlot:
+    """The version new requests get; a replaced version is closed once its last request is done."""
+
+    def __init__(self, version: _Version) -> None:
+        self._lock = threading.Lock()
+        self._current = version
+        self.reloads = 0
+        self.loaded_at = time.time()
+
+    @property
+    def current(self) -> _Version:
+        return self._current
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[_Version]:
+        with self._lock:
+            version = self._current
+            version.users += 1
+        try:
+            yield version
+        finally:
+            with self._lock:
+                version.users -= 1
+                done = version.retired and version.users == 0
+            if done:
+                version.index.close()
+
+    def replace(self, version: _Version) -> None:
+        with self._lock:
+            old, self._current = self._current, version
+            old.retired = True
+            done = old.users == 0
+            self.reloads += 1
+            self.loaded_at = time.time()
+        if done:
+            old.index.close()
+
+    def close(self) -> None:
+        with self._lock:
+            version = self._current
+            version.retired = True
+            done = version.users == 0
+        if done:
+            version.index.close()
+
+
+class _Reloader:
+    """Polls the index directory; loads a version that a save swapped in and hands it to the slot."""
+
+    def __init__(self, slot: _IndexSlot, index_dir: str, encoder: _ServedEncoder, device: str | None,
+                 interval_s: float) -> None:
+        self.slot, self.index_dir, self.encoder, self.device = slot, index_dir, encoder, device
+        self.interval_s = interval_s
+        self.error: str | None = None  # why the last new version was refused
+        self._refused: tuple[int, ...] | None = None  # the signature of that version (not retried)
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._watch(), name="longdoc-index-reloader")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._task = None
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await asyncio.to_thread(self.check)
+            except Exception:  # noqa: BLE001 - a failed poll is logged; the server goes on with what it has
+                logger.exception("checking %s for a new version failed", self.index_dir)
+
+    def check(self) -> bool:
+        """Load and switch to a new version when there is one; True when it switched."""
+        signature = _signature(self.index_dir)  # before loading: a save during the load is seen next time
+        if signature is None or signature in (self.slot.current.signature, self._refused):
+            return False
+        if swap_in_progress(self.index_dir):
+            return False
+        try:
+            index = _open_index(self.index_dir, self.device)
+        except (IndexerError, LongDocError, OSError) as exc:
+            return self._refuse(signature, f"the new version could not be loaded: {_message(exc)}")
+        try:
+            _attach(index, self.encoder, "restart the server to serve an index built with another encoder")
+        except IndexLoadError as exc:
+            index.close()
+            return self._refuse(signature, _message(exc))
+        self.slot.replace(_Version(index, _index_facts(index, self.index_dir), signature))
+        self.error = self._refused = None
+        logger.info("reloaded %s: %d documents, %d windows", self.index_dir, len(index.doc_ids), len(index))
+        return True
+
+    def _refuse(self, signature: tuple[int, ...], why: str) -> bool:
+        self.error, self._refused = why, signature
+        logger.error("not reloading %s (still serving the version loaded before): %s", self.index_dir, why)
+        return False
 
 
 def _index_facts(index: Any, index_dir: str) -> dict[str, Any]:
@@ -410,6 +554,7 @@ def create_app(
     batching: bool = True,
     max_forward: int = DEFAULTS.max_forward,
     batch_wait_ms: float = DEFAULTS.batch_wait_ms,
+    reload_interval_s: float = 2.0,
     device: str | None = None,
 ) -> FastAPI:
     """A FastAPI app serving the index at ``index_dir`` (and the classifier at ``model_dir``, for ``/label``).
@@ -419,7 +564,9 @@ def create_app(
     ``Authorization: Bearer <token>``. ``max_batch``: queries per /search or /contexts request and documents
     per /label request; ``max_body_bytes``: request body size; ``max_k``: hits per query; ``max_tokens``:
     the /contexts budget. ``batching``: micro-batch the query encoding of concurrent searches (``max_forward``
-    queries at most, waiting ``batch_wait_ms`` after the first). The index is closed when the app shuts down.
+    queries at most, waiting ``batch_wait_ms`` after the first). ``reload_interval_s``: how often to look for
+    a new version of the index that a save swapped in (0: never; see the module's docstring). The index is
+    closed when the app shuts down.
     """
     limits = ServeLimits(max_k=max_k, max_batch=max_batch, max_body_bytes=max_body_bytes, max_tokens=max_tokens,
                          max_forward=max_forward, batch_wait_ms=batch_wait_ms)
@@ -429,12 +576,17 @@ def create_app(
             raise ConfigError(f"{name} must be a positive int, got {value!r}")
     if not isinstance(batch_wait_ms, (int, float)) or not 0 <= batch_wait_ms <= 1000:
         raise ConfigError(f"batch_wait_ms must be a number in [0, 1000], got {batch_wait_ms!r}")
+    if isinstance(reload_interval_s, bool) or not isinstance(reload_interval_s, (int, float)) \
+            or not 0 <= reload_interval_s <= 86_400:
+        raise ConfigError(f"reload_interval_s must be a number of seconds in [0, 86400] (0: no reload), got "
+                          f"{reload_interval_s!r}")
     if token is not None and (not isinstance(token, str) or not token.strip()):
         raise ConfigError("token must be a non-empty str (or None for no token)")
 
     model_lock = threading.Lock()
     index, clf, encoder = _load(index_dir, model_dir, device, model_lock)
-    index_facts = _index_facts(index, str(index_dir))
+    slot = _IndexSlot(_Version(index, _index_facts(index, str(index_dir)), _signature(str(index_dir))))
+    reloader = _Reloader(slot, str(index_dir), encoder, device, reload_interval_s)
     model_facts = _model_facts(clf, str(model_dir)) if clf is not None else None
     batcher = QueryBatcher(encoder, max_forward=max_forward, wait_s=batch_wait_ms / 1000) if batching else None
 
@@ -480,16 +632,20 @@ def create_app(
     async def lifespan(app: FastAPI):
         if batcher is not None:
             batcher.start()
+        if reload_interval_s > 0:
+            reloader.start()
         try:
             yield
         finally:
+            await reloader.stop()
             if batcher is not None:
                 await batcher.stop()
-            index.close()
+            slot.close()
 
     app = FastAPI(title="longdoc", version=_version(), lifespan=lifespan,
                   description="Passages (and labels) of a longdoc index over HTTP.")
-    app.state.index, app.state.classifier, app.state.encoder, app.state.batcher = index, clf, encoder, batcher
+    app.state.slot, app.state.reloader = slot, reloader
+    app.state.classifier, app.state.encoder, app.state.batcher = clf, encoder, batcher
     app.state.limits = limits
     app.add_middleware(_Guard, token=token, max_body_bytes=max_body_bytes)
 
@@ -520,17 +676,20 @@ def create_app(
             return await batcher.submit(texts, call)
         return await asyncio.to_thread(call)
 
-    def search_call(body: SearchRequest) -> tuple[list[str], Callable[[], Any], str]:
-        texts = body.texts()
-        per_doc, doc_score = body.per_doc, body.doc_score
-        score_kind = describe_score(mode=body.mode, per_doc=per_doc, doc_score=doc_score,
-                                    normalize=index.normalize)  # also checks doc_score against per_doc
+    async def searched(body: SearchRequest) -> tuple[list[str], list[list[Any]], str]:
+        """The queries, their hits and the kind of score, from the version of the index current at the start
+        (the hits carry their passage text, so nothing reads the index after this)."""
+        texts, per_doc, doc_score = body.texts(), body.per_doc, body.doc_score
+        with slot.use() as version:
+            index = version.index
+            score_kind = describe_score(mode=body.mode, per_doc=per_doc, doc_score=doc_score,
+                                        normalize=index.normalize)  # also checks doc_score against per_doc
 
-        def call() -> list[list[Any]]:
-            return index.search(texts, k=body.k, labels=body.labels, mode=body.mode, per_doc=per_doc,
-                                doc_score=doc_score)
+            def call() -> list[list[Any]]:
+                return index.search(texts, k=body.k, labels=body.labels, mode=body.mode, per_doc=per_doc,
+                                    doc_score=doc_score)
 
-        return texts, call, score_kind
+            return texts, await run_search(texts, call), score_kind
 
     @app.get("/healthz", summary="liveness: 200 while the server runs")
     async def healthz() -> Response:
@@ -538,7 +697,9 @@ def create_app(
 
     @app.get("/info", summary="the index (and model) this server answers from, its limits and batching counters")
     async def info() -> Response:
-        data = {"index": index_facts, "model": model_facts,
+        data = {"index": {**slot.current.facts, "loaded_at": slot.loaded_at, "reloads": slot.reloads,
+                          "reload_interval_s": reload_interval_s, "reload_error": reloader.error},
+                "model": model_facts,
                 "limits": {k: getattr(limits, k) for k in ("max_k", "max_batch", "max_body_bytes", "max_tokens")},
                 "batching": {"enabled": batcher is not None, "max_forward": max_forward,
                              "wait_ms": batch_wait_ms, "forwards": encoder.forwards,
@@ -550,8 +711,7 @@ def create_app(
     async def search(body: SearchRequest) -> Response:
         from longdoc.cli import hit_to_dict
 
-        texts, call, score_kind = search_call(body)
-        results = await run_search(texts, call)
+        texts, results, score_kind = await searched(body)
         return _json({"score_kind": score_kind,
                       "results": [{"query": q, "hits": [hit_to_dict(h) for h in hits]}
                                   for q, hits in zip(texts, results, strict=True)]})
@@ -559,8 +719,7 @@ def create_app(
     @app.post("/contexts", summary="RAG contexts (indexer.rag.build_contexts) of each query's hits, within a "
                                    "token budget")
     async def contexts(body: ContextsRequest) -> Response:
-        texts, call, score_kind = search_call(body)
-        results = await run_search(texts, call)
+        texts, results, score_kind = await searched(body)
         out = []
         for q, hits in zip(texts, results, strict=True):
             built = build_contexts(hits, max_tokens=body.max_tokens, merge_gap=body.merge_gap)
@@ -618,8 +777,9 @@ def _version() -> str:
 
 
 def run(index_dir: str, model_dir: str | None = None, *, host: str = "127.0.0.1", port: int = 8000,
-        token: str | None = None, log_level: str = "info", **options: Any) -> None:
-    """Load, then serve with uvicorn until interrupted (what ``longdoc serve`` runs)."""
+        token: str | None = None, log_level: str = "info", drain_timeout_s: float = 30.0, **options: Any) -> None:
+    """Load, then serve with uvicorn until SIGTERM or Ctrl-C (what ``longdoc serve`` runs); then drain: stop
+    accepting, let the requests in flight finish (at most ``drain_timeout_s`` seconds), close the index."""
     import uvicorn
 
     if host not in ("127.0.0.1", "localhost", "::1") and token is None:
@@ -629,4 +789,4 @@ def run(index_dir: str, model_dir: str | None = None, *, host: str = "127.0.0.1"
     app = create_app(index_dir, model_dir, token=token, **options)
     logger.info("loaded in %.1fs; serving on http://%s:%d (docs at /docs)", time.perf_counter() - started,
                 host, port)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=drain_timeout_s)

@@ -420,3 +420,150 @@ def test_the_command_reports_a_bad_index_like_search(tmp_path, capsys):
     assert "longdoc serve: error:" in capsys.readouterr().err
     assert main(["search", str(tmp_path), "q", "--quiet"]) == 3
     assert "not an index directory (manifest.json is missing)" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------- reload, drain
+
+
+def _info(url: str) -> dict:
+    return httpx.get(url + "/info", timeout=30).json()
+
+
+def _wait_for(condition, seconds: float = 60, what: str = "the condition") -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _save_index(docs: list[dict], encoder: Path, directory: Path) -> None:
+    index, _ = build_index(docs, encoder=str(encoder), window=WINDOW)
+    index.save(directory)
+    index.close()
+
+
+def test_a_new_version_of_the_index_is_served_without_a_restart_or_a_failed_request(tiny_model_dir, tmp_path):
+    index_dir = tmp_path / "index"
+    _save_index(_docs(20, 2), tiny_model_dir, index_dir)
+    server = _Server(create_app(index_dir, reload_interval_s=0.05, batch_wait_ms=1))
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def hammer() -> None:  # searches without a pause while the index is replaced under the server
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            while not stop.is_set():
+                r = c.post("/search", json={"queries": QUERIES[:4], "k": 5, "mode": "hybrid"})
+                statuses.append(r.status_code)
+
+    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    try:
+        for t in threads:
+            t.start()
+        _wait_for(lambda: len(statuses) >= 10, what="searches before the update")
+        _save_index(_docs(35, 3), tiny_model_dir, index_dir)  # what `longdoc index` does: an atomic swap
+        _wait_for(lambda: _info(server.url)["index"]["documents"] == 35, what="the reload")
+        n = len(statuses)
+        _wait_for(lambda: len(statuses) >= n + 10, what="searches after the update")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    try:
+        assert set(statuses) == {200}, sorted(set(statuses))
+        info = _info(server.url)["index"]
+        assert info["reloads"] == 1 and info["reload_error"] is None
+        reference = PassageIndex.load(index_dir, encoder=index_encoder(index_dir, device="cpu"))
+        try:
+            r = httpx.post(server.url + "/search", json={"queries": QUERIES, "k": 6}, timeout=60)
+            for res, hits in zip(r.json()["results"], reference.search(QUERIES, k=6), strict=True):
+                _same_hits(res["hits"], hits)
+        finally:
+            reference.close()
+    finally:
+        server.stop()
+
+
+def test_a_new_version_with_another_encoder_is_refused_and_the_old_one_kept(tiny_model_dir, tmp_path):
+    import shutil
+
+    import torch
+    from transformers import BertModel
+
+    other = tmp_path / "other-bert"  # the tiny BERT with other weights: another fingerprint
+    shutil.copytree(tiny_model_dir, other)
+    model = BertModel.from_pretrained(other)
+    with torch.no_grad():
+        model.embeddings.word_embeddings.weight.add_(0.5)
+    model.save_pretrained(other, safe_serialization=True)
+
+    index_dir = tmp_path / "index"
+    _save_index(_docs(20, 2), tiny_model_dir, index_dir)
+    server = _Server(create_app(index_dir, reload_interval_s=0.05))
+    try:
+        before = httpx.post(server.url + "/search", json={"queries": QUERIES, "k": 5}, timeout=60).json()
+        _save_index(_docs(35, 3), other, index_dir)
+        _wait_for(lambda: _info(server.url)["index"]["reload_error"] is not None, what="the refusal")
+        info = _info(server.url)["index"]
+        assert info["documents"] == 20 and info["reloads"] == 0
+        assert "encoder" in info["reload_error"] and "restart the server" in info["reload_error"]
+        after = httpx.post(server.url + "/search", json={"queries": QUERIES, "k": 5}, timeout=60)
+        assert after.status_code == 200 and after.json() == before
+        _save_index(_docs(25, 4), tiny_model_dir, index_dir)  # a version it can serve is taken up again
+        _wait_for(lambda: _info(server.url)["index"]["documents"] == 25, what="the next reload")
+        assert _info(server.url)["index"]["reload_error"] is None
+    finally:
+        server.stop()
+
+
+def _start_command(args: list[str]) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "longdoc.cli", "serve", *args, "--port", str(port)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert proc.poll() is None, proc.communicate()[1].decode()
+        try:
+            return httpx.get(url + "/healthz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        _wait_for(up, 120, "longdoc serve to come up")
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, url
+
+
+def test_sigterm_lets_the_requests_in_flight_finish(dirs):
+    import signal
+
+    index_dir, model_dir = dirs
+    proc, url = _start_command([str(index_dir), "--model", str(model_dir), "--quiet"])
+    rng = np.random.default_rng(5)
+    long_docs = [{"id": f"l{i}", "text": " ".join(rng.choice(WORDS, size=6000))} for i in range(16)]
+
+    async def in_flight() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, timeout=120) as c:
+            calls = [asyncio.ensure_future(c.post("/label", json={"documents": long_docs})) for _ in range(3)]
+            calls += [asyncio.ensure_future(c.post("/search", json={"queries": QUERIES, "mode": "hybrid"}))]
+            await asyncio.sleep(0.5)  # the requests are in; /label runs one at a time, each for a while
+            assert not all(c.done() for c in calls), "the requests finished before the signal: make them longer"
+            proc.send_signal(signal.SIGTERM)
+            return list(await asyncio.gather(*calls))
+
+    try:
+        responses = asyncio.run(in_flight())
+        assert [r.status_code for r in responses] == [200] * 4
+        assert all(len(r.json()["results"]) == 16 for r in responses[:3])
+        assert proc.wait(60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has drained
+        with pytest.raises(httpx.TransportError):
+            httpx.get(url + "/healthz")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
