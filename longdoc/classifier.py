@@ -30,7 +30,15 @@ from longdoc.errors import ConfigError, DataError, ModelLoadError
 from longdoc.heads import DocumentHead, HeadConfig, MultiTaskHead, predict_probs
 from longdoc.lexical import LexicalConfig, LexicalModel, TermExplanation
 from longdoc.metrics import classification_report, save_confusion_matrix_png
-from longdoc.model_dir import CONFIG, FORMAT_VERSION, read_model_config, write_model_config
+from longdoc.model_card import (
+    CardFacts,
+    base_encoder_facts,
+    evaluation_facts,
+    library_versions,
+    render_model_card,
+    training_facts,
+)
+from longdoc.model_dir import CONFIG, FORMAT_VERSION, MODEL_CARD, read_model_config, write_model_config
 from longdoc.training import Targets, TrainConfig, doc_offsets, pad_windows, seed_everything
 from longdoc.windows import WindowConfig, Windows
 
@@ -140,6 +148,11 @@ class LongDocClassifier:
     until fine-tuning changes the encoder; then, with ``TrainConfig(retrieval_encoder="pretrained")`` (the
     default), a copy of the encoder as it was before fine-tuning, saved with the model in ``retrieval_encoder/``,
     because classification fine-tuning measurably hurts retrieval (benchmarks/RESULTS.md).
+
+    The model card's facts (``longdoc.model_card``), saved in ``config.json`` and rendered into ``README.md`` by
+    :meth:`save`: ``base_encoder`` (what :meth:`from_encoder` started from), ``training_facts`` (what the last
+    :meth:`fit` did) and ``evaluation_facts`` (the figures of the last :meth:`evaluate`; :meth:`fit` and
+    :meth:`calibrate` drop them, as they change the predictions measured). None when unknown.
     """
 
     def __init__(
@@ -168,6 +181,9 @@ class LongDocClassifier:
         self.task_temperature: dict[str, float] = {name: 1.0 for name in self.tasks}
         self.task_thresholds: dict[str, np.ndarray | None] = {name: None for name in self.tasks}
         self.history: list[dict[str, Any]] = []
+        self.base_encoder: dict[str, str] | None = None
+        self.training_facts: dict[str, Any] | None = None
+        self.evaluation_facts: dict[str, Any] | None = None
         if (lexical is not None) != head.config.lexical_fusion:
             raise ConfigError("a lexical branch needs a head built with lexical_fusion=True, and the other way round")
         self.lexical = lexical
@@ -228,7 +244,9 @@ class LongDocClassifier:
                                  multi_label=task.multi_label, **(head or {}))
                 for name, task in tasks.items()
             })
-        return cls(encoder, DocumentHead(config), labels, tasks=tasks, task_head=task_head, lexical=lexical_model)
+        clf = cls(encoder, DocumentHead(config), labels, tasks=tasks, task_head=task_head, lexical=lexical_model)
+        clf.base_encoder = base_encoder_facts(path_or_name)
+        return clf
 
     @property
     def multi_label(self) -> bool:
@@ -377,6 +395,8 @@ class LongDocClassifier:
         self._reset_heads()
         cols = {"text_column": text_column, "label_column": label_column, "id_column": id_column}
         train_docs = self.document_table(train, labels, require_labels=True, **cols)
+        n_documents = train_docs.height
+        label_counts = train_docs["labels"].explode().drop_nulls().value_counts()
         train_input: Encoded | pl.DataFrame = train if isinstance(train, Encoded) else train_docs
         val_input: Encoded | pl.DataFrame | None = None
         if eval_dataset is not None:
@@ -408,6 +428,12 @@ class LongDocClassifier:
             # documents now count too, as a TF-IDF baseline trained on every document would count them
             every = self.document_table(train, labels, require_labels=True, **cols)
             self.lexical.fit(every["text"].to_list(), self._targets(every).numpy())
+        self.training_facts = training_facts(
+            args, documents=n_documents, train_documents=train_docs.height,
+            validation_documents=0 if val_docs is None else val_docs.height,
+            validation="eval_dataset" if eval_dataset is not None else "none" if val_docs is None else "held_out",
+            label_counts={str(k): int(n) for k, n in label_counts.iter_rows()}, epochs_run=len(self.history),
+            calibrated=bool(args.calibrate and val_input is not None))
         return self
 
     def _reset_heads(self) -> None:
@@ -420,6 +446,7 @@ class LongDocClassifier:
         self.task_temperature = {name: 1.0 for name in self.tasks}
         self.task_thresholds = {name: None for name in self.tasks}
         self.history = []
+        self.training_facts = self.evaluation_facts = None  # the model they described is gone
 
     def _hold_out(self, train: Encoded | pl.DataFrame, docs: pl.DataFrame, args: TrainConfig
                   ) -> tuple[Encoded | pl.DataFrame, Encoded | pl.DataFrame | None]:
@@ -613,13 +640,16 @@ class LongDocClassifier:
                 if task.multi_label:
                     p = predict_probs(task_logits[keep], True, self.task_temperature[name]).numpy()
                     self.task_thresholds[name] = calibration.tune_thresholds(p, y_tasks[name][keep].numpy())
+        self.evaluation_facts = None  # measured with the old temperature and thresholds
         logger.info("calibrated on %d documents: temperature %.3f", int(keep.sum()), self.temperature)
 
     def evaluate(
         self, documents: Any, labels: Sequence[Any] | None = None, *, confusion_png: str | Path | None = None,
         **columns: Any,
     ) -> dict[str, Any]:
-        """Accuracy, macro/micro-F1, per-label report, expected calibration error, optional confusion PNG."""
+        """Accuracy, macro/micro-F1, per-label report, expected calibration error, optional confusion PNG.
+
+        The figures are also kept as ``evaluation_facts``: the model card of the next :meth:`save` shows them."""
         docs = self.document_table(documents, labels, require_labels=True, **columns)
         self._targets(docs)  # validates the label names
         a = self.analyze(documents if isinstance(documents, Encoded) else docs)
@@ -648,13 +678,18 @@ class LongDocClassifier:
                     y_prob=a.task_probs[name][keep], multi_label=task.multi_label)
         if confusion_png is not None and not self.multi_label:
             save_confusion_matrix_png(report["confusion_matrix"], self.labels, confusion_png)
+        self.evaluation_facts = evaluation_facts(report)
         return report
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | Path) -> Path:
-        """Write ``config.json``, ``encoder/`` (safetensors), ``head.safetensors`` and, after fine-tuning with a
-        separate retrieval encoder, ``retrieval_encoder/``; atomic (``indexer.storage.durable_directory``: a
-        temporary sibling, fsynced and swapped into place)."""
+        """Write ``config.json``, ``encoder/`` (safetensors), ``head.safetensors``, ``README.md`` (the model card,
+        ``longdoc.model_card``) and, after fine-tuning with a separate retrieval encoder, ``retrieval_encoder/``;
+        atomic (``indexer.storage.durable_directory``: a temporary sibling, fsynced and swapped into place).
+
+        The whole directory is replaced, never merged: whatever ``directory`` held before (a README.md of your own
+        included) is gone, so keep notes about a model outside its directory. :meth:`load` never reads the card.
+        """
         directory = Path(directory)
         separate = self.retrieval_encoder is not self.encoder
         with durable_directory(directory) as tmp:  # the mode the umask gives, as any new directory
@@ -671,8 +706,20 @@ class LongDocClassifier:
                     raise ConfigError("the classifier is not trained (its lexical branch is not fitted): call fit "
                                       "before save")
                 self.lexical.save(tmp)
-            write_model_config(tmp, self._config(separate))
+            config = self._config(separate)
+            write_model_config(tmp, config)
+            (tmp / MODEL_CARD).write_text(render_model_card(self._card_facts(config, separate)), encoding="utf-8")
         return directory
+
+    def _card_facts(self, config: dict[str, Any], separate: bool) -> CardFacts:
+        """What the model card is rendered from: the config being saved and facts of the live model."""
+        lexical = self.lexical
+        return CardFacts(
+            config=config, encoder_fingerprint=self.encoder.fingerprint,
+            retrieval_encoder_fingerprint=self.retrieval_encoder.fingerprint if separate else None,
+            lexical_terms=None if lexical is None else len(lexical.vocabulary),
+            lexical_config=None if lexical is None else lexical.config.to_dict(),
+            lexical_weight=float(self.head.lexical_weight.detach()) if lexical is not None else None)
 
     def _config(self, separate: bool) -> dict[str, Any]:
         """The ``config.json`` of ``save`` (read back by ``longdoc.model_dir.read_model_config``)."""
@@ -694,7 +741,10 @@ class LongDocClassifier:
                 for name, task in self.tasks.items()
             },
             "history": self.history,
-            "versions": _versions(),
+            "versions": library_versions(),
+            "base_encoder": self.base_encoder,
+            "training": self.training_facts,
+            "evaluation": self.evaluation_facts,
         }
 
     @classmethod
@@ -743,6 +793,8 @@ class LongDocClassifier:
             if t.thresholds is not None:
                 clf.task_thresholds[name] = np.asarray(t.thresholds, dtype=np.float32)
         clf.history = config.history
+        clf.base_encoder = config.base_encoder
+        clf.training_facts, clf.evaluation_facts = config.training, config.evaluation
         return clf
 
 
@@ -811,10 +863,3 @@ def _refuse_links_out_of(directory: Path) -> None:
             if root != target and root not in target.parents:
                 raise ModelLoadError(f"{path} is a symlink pointing outside the model directory ({target}); refused")
 
-
-def _versions() -> dict[str, str]:
-    import transformers
-
-    import longdoc
-
-    return {"longdoc": longdoc.__version__, "torch": torch.__version__, "transformers": transformers.__version__}

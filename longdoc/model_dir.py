@@ -2,9 +2,14 @@
 
 A model directory (``LongDocClassifier.save``) holds ``config.json``, ``encoder/`` (a Hugging Face checkpoint plus
 ``longdoc_encoder.json``), ``head.safetensors`` and, as the config says, ``task_heads.safetensors`` and
-``retrieval_encoder/``. The window geometry is stored once, as ``config.json``'s ``"window"``. Directories saved
+``retrieval_encoder/``, and ``README.md``, the model card (``longdoc.model_card``), which is written for people and
+never read. The window geometry is stored once, as ``config.json``'s ``"window"``. Directories saved
 by earlier versions also carry it in ``config.json``'s ``"encoder"`` entry and in ``encoder/longdoc_encoder.json``;
 those copies are still read, and a directory whose copies disagree is refused.
+
+``config.json``'s optional ``"base_encoder"``, ``"training"`` and ``"evaluation"`` keys hold the facts of the model
+card (what ``from_encoder`` started from, what the last ``fit`` did, the last ``evaluate`` figures); directories
+saved before they existed load without them. When present they are checked like the rest.
 """
 
 from __future__ import annotations
@@ -18,13 +23,16 @@ from typing import Any
 from longdoc.encoder import TOKEN_POOLINGS
 from longdoc.errors import ConfigError, ModelLoadError
 from longdoc.heads import HeadConfig
+from longdoc.model_card import BASE_SOURCES, VALIDATION_SOURCES
 from longdoc.windows import WindowConfig
 
-__all__ = ["CONFIG", "ENCODER_SETTINGS", "FORMAT_VERSION", "ModelConfig", "TaskConfig", "is_model_directory",
+__all__ = ["CONFIG", "ENCODER_SETTINGS", "FORMAT_VERSION", "MODEL_CARD", "ModelConfig", "TaskConfig", "is_model_directory",
            "read_encoder_settings", "read_model_config", "write_model_config"]
 
 FORMAT_VERSION = 1
 CONFIG = "config.json"
+#: The model card ``save`` writes (``longdoc.model_card``); ``load`` never reads it.
+MODEL_CARD = "README.md"
 #: The settings file ``WindowEncoder.save`` writes beside an encoder checkpoint.
 ENCODER_SETTINGS = "longdoc_encoder.json"
 _PARTS = ("encoder", "retrieval_encoder")
@@ -47,7 +55,8 @@ class ModelConfig:
     """A validated ``config.json`` of a model directory.
 
     ``retrieval_encoder`` names the part (``"encoder"`` or ``"retrieval_encoder"``) whose encoder makes the passage
-    index's vectors; ``raw`` is the parsed JSON as read.
+    index's vectors; ``base_encoder``, ``training`` and ``evaluation`` are the model card's facts (None when the
+    directory has none); ``raw`` is the parsed JSON as read.
     """
 
     path: Path
@@ -61,6 +70,9 @@ class ModelConfig:
     thresholds: list[float] | None = None
     tasks: dict[str, TaskConfig] = field(default_factory=dict)
     history: list[Any] = field(default_factory=list)
+    base_encoder: dict[str, str] | None = None
+    training: dict[str, Any] | None = None
+    evaluation: dict[str, Any] | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -96,8 +108,8 @@ def read_model_config(directory: str | Path) -> ModelConfig:
     """Read and validate ``directory/config.json``; every problem is a ``ModelLoadError`` naming the file.
 
     Checks the format version, the labels against the head, the encoder settings, the window geometry (and that
-    the copies an older save left agree), the ``retrieval_encoder`` part and the ``tasks`` entries. Weights are
-    not read here.
+    the copies an older save left agree), the ``retrieval_encoder`` part, the ``tasks`` entries and the model
+    card's facts. Weights are not read here, nor is ``README.md``.
     """
     directory = Path(directory)
     config_path = directory / CONFIG
@@ -142,11 +154,74 @@ def read_model_config(directory: str | Path) -> ModelConfig:
                 t.get("thresholds"))
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise ModelLoadError(f"{config_path}: malformed 'tasks' entry: {exc}") from exc
+    card = {key: _card_facts(config.get(key), fields, config_path, key) for key, fields in _CARD_FACTS.items()}
     return ModelConfig(
         path=config_path, labels=labels, head=head, window=window, pooling=pooling, normalize=normalize,
         retrieval_encoder=part, temperature=temperature, thresholds=config.get("thresholds"),
-        tasks=tasks, history=config.get("history", []), raw=config,
+        tasks=tasks, history=config.get("history", []), raw=config, **card,
     )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _mapping_of(check: Any) -> Any:
+    return lambda value: isinstance(value, dict) and all(isinstance(k, str) and check(v) for k, v in value.items())
+
+
+def _scores(fields: tuple[str, ...]) -> Any:
+    return lambda value: isinstance(value, dict) and all(_is_number(v) for k, v in value.items() if k in fields)
+
+
+_SCORES = ("accuracy", "macro_f1", "micro_f1", "weighted_f1", "ece")
+_PER_LABEL = _mapping_of(lambda v: isinstance(v, dict) and all(_is_number(v.get(k)) for k in ("precision", "recall", "f1"))
+                         and _is_int(v.get("support")))
+#: The model card's facts in config.json: for each key, the check of each known field (unknown fields are kept).
+_CARD_FACTS: dict[str, dict[str, Any]] = {
+    "base_encoder": {"name": _is_str, "source": lambda v: v in BASE_SOURCES},
+    "training": {
+        "date": _is_str, "mode": _is_str, "epochs_run": _is_int, "max_epochs": _is_int, "documents": _is_int,
+        "train_documents": _is_int, "validation_documents": _is_int,
+        "validation": lambda v: v in VALIDATION_SOURCES, "label_counts": _mapping_of(_is_int),
+        "seed": _is_int, "batch_size": _is_int, "head_lr": _is_number, "encoder_lr": _is_number,
+        "class_weights": lambda v: v is None or _is_str(v), "calibrated": lambda v: isinstance(v, bool),
+        "versions": _mapping_of(_is_str),
+    },
+    "evaluation": {
+        "date": _is_str, "documents": _is_int, "without_tokens": _is_int, "scored": _is_int,
+        **{name: _is_number for name in _SCORES}, "per_label": _PER_LABEL, "tasks": _mapping_of(_scores(_SCORES)),
+    },
+}
+_REQUIRED = {"base_encoder": ("name", "source"), "training": ("mode", "documents"), "evaluation": ("documents",)}
+
+
+def _card_facts(value: Any, fields: dict[str, Any], config_path: Path, key: str) -> dict[str, Any] | None:
+    """One optional model-card entry of config.json: absent or null gives None, else every known field is checked.
+
+    The facts only describe the model (they feed ``README.md``), yet a damaged entry is refused like any other
+    damaged part of the config; removing the key makes the directory load (its card then says "not recorded").
+    """
+    if value is None:
+        return None
+    hint = f"; it only feeds the model card: delete the {key!r} key to load the model without it"
+    if not isinstance(value, dict):
+        raise ModelLoadError(f"{config_path}: {key!r} must be a JSON object, got {type(value).__name__}{hint}")
+    missing = [name for name in _REQUIRED[key] if name not in value]
+    if missing:
+        raise ModelLoadError(f"{config_path}: {key!r} lacks {missing}{hint}")
+    for name, check in fields.items():
+        if name in value and not check(value[name]):
+            raise ModelLoadError(f"{config_path}: {key!r}.{name!r} is {value[name]!r}, not a valid value{hint}")
+    return value
 
 
 def _temperature(value: Any, config_path: Path, where: str) -> float:
