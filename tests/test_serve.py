@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -364,30 +365,14 @@ def test_create_app_refuses_bad_directories_and_limits(dirs, tmp_path):
 
 def test_the_command_serves_with_a_token_from_the_environment(dirs):
     index_dir, _ = dirs
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "LONGDOC_SERVE_TOKEN": TOKEN, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen([sys.executable, "-m", "longdoc.cli", "serve", str(index_dir), "--port", str(port),
-                             "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = _start_command([str(index_dir), "--quiet"], env={"LONGDOC_SERVE_TOKEN": TOKEN})
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(url + "/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, proc.communicate()[1].decode()
-            assert time.monotonic() < deadline, "longdoc serve did not come up"
-            time.sleep(0.2)
         assert httpx.get(url + "/info").status_code == 401
         r = httpx.get(url + "/info", headers={"Authorization": f"Bearer {TOKEN}"})
         assert r.status_code == 200 and r.json()["index"]["documents"] == 30
     finally:
         proc.terminate()
-        proc.wait(30)
+        proc.communicate(timeout=30)
 
 
 def test_the_command_reports_a_bad_index_like_search(tmp_path, capsys):
@@ -492,11 +477,12 @@ def test_a_new_version_with_another_encoder_is_refused_and_the_old_one_kept(tiny
         server.stop()
 
 
-def _start_command(args: list[str]) -> tuple[subprocess.Popen, str]:
+def _start_command(args: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """``longdoc serve ARGS`` in a subprocess on a free port, once /healthz answers."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **(env or {})}
     proc = subprocess.Popen([sys.executable, "-m", "longdoc.cli", "serve", *args, "--port", str(port)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
