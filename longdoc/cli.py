@@ -671,6 +671,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         data["comparison"] = comparison.table.to_dicts()
         data["runs"] = comparison.runs.to_dicts()
         data["difference"] = comparison.difference
+        data["notes"] = comparison.notes  # which rows are fixed scores (one run per split, no interval), and why
     if args.json:
         _print_json(data)
     else:
@@ -808,7 +809,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", default=None, help="training documents for --baselines")
     p.add_argument("--seeds", type=_positive_int, default=1,
                    help="train each baseline with this many seeds (0, 1, ...): mean +- 95%% CI per baseline and a "
-                        "paired interval for the model's difference to the best one (default 1: no interval)")
+                        "paired interval for the model's difference to the best one (default 1: no interval); the "
+                        "saved model and tfidf are fixed scores that no seed changes: one run each, no interval")
     _reader_options(p)
     _device_options(p)
     _common(p)

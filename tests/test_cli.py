@@ -122,7 +122,17 @@ def test_label_index_search_eval(workspace, capsys):
     assert table[1].split() == ["method", "runs", "accuracy", "macro_f1"]
     assert table[3].split() == ["model", "1", f"{saved['accuracy']:.4f}", f"{saved['macro_f1']:.4f}"]  # scored once
     assert [line.split()[0] for line in table[4:6]] == ["head_tail", "tfidf"] and "+-" in table[4]
-    assert "2 paired runs" in out
+    assert table[5].split()[1] == "1" and "+-" not in table[5]  # tfidf: no random state, one fixed score
+    assert "model, tfidf: fixed scores (no seed changes them" in out
+    difference = out.splitlines()[-1]
+    assert difference.startswith("model - ") and "[" not in difference  # never a zero-width interval
+    assert ("2 paired runs" in difference if "head_tail (best" in difference
+            else "both fixed scores, which no seed changes" in difference and "one split: no interval" in difference)
+    code, out, _ = _run(capsys, "eval", model, test, "--baselines", "tfidf", "head_tail", "--train",
+                        str(workspace["train"]), "--seeds", "2", "--quiet", "--json")
+    data = json.loads(out)
+    assert code == 0 and [r["runs"] for r in data["comparison"]] == [1, 2, 1]
+    assert data["comparison"][2]["macro_f1_ci"] is None and data["notes"][0].startswith("model, tfidf: fixed scores")
 
 
 def test_bad_input_exits_2(workspace, capsys, tmp_path):
