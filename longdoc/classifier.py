@@ -168,6 +168,10 @@ class LongDocClassifier:
         self.task_temperature: dict[str, float] = {name: 1.0 for name in self.tasks}
         self.task_thresholds: dict[str, np.ndarray | None] = {name: None for name in self.tasks}
         self.history: list[dict[str, Any]] = []
+        #: the validation documents of the last ``fit`` (``None`` before one; not saved with the model):
+        #: ``{"source": "eval_dataset" | "held_out" | "none", "documents": n}``, plus ``"eval_fraction"`` for
+        #: a split carved here and ``"reason"`` for none
+        self.validation: dict[str, Any] | None = None
         if (lexical is not None) != head.config.lexical_fusion:
             raise ConfigError("a lexical branch needs a head built with lexical_fusion=True, and the other way round")
         self.lexical = lexical
@@ -382,9 +386,17 @@ class LongDocClassifier:
         if eval_dataset is not None:
             val_docs = self.document_table(eval_dataset, eval_labels, require_labels=True, **cols)
             val_input = eval_dataset if isinstance(eval_dataset, Encoded) else val_docs
+            self.validation = {"source": "eval_dataset", "documents": val_docs.height}
         else:
+            n_given = train_docs.height
             train_input, val_input = self._hold_out(train_input, train_docs, args)
             train_docs = train_input.documents if isinstance(train_input, Encoded) else train_input
+            if val_input is not None:
+                self.validation = {"source": "held_out", "documents": n_given - train_docs.height,
+                                   "eval_fraction": args.eval_fraction}
+            else:
+                self.validation = {"source": "none", "documents": 0, "reason": "eval_fraction=0" if not
+                                   args.eval_fraction else f"fewer than {MIN_DOCS_TO_HOLD_OUT} training documents"}
         val_docs = None if val_input is None else (
             val_input.documents if isinstance(val_input, Encoded) else val_input)
         y_train = Targets(self._targets(train_docs), self._task_targets(train_docs))

@@ -361,8 +361,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     logger.info("training on %d documents (%d labels: %s), %s mode", docs.height, len(labels), labels, config.mode)
     clf.fit(docs, eval_dataset=val, args=config, show_progress_bar=None if not args.quiet else False)
     out = clf.save(args.out)
-    result = {"model": str(out), "labels": labels, "n_documents": docs.height,
-              "eval": args.eval if val is not None else f"eval_fraction={config.eval_fraction} of the documents",
+    # the validation documents fit really used: the --eval file, or the stratified split it carved (how many)
+    evaluation = dict(clf.validation or {})
+    if evaluation.get("source") == "eval_dataset":
+        evaluation = {"source": "--eval", "file": args.eval, "documents": evaluation["documents"]}
+    result = {"model": str(out), "labels": labels, "n_documents": docs.height, "eval": evaluation,
               "history": clf.history, "temperature": clf.temperature, "seconds": round(time.perf_counter() - started, 2)}
     if args.json:
         _print_json(result)

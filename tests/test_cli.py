@@ -59,6 +59,22 @@ def test_train_json_output(workspace, tiny_model_dir, capsys, tmp_path):
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert config["window"] == {"max_length": 32, "stride": 8, "max_windows": 3}
     assert config["head"]["pooling"] == "mean"
+    # 30 documents: fewer than 40, so no split was carved, whatever --eval-fraction says
+    assert data["eval"] == {"source": "none", "documents": 0, "reason": "fewer than 40 training documents"}
+
+
+def test_train_reports_the_validation_documents_it_used(workspace, tiny_model_dir, capsys, tmp_path):
+    docs = _write(tmp_path / "many.jsonl", 45, 3)
+    common = ["--model", str(tiny_model_dir), "--max-length", "32", "--stride", "8", "--epochs", "1",
+              "--no-lexical", "--device", "cpu", "--quiet", "--json"]
+    code, out, _ = _run(capsys, "train", str(docs), "--out", str(tmp_path / "a"), "--eval-fraction", "0.2", *common)
+    assert code == 0
+    # a stratified split: 20% of each label's 15 documents
+    assert json.loads(out)["eval"] == {"source": "held_out", "documents": 9, "eval_fraction": 0.2}
+    code, out, _ = _run(capsys, "train", str(docs), "--out", str(tmp_path / "b"), "--eval", str(workspace["test"]),
+                        *common)
+    assert code == 0
+    assert json.loads(out)["eval"] == {"source": "--eval", "file": str(workspace["test"]), "documents": 13}
 
 
 def test_label_index_search_eval(workspace, capsys):
