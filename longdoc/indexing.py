@@ -353,7 +353,10 @@ def _encoder_record(encoder: Any) -> dict[str, Any] | None:
 def _recorded_attributes(index_or_directory: Any) -> dict[str, Any]:
     if not isinstance(index_or_directory, (str, os.PathLike)):
         return dict(getattr(index_or_directory, "attributes", {}) or {})
+    from indexer.storage import wait_for_swap
+
     directory = Path(index_or_directory)
+    wait_for_swap(directory)  # a save between its two renames: wait for it, as loading the index does
     try:
         manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
