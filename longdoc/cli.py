@@ -590,8 +590,15 @@ def _check_queries(queries: list[str], name: str = "QUERY") -> None:
 def cmd_search(args: argparse.Namespace) -> int:
     _check_queries(args.queries)
     _check_queries(args.label, "--label")
-    per_doc = None if args.windows else args.per_doc
-    doc_score = None if args.windows else args.doc_score
+    if args.windows:  # windows are ranked alone: options about documents would be silently ignored
+        given = [flag for flag, value in (("--doc-score", args.doc_score), ("--per-doc", args.per_doc))
+                 if value is not None]
+        if given:
+            raise ConfigError(f"{' and '.join(given)} {'shape' if len(given) > 1 else 'shapes'} document hits; "
+                              "--windows ranks windows, not documents: drop "
+                              f"{' and '.join(given)} or --windows")
+    per_doc = None if args.windows else args.per_doc or 1
+    doc_score = None if args.windows else args.doc_score or "top2_first"
     if not (Path(args.index) / "manifest.json").is_file() and not swap_in_progress(args.index):
         raise ModelLoadError(f"{args.index!r} is not an index directory (manifest.json is missing)")
     encoder = load_query_encoder(args.model, index=args.index, device=args.device, bf16=args.bf16)
@@ -772,12 +779,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", "--k", type=_positive_int, default=5, help="hits per query")
     p.add_argument("--label", action="append", default=[], help="only documents with this label (repeatable)")
     p.add_argument("--mode", default="dense", choices=["dense", "hybrid"])
-    p.add_argument("--per-doc", type=_positive_int, default=1, help="hits per document (default 1)")
-    p.add_argument("--doc-score", default="top2_first", choices=list(DOC_SCORES),
+    p.add_argument("--per-doc", type=_positive_int, default=None, help="hits per document (default 1)")
+    p.add_argument("--doc-score", default=None, choices=list(DOC_SCORES),
                    help="how a document's windows make its score: top2_first (default: 0.7 x mean of its 2 best "
                    "windows + 0.3 x its first window) or max (its best window)")
     p.add_argument("--windows", action="store_true",
-                   help="rank windows, not documents (no per-document grouping; scores are window scores)")
+                   help="rank windows, not documents (no per-document grouping; scores are window scores; "
+                   "not with --doc-score or --per-doc)")
     _device_options(p)
     _common(p)
     p.set_defaults(func=cmd_search)
