@@ -51,6 +51,7 @@ from longdoc.heads import POOLINGS
 from longdoc.indexing import (
     INDEX_WINDOW,
     build_index,
+    encoder_layout,
     index_documents,
     index_encoder,
     index_window,
@@ -403,11 +404,6 @@ _PLAIN_OPTIONS = (("encoder", "--encoder"), ("max_length", "--max-length"), ("st
                   ("max_windows", "--max-windows"))
 
 
-def _is_encoder_checkpoint(path: Path) -> bool:
-    return path.is_dir() and (path / "config.json").is_file() and (
-        (path / "modules.json").is_file() or any(path.glob("*.safetensors")))
-
-
 def _index_inputs(inputs: list[str]) -> tuple[str | None, str]:
     """``(model, documents)`` of ``longdoc index``'s positional arguments: ``MODEL DOCUMENTS`` (the classifier
     route) or ``DOCUMENTS`` alone (no classifier)."""
@@ -424,7 +420,7 @@ def _index_inputs(inputs: list[str]) -> tuple[str | None, str]:
     if is_model_directory(path):
         raise ConfigError(f"{only!r} is a model directory but no DOCUMENTS were given: longdoc index MODEL DOCUMENTS "
                           "-o OUT (or longdoc index DOCUMENTS -o OUT without a classifier)")
-    if _is_encoder_checkpoint(path):
+    if encoder_layout(path) in ("sentence-transformers", "checkpoint"):
         raise ConfigError(f"{only!r} is an encoder checkpoint, not documents: longdoc index DOCUMENTS -o OUT "
                           f"--encoder {only}")
     if not path.exists():

@@ -68,8 +68,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["INDEX_WINDOW", "IndexCounts", "Indexed", "build_index", "content_hash", "index_documents",
-           "index_encoder", "index_vectors", "index_window", "load_encoder", "passages_from_analysis"]
+__all__ = ["INDEX_WINDOW", "IndexCounts", "Indexed", "build_index", "content_hash", "encoder_layout",
+           "index_documents", "index_encoder", "index_vectors", "index_window", "load_encoder", "passages_from_analysis"]
 
 #: Window geometry of an index built without a classifier: the packaged MiniLM was trained on at most 256 tokens,
 #: and 256/64 windows retrieve better than 512/128 and encode faster (README, benchmarks/RESULTS.md).
@@ -240,11 +240,9 @@ def _packaged_path() -> str | None:
         return None
 
 
-def _sentence_transformers_layout(path: Path) -> tuple[Path, dict[str, Any]] | None:
-    """``(transformer directory, WindowEncoder settings)`` of a sentence-transformers directory, else ``None``."""
+def _sentence_transformers_layout(path: Path) -> tuple[Path, dict[str, Any]]:
+    """``(transformer directory, WindowEncoder settings)`` of a sentence-transformers directory."""
     modules_file = path / "modules.json"
-    if not modules_file.is_file():
-        return None
     try:
         modules = json.loads(modules_file.read_text())
         kinds = {str(m["type"]).rsplit(".", 1)[-1]: str(m.get("path", "")) for m in modules}
@@ -270,6 +268,23 @@ def _sentence_transformers_layout(path: Path) -> tuple[Path, dict[str, Any]] | N
     return path / kinds["Transformer"], settings
 
 
+def encoder_layout(path: str | os.PathLike[str]) -> str | None:
+    """Which encoder directory ``path`` is, as :func:`load_encoder` reads it: ``"model"`` (a model directory from
+    ``longdoc train``), ``"sentence-transformers"`` (a ``modules.json``), ``"checkpoint"`` (a Hugging Face
+    checkpoint: ``config.json`` and ``*.safetensors`` weights), or ``None`` (a missing path, a file, a folder of
+    documents)."""
+    p = Path(path)
+    if not p.is_dir():
+        return None
+    if is_model_directory(p):
+        return "model"
+    if (p / "modules.json").is_file():
+        return "sentence-transformers"
+    if (p / "config.json").is_file() and any(p.glob("*.safetensors")):
+        return "checkpoint"
+    return None
+
+
 def _encoder_location(source: str | os.PathLike[str] | None) -> tuple[str | None, dict[str, Any]]:
     """Where the weights of ``source`` are and the ``WindowEncoder`` settings (pooling, normalize) it records."""
     if source is None:
@@ -283,12 +298,13 @@ def _encoder_location(source: str | os.PathLike[str] | None) -> tuple[str | None
             raise ModelLoadError(f"encoder={name!r} does not exist: expected an encoder checkpoint directory, a "
                                  "sentence-transformers directory, a model directory from `longdoc train` or a hub name")
         return name, {}  # a hub name ("org/name"): WindowEncoder says whether it can be reached
-    if is_model_directory(path):  # a classifier: the encoder of its passage index
+    layout = encoder_layout(path)
+    if layout == "model":  # a classifier: the encoder of its passage index
         config = read_model_config(path)
         return str(path / config.retrieval_encoder), config.encoder_settings
-    layout = _sentence_transformers_layout(path)
-    if layout is not None:
-        return str(layout[0]), layout[1]
+    if layout == "sentence-transformers":
+        transformer, settings = _sentence_transformers_layout(path)
+        return str(transformer), settings
     settings_file = path / ENCODER_SETTINGS
     if settings_file.is_file():
         try:

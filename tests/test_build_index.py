@@ -22,6 +22,7 @@ from longdoc.indexing import (
     INDEX_WINDOW,
     build_index,
     content_hash,
+    encoder_layout,
     index_documents,
     index_encoder,
     passages_from_analysis,
@@ -311,6 +312,8 @@ def test_a_sentence_transformers_directory_gives_its_pooling_and_normalisation(t
         {"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
     ]))
+    assert (encoder_layout(st), encoder_layout(tiny_model_dir), encoder_layout(st / "1_Pooling")) == (
+        "sentence-transformers", "checkpoint", None)
     index, _ = build_index(_rows(3, 13), encoder=str(st), window=WINDOW)
     assert index.encoder.pooling == "cls" and index.encoder.normalize is False
     assert index.attributes["encoder"] == {"source": "path", "path": str((st / "0_Transformer").resolve()),
