@@ -447,27 +447,48 @@ def cmd_index(args: argparse.Namespace) -> int:
         clf = load_classifier(args.model, device=args.device, bf16=args.bf16)
     docs = _load_documents(args.documents, args)
     out = Path(args.out)
-    _recover_interrupted_swap(out)
-    updating = (out / "manifest.json").is_file()
-    if updating:
-        # lock=True: a second `longdoc index` on the same directory fails now, not after its encoding
-        index = load_index(out, encoder=clf.retrieval_encoder, lock=True)  # plain or sharded
-        logger.info("updating the index at %s (%d windows)", out, len(index))
-    else:
-        index = PassageIndex(clf.retrieval_encoder.dim, encoder=clf.retrieval_encoder)
-        index.lock(out)
-    try:
+    with _index_target(out, encoder=clf.retrieval_encoder) as target:
+        index = target.index or target.create(clf.retrieval_encoder)
         result = index_documents(clf, docs, index=index, prune=args.prune, progress=not args.quiet)
-        index.save(out)
+    return _report_index(args, out, result, index, target.updating, started)
+
+
+class _IndexTarget:
+    """The index directory ``longdoc index`` writes: ``index`` (the existing one, loaded with the writer lock
+    held, or ``None``), ``updating``, and :meth:`create` for a new one."""
+
+    def __init__(self, out: Path) -> None:
+        self.out, self.index, self.updating = out, None, False
+
+    def create(self, encoder: Any) -> Any:
+        """A new empty index for ``encoder``, the directory's writer lock taken now (a second writer fails now,
+        not after its encoding)."""
+        self.index = PassageIndex(encoder.dim, encoder=encoder)
+        self.index.lock(self.out)
+        return self.index
+
+
+@contextlib.contextmanager
+def _index_target(out: Path, *, encoder: Any = None) -> Iterator[_IndexTarget]:
+    """The lock and save steps of ``longdoc index`` (both routes): an interrupted swap of ``out`` is recovered;
+    an existing index is loaded with the writer lock (``lock=True``: a second ``longdoc index`` on the same
+    directory fails now, not after its encoding; ``encoder``: the query encoder to attach, else the recorded one is
+    attached later); the block fills the index (``target.create`` makes a new one); it is saved when the block
+    succeeds and closed (lock released) either way."""
+    DirectoryLock(out).release()  # taking the lock restores a version that a writer killed mid-swap left beside out
+    target = _IndexTarget(out)
+    if (out / "manifest.json").is_file():
+        target.index = load_index(out, encoder=encoder, lock=True)  # plain or sharded
+        target.updating = True
+        logger.info("updating the index at %s (%d windows)", out, len(target.index))
+    try:
+        yield target
+        if target.index is None:
+            raise RuntimeError("longdoc index made no index to save")  # a bug: the block must create one
+        target.index.save(out)
     finally:
-        index.close()
-    return _report_index(args, out, result, index, updating, started)
-
-
-def _recover_interrupted_swap(out: Path) -> None:
-    """Take and release the writer lock of ``out``: taking it restores the previous version that a writer killed
-    mid-swap left beside the directory, before this run decides between a new index and an update."""
-    DirectoryLock(out).release()
+        if target.index is not None:
+            target.index.close()
 
 
 def _cmd_index_plain(args: argparse.Namespace) -> int:
@@ -475,32 +496,36 @@ def _cmd_index_plain(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     docs = _load_documents(args.documents, args)
     out = Path(args.out)
-    _recover_interrupted_swap(out)
-    updating = (out / "manifest.json").is_file()
     given = {name: getattr(args, name) for name in ("max_length", "stride", "max_windows")
              if getattr(args, name) is not None}
-    if updating:
-        index = load_index(out, lock=True)  # build_index attaches the encoder the index records (or --encoder)
-        logger.info("updating the index at %s (%d windows)", out, len(index))
-    else:
-        index = None
-    try:
-        window = dataclasses.replace(index_window(index) or INDEX_WINDOW, **given)
+    with _index_target(out) as target:  # build_index attaches the encoder the index records (or --encoder)
+        index = target.index
+        window = dataclasses.replace(_plain_window(index, given), **given)
         with quiet_weight_loading():
             recorded = index_encoder(index, device=args.device, dtype=_dtype(args.bf16)) if (
                 index is not None and args.encoder is None) else None
             encoder = recorded or load_encoder(args.encoder, window=window, device=args.device,
                                                dtype=_dtype(args.bf16))
-        if index is None:
-            index = PassageIndex(encoder.dim, encoder=encoder)
-            index.lock(out)  # a second writer fails now, not after the encoding
+        index = index or target.create(encoder)
         result = build_index(docs, encoder=encoder, window=window, index=index, prune=args.prune,
                              progress=not args.quiet, device=args.device, dtype=_dtype(args.bf16))
-        index.save(out)
-    finally:
-        if index is not None:
-            index.close()
-    return _report_index(args, out, result, index, updating, started)
+    return _report_index(args, out, result, index, target.updating, started)
+
+
+def _plain_window(index: Any, given: dict[str, Any]) -> WindowConfig:
+    """The window geometry a classifier-free ``longdoc index`` starts from (the options ``given`` replace its
+    fields): the one the index records, else (a new index) the default. An existing index that records none
+    (built before indexes recorded it) is updated only when --max-length and --stride say which it was built
+    with: never a guess."""
+    recorded = index_window(index)
+    if recorded is not None or index is None:
+        return recorded or INDEX_WINDOW
+    if "max_length" not in given or "stride" not in given:
+        raise ConfigError(
+            "the index records no window geometry (it was built before indexes recorded it): pass --max-length "
+            "and --stride with the windows it was built with (new windows must match the indexed ones), or build "
+            "a new index")
+    return INDEX_WINDOW
 
 
 def _report_index(args: argparse.Namespace, out: Path, result: Any, index: Any, updating: bool,

@@ -548,7 +548,8 @@ def build_index(
             present, is stored as the passages' gold labels: what ``search(..., labels=...)`` filters on.
         encoder: a loaded ``WindowEncoder``, or what :func:`load_encoder` takes (a checkpoint, sentence-transformers
             or model directory); ``None``: the encoder ``index`` records, else the packaged MiniLM.
-        window: the window geometry; ``None``: the one ``index`` records, else :data:`INDEX_WINDOW` (256/64).
+        window: the window geometry; ``None``: the one ``index`` records, else :data:`INDEX_WINDOW` (256/64) for
+            a new index (an ``index`` that records none needs ``window``: its geometry is never guessed).
         index: an existing index to update (documents matched by ``doc_id`` and ``content_hash``); ``None`` builds
             a new one.
         prune: remove the documents of ``index`` that are not in ``documents``.
@@ -562,7 +563,8 @@ def build_index(
 
     Raises:
         DataError: ``documents`` cannot be read (or is a ``str`` that looks like a missing path).
-        ConfigError: ``index`` holds another encoder's vectors or another window geometry.
+        ConfigError: ``index`` holds another encoder's vectors or another window geometry, or records no window
+            geometry and ``window`` is ``None``.
         ModelLoadError: the encoder cannot be loaded.
     """
     from indexer import PassageIndex
@@ -572,7 +574,11 @@ def build_index(
         raise ConfigError(f"prune and progress must be bools, got prune={prune!r}, progress={progress!r}")
     if window is not None and not isinstance(window, WindowConfig):
         raise ConfigError(f"window must be a WindowConfig or None, got {type(window).__name__}")
-    geometry = window or index_window(index) or INDEX_WINDOW
+    recorded = index_window(index)
+    if window is None and index is not None and recorded is None:
+        raise ConfigError("the index records no window geometry (it was built before indexes recorded it): pass "
+                          "window=WindowConfig(...) with the windows it was built with, or build a new index")
+    geometry = window or recorded or INDEX_WINDOW
     _check_window(index, geometry, "window=")
     docs = _document_table(documents, **columns)  # before loading an encoder: a bad path fails fast
 

@@ -228,6 +228,31 @@ def test_cli_index_without_a_classifier_then_search_with_no_flags(tiny_model_dir
     assert code == 2 and "window" in err and len(err.strip().splitlines()) == 1
 
 
+def test_an_index_that_records_no_window_geometry_is_never_updated_with_a_guess(tiny_model_dir, tmp_path, capsys):
+    docs = _jsonl(tmp_path / "docs.jsonl", _rows(4, 14))
+    out = tmp_path / "index"
+    code, _, err = _run(capsys, "index", str(docs), "-o", str(out), "--encoder", str(tiny_model_dir),
+                        "--max-length", "32", "--stride", "8", "--quiet")
+    assert code == 0, err
+    with PassageIndex.load(out, lock=True) as old:  # as an older version wrote it: no "window" attribute
+        old.attributes = {k: v for k, v in old.attributes.items() if k != "window"}
+        old.save(out)
+    more = _jsonl(tmp_path / "more.jsonl", _rows(4, 14) + _rows(2, 15, prefix="n"))
+    for flags in ([], ["--max-length", "32"]):
+        code, stdout, err = _run(capsys, "index", str(more), "-o", str(out), "--quiet", *flags)
+        assert code == 2 and stdout == ""
+        assert "records no window geometry" in err and "--max-length and --stride" in err
+    with PassageIndex.load(out) as loaded:
+        assert len(loaded.doc_ids) == 4 and "window" not in loaded.attributes  # untouched
+        with pytest.raises(ConfigError, match="records no window geometry"):
+            build_index(load_documents(more), index=loaded)
+    code, stdout, err = _run(capsys, "index", str(more), "-o", str(out), "--max-length", "32", "--stride", "8",
+                             "--quiet", "--json")
+    assert code == 0, err
+    data = json.loads(stdout)
+    assert (data["added"], data["unchanged"]) == (2, 4) and data["window"] == WINDOW.to_dict()  # recorded now
+
+
 def test_cli_index_without_labels(tiny_model_dir, tmp_path, capsys):
     docs = _jsonl(tmp_path / "docs.jsonl", _rows(5, 11, labels=False))
     out = str(tmp_path / "index")
