@@ -31,6 +31,7 @@ from longdoc.heads import DocumentHead, HeadConfig, MultiTaskHead, predict_probs
 from longdoc.lexical import LexicalConfig, LexicalModel, TermExplanation
 from longdoc.metrics import classification_report, save_confusion_matrix_png
 from longdoc.model_dir import CONFIG, FORMAT_VERSION, read_model_config, write_model_config
+from longdoc.splits import stratified_holdout
 from longdoc.training import Targets, TrainConfig, doc_offsets, pad_windows, seed_everything
 from longdoc.windows import WindowConfig, Windows
 
@@ -759,21 +760,15 @@ class LongDocClassifier:
 
 
 def _validation_rows(docs: pl.DataFrame, fraction: float, *, seed: int, stratify: bool) -> np.ndarray:
-    """Sorted row numbers of a seeded validation split: ``fraction`` of each label (at least one row of a label
-    with two or more), or of all rows when not stratified."""
-    rng = np.random.default_rng(seed)
-    if not stratify:
-        n_val = max(1, round(docs.height * fraction))
-        return np.sort(rng.permutation(docs.height)[:n_val])
-    first = np.asarray([r[0] if r else "" for r in docs["labels"].to_list()])
-    rows = []
-    for label in sorted(set(first.tolist())):
-        members = np.flatnonzero(first == label)
-        if len(members) < 2:
-            continue
-        n_val = min(len(members) - 1, max(1, round(len(members) * fraction)))
-        rows.append(rng.permutation(members)[:n_val])
-    return np.sort(np.concatenate(rows)) if rows else np.zeros(0, dtype=np.int64)
+    """Sorted row numbers of a seeded validation split: ``fraction`` of each label (its first label; at least one
+    row of a label with two or more: ``longdoc.splits.holdout_size``), or of all rows when not stratified."""
+    rng = np.random.default_rng(seed)  # one source, drawn from label after label
+
+    def pick(_key: Any, rows: list[int], size: int) -> np.ndarray:
+        return rng.permutation(rows)[:size]
+
+    keys = [r[0] if r else "" for r in docs["labels"].to_list()] if stratify else [""] * docs.height
+    return stratified_holdout(keys, fraction, pick)
 
 
 def _names_existing_file(value: str) -> bool:

@@ -56,6 +56,7 @@ from longdoc.classifier import Encoded, LongDocClassifier
 from longdoc.errors import ConfigError, DataError
 from longdoc.heads import DocumentHead, HeadConfig
 from longdoc.metrics import Interval, classification_report, mean_ci, paired_difference
+from longdoc.splits import stratified_folds
 from longdoc.terminal import safe_text
 from longdoc.training import TrainConfig, seed_everything
 from longdoc.windows import WindowConfig, Windows, make_windows
@@ -468,31 +469,6 @@ def compare_with_baselines(
         logger.warning("head_tail is measured with the frozen encoder only; skipped in fine-tuning mode")
     runner.split(0, data)
     return runner.comparison(data, confidence)
-
-
-def stratified_folds(labels: Sequence[Any], folds: int, *, seed: int = 0) -> np.ndarray:
-    """The fold (``0 .. folds - 1``) of each document, every label spread evenly over the folds.
-
-    Each label's documents (a label set counts as one stratum in multi-label data) are shuffled with ``seed``
-    and dealt to the folds in turn, the deal continuing from label to label, so fold sizes differ by at most one
-    and each label's count per fold by at most one. Deterministic for a given ``seed``.
-    """
-    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
-        raise ConfigError(f"folds={folds!r} is not valid; expected an integer >= 2")
-    keys = [y if isinstance(y, str) else tuple(sorted(map(str, y))) for y in labels]
-    if len(keys) < folds:
-        raise DataError(f"{len(keys)} documents cannot fill {folds} folds; pass fewer folds or more documents")
-    rng = np.random.default_rng(seed)
-    out = np.zeros(len(keys), dtype=np.int64)
-    by_key: dict[Any, list[int]] = {}
-    for i, key in enumerate(keys):
-        by_key.setdefault(key, []).append(i)
-    turn = 0
-    for key in sorted(by_key, key=str):
-        rows = np.asarray(by_key[key])[rng.permutation(len(by_key[key]))]
-        out[rows] = (turn + np.arange(len(rows))) % folds
-        turn = (turn + len(rows)) % folds
-    return out
 
 
 def cross_validate_with_baselines(
