@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from indexer.storage import durable_directory
 from longdoc import calibration, training
-from longdoc.data import check_unique_ids, documents_from_texts, load_documents, resolve_documents
+from longdoc.data import document_table, resolve_documents
 from longdoc.encoder import WindowEncoder
 from longdoc.errors import ConfigError, DataError, ModelLoadError
 from longdoc.heads import DocumentHead, HeadConfig, MultiTaskHead, predict_probs
@@ -260,14 +260,8 @@ class LongDocClassifier:
             data = data.documents
         if isinstance(data, str):
             data = _path_or_text(data, read=require_labels)
-        if isinstance(data, pl.DataFrame) and {"doc_id", "text", "labels"} <= set(data.columns):
-            docs = data  # already a document table
-            check_unique_ids(docs)
-        elif isinstance(data, (list, tuple)) and (not data or isinstance(data[0], str)):
-            docs = documents_from_texts(list(data), labels=labels)
-        else:
-            named = {k: v for k, v in (("label_column", label_column), ("id_column", id_column)) if v is not None}
-            docs = load_documents(data, text_column=text_column, **named)
+        named = {k: v for k, v in (("label_column", label_column), ("id_column", id_column)) if v is not None}
+        docs = document_table(data, labels, text_column=text_column, **named)
         if require_labels:
             missing = docs.filter(pl.col("labels").list.len() == 0)
             if missing.height:

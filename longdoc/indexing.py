@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from longdoc.data import check_unique_ids, documents_from_texts, load_documents, resolve_documents
+from longdoc.data import document_table, resolve_documents
 from longdoc.errors import ConfigError, ModelLoadError
 from longdoc.model_dir import ENCODER_SETTINGS, is_model_directory, read_encoder_settings, read_model_config
 from longdoc.windows import WindowConfig
@@ -205,27 +205,6 @@ def index_vectors(clf: LongDocClassifier, analysis: Analysis, rows: np.ndarray |
     if len(windows) == 0:
         return np.zeros((0, clf.retrieval_encoder.dim), dtype=np.float32)
     return clf.retrieval_encoder.encode_windows(windows, show_progress_bar=show_progress_bar)
-
-
-# --------------------------------------------------------------------------------------------------- documents
-
-
-def _document_table(documents: Any, **columns: Any) -> pl.DataFrame:
-    """The document table of any input :func:`build_index` takes (what ``LongDocClassifier.document_table`` does,
-    without a classifier)."""
-    unknown = sorted(set(columns) - {"text_column", "label_column", "id_column"})
-    if unknown:
-        raise ConfigError(f"unknown keyword arguments {unknown}; the column options are text_column, label_column "
-                          "and id_column")
-    data = resolve_documents(documents)
-    if isinstance(data, str):
-        data = [data]
-    if isinstance(data, pl.DataFrame) and {"doc_id", "text", "labels"} <= set(data.columns):
-        check_unique_ids(data)
-        return data
-    if isinstance(data, (list, tuple)) and (not data or isinstance(data[0], str)):
-        return documents_from_texts(list(data))
-    return load_documents(data, **columns)
 
 
 # --------------------------------------------------------------------------------------------------- encoders
@@ -580,7 +559,7 @@ def build_index(
                           "window=WindowConfig(...) with the windows it was built with, or build a new index")
     geometry = window or recorded or INDEX_WINDOW
     _check_window(index, geometry, "window=")
-    docs = _document_table(documents, **columns)  # before loading an encoder: a bad path fails fast
+    docs = document_table(resolve_documents(documents), **columns)  # before loading an encoder: a bad path fails fast
 
     if encoder is None or isinstance(encoder, (str, os.PathLike)):
         loaded = None
@@ -664,7 +643,7 @@ def index_documents(
     elif _is_encoded(documents):
         precomputed, docs = clf.analyze(documents, show_progress_bar=bars), documents.documents
     else:
-        docs = clf.document_table(resolve_documents(documents), **columns)
+        docs = document_table(resolve_documents(documents), **columns)
 
     status, todo, old = _plan(docs, index)
     todo_ids = docs.filter(pl.Series(todo))["doc_id"]
