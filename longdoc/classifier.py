@@ -84,6 +84,7 @@ class Analysis:
         lexical_scores: (n_docs, n_labels) the lexical branch's label scores that went into ``logits`` (zero
             rows where it found no term), or None for a model without a lexical branch.
         notes: per document, why its label is less informed than usual (``NO_LEXICAL_TERMS``), else None.
+        window: the window geometry that cut ``windows`` (None: encodings cut elsewhere, not checked).
     """
 
     documents: pl.DataFrame
@@ -96,6 +97,7 @@ class Analysis:
     task_logits: dict[str, torch.Tensor] = field(default_factory=dict)
     lexical_scores: np.ndarray | None = None
     notes: list[str | None] = field(default_factory=list)
+    window: WindowConfig | None = None
 
 
 class Explanation(list):
@@ -507,7 +509,8 @@ class LongDocClassifier:
             p = p.astype(np.float32)
             p[empty] = np.nan
             task_probs[name] = p
-        return Analysis(docs, windows, emb, probs, weights, logits, task_probs, task_logits, lexical_scores, notes)
+        return Analysis(docs, windows, emb, probs, weights, logits, task_probs, task_logits, lexical_scores, notes,
+                        enc.window)
 
     def _lexical_scores(self, docs: pl.DataFrame) -> tuple[np.ndarray | None, list[str | None]]:
         """The lexical branch's scores of ``docs`` (zero rows where it knows no word) and the per-document

@@ -620,7 +620,8 @@ def index_documents(
 
     Raises:
         ConfigError: ``index`` was built with a different encoder (its fingerprint differs from
-            ``clf.retrieval_encoder``'s), has a different dimension, window geometry or label map.
+            ``clf.retrieval_encoder``'s), has a different dimension, window geometry or label map; or an
+            ``Analysis`` / ``Encoded`` was cut with another window geometry than ``clf.window``.
         DataError: ``documents`` is a ``str`` that looks like a path but names nothing.
     """
     from indexer import PassageIndex
@@ -639,6 +640,11 @@ def index_documents(
 
     precomputed = None
     if _is_analysis(documents):
+        cut = getattr(documents, "window", None)
+        if cut is not None and cut != clf.window:
+            raise ConfigError(
+                f"this analysis was cut with windows {cut.to_dict()}, this classifier uses {clf.window.to_dict()}: "
+                "analyze the documents with this classifier (clf.analyze(docs)) or pass the documents")
         precomputed, docs = documents, documents.documents
     elif _is_encoded(documents):
         precomputed, docs = clf.analyze(documents, show_progress_bar=bars), documents.documents
