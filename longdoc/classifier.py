@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, SupportsIndex, overload
 
 import numpy as np
 import polars as pl
@@ -110,6 +110,21 @@ class Explanation(list):
     def __init__(self, windows: Sequence[WindowExplanation], terms: Sequence[TermExplanation] = ()) -> None:
         super().__init__(windows)
         self.terms = list(terms)
+
+    @overload
+    def __getitem__(self, index: SupportsIndex) -> WindowExplanation: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Explanation: ...
+
+    def __getitem__(self, index: SupportsIndex | slice) -> WindowExplanation | Explanation:
+        """One window, or a slice (``explanation[:3]``) that is an ``Explanation`` with the same ``.terms``."""
+        if isinstance(index, slice):
+            return Explanation(super().__getitem__(index), self.terms)
+        return super().__getitem__(index)
+
+    def copy(self) -> Explanation:
+        return Explanation(self, self.terms)
 
 
 @dataclass
