@@ -126,9 +126,13 @@ class Hit:
     * hybrid, windows: the reciprocal-rank-fusion score (about 0.01 to 0.033).
 
     ``window_score`` is always the inner product of the query with this hit's own window (equal to ``score``
-    for dense window results and ``doc_score="max"``). A per-document hit's window is the document's best
-    window (with ``per_doc`` > 1: its best windows, each a hit carrying the document's score). ``rank`` starts
-    at 1. ``labels`` are the document's gold
+    for dense window results and dense ``doc_score="max"``). A per-document hit's window is the document's best
+    window. With ``per_doc`` > 1 a document gives up to ``per_doc`` hits, one per window, and ``k`` counts hits
+    (windows), not documents: with ``doc_score="top2_first"`` (and in hybrid mode, either ``doc_score``) the
+    documents are ranked and each one's hits come together, its best window first, every one carrying the
+    document's score (``window_score`` tells them apart); with dense ``doc_score="max"`` the hits are the best
+    windows under the per-document cap, each ranked by its own window's score (``score == window_score``), so
+    one document's hits need not be next to each other. ``rank`` starts at 1. ``labels`` are the document's gold
     labels when the passage table has them for this window, else its predicted labels (the labels the
     ``labels=`` filter matches); ``pred_labels`` are always the predicted ones. ``metadata`` holds the passage
     table's extra columns.
@@ -530,7 +534,9 @@ class PassageIndex:
         windows.
 
         ``per_doc``: per-document results with at most this many windows per document (default 1: each
-        document once, as its best window); None for window results (no grouping).
+        document once, as its best window); None for window results (no grouping). Each window is one hit and
+        ``k`` counts hits: with ``per_doc`` > 1, ``k`` hits may come from fewer than ``k`` documents (``Hit`` says
+        how a document's hits are scored and ordered for each ``doc_score``).
         ``doc_score`` (per-document results only): how a document's windows make its score, which ranks the
         documents and is ``Hit.score``.
 
@@ -539,9 +545,12 @@ class PassageIndex:
           window's score). Long documents no longer win by having many windows to match with; it measured
           best on our man-page questions (benchmarks/RESULTS.md). Candidates: the ``max(k, CANDIDATE_POOL)``
           documents of the best windows (exact dense search); each candidate's first and best windows are then
-          scored exactly from the stored vectors. Each document's hits are its best windows (best first).
-        * ``"max"``: the best window's score (the classic ranking; with ``per_doc`` > 1 the hits are the top k
-          windows under the per-document cap, each with its own score).
+          scored exactly from the stored vectors. Each document's hits are its best windows (best first), next
+          to each other, each with the document's score.
+        * ``"max"``: the best window's score (the classic ranking). With ``per_doc`` > 1 (dense) the hits are the
+          top k windows under the per-document cap, each with its own window's score, in that order: one
+          document's windows may be interleaved with other documents' (in hybrid mode the documents are ranked
+          by the fused score and each one's hits come together, as for ``"top2_first"``).
 
         ``min_score``: drop hits whose ``score`` is below it.
         ``mode="hybrid"`` (text queries and an encoder): per-document results fuse the dense document score

@@ -178,4 +178,14 @@ def validate_stored_table(table: pl.DataFrame) -> str | None:
         return "row_id has duplicates"
     if table.select(["doc_id", "window_index"]).is_duplicated().any():
         return "(doc_id, window_index) has duplicates"
+    # what validate_passages refuses at add time is refused at load too. (A span is not checked against its
+    # document's length, which no part of an index stores, nor against its text's length: a table whose texts
+    # do not fit their spans is accepted, and search and rag fall back for it.)
+    bad = table.filter((pl.col("window_index") < 0) | (pl.col("char_start") < 0)
+                       | (pl.col("char_end") < pl.col("char_start")))
+    if bad.height:
+        row = bad.row(0, named=True)
+        return (f"passage doc_id={row['doc_id']!r} window_index={row['window_index']} has char_start="
+                f"{row['char_start']}, char_end={row['char_end']} ({bad.height} such row(s)); every passage needs "
+                "window_index >= 0 and 0 <= char_start <= char_end")
     return None

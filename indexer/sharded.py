@@ -705,6 +705,7 @@ def load_index(
     """Open an index directory of either kind: a ``ShardedPassageIndex`` when its manifest says
     ``"kind": "sharded"``, else a ``PassageIndex``. ``options`` go to the class's ``load``."""
     path = Path(os.path.abspath(directory))
+    storage.wait_for_swap(path)  # its manifest is read by path here: not while a save is between two renames
     try:
         kind = json.loads((path / storage.MANIFEST).read_text(encoding="utf-8")).get("kind")
     except (OSError, ValueError, AttributeError):

@@ -65,6 +65,7 @@ __all__ = [
     "replace_directory",
     "start_directory",
     "swap_in_progress",
+    "wait_for_swap",
     "write_bytes_atomically",
     "write_file_atomically",
     "write_manifest",
@@ -234,6 +235,21 @@ def swap_in_progress(target: str | os.PathLike[str]) -> bool:
     swap is between its two renames, or its writer died there (the next writer's lock restores it)."""
     path = _resolved(target)
     return not os.path.lexists(path) and any(".old-" in p.name for p in _stale_siblings(path))
+
+
+#: How many times, ``SWAP_POLL_SECONDS`` apart, a reader looks again for a directory a fallback swap has moved away.
+SWAP_POLL_ATTEMPTS, SWAP_POLL_SECONDS = 20, 0.01
+
+
+def wait_for_swap(target: str | os.PathLike[str], *, attempts: int = SWAP_POLL_ATTEMPTS) -> bool:
+    """While ``target`` is mid-swap (:func:`swap_in_progress`), wait for the swap's second rename, as
+    :func:`open_snapshot` does (at most ``attempts`` polls); returns whether ``target`` exists now. For readers
+    that read a file of the directory by its path (a manifest) rather than through a snapshot."""
+    for _ in range(attempts):
+        if not swap_in_progress(target):
+            break
+        time.sleep(SWAP_POLL_SECONDS)
+    return os.path.lexists(_resolved(target))
 
 
 def _new_temporary_directory(target: Path, mode: int) -> Path:
@@ -454,7 +470,7 @@ def _parse_manifest(raw: bytes, where: Path, validate: Callable[[dict[str, Any]]
 
 
 def open_snapshot(
-    path: Path, validate: Callable[[dict[str, Any]], None], *, attempts: int = 20
+    path: Path, validate: Callable[[dict[str, Any]], None], *, attempts: int = SWAP_POLL_ATTEMPTS
 ) -> Snapshot:
     """Open one consistent version of the index directory at ``path``.
 
@@ -467,7 +483,7 @@ def open_snapshot(
             dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
             if attempt + 1 < attempts and _stale_siblings(path):
-                time.sleep(0.01)  # a fallback swap is between its two renames
+                time.sleep(SWAP_POLL_SECONDS)  # a fallback swap is between its two renames
                 continue
             raise IndexLoadError(f"no index at {path}: the directory does not exist") from None
         except NotADirectoryError:

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, SupportsIndex, overload
 
 import numpy as np
 import polars as pl
@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from indexer.storage import durable_directory
 from longdoc import calibration, training
-from longdoc.data import check_unique_ids, documents_from_texts, load_documents, resolve_documents
+from longdoc.data import document_table, resolve_documents
 from longdoc.encoder import WindowEncoder
 from longdoc.errors import ConfigError, DataError, ModelLoadError
 from longdoc.heads import DocumentHead, HeadConfig, MultiTaskHead, predict_probs
@@ -39,6 +39,7 @@ from longdoc.model_card import (
     training_facts,
 )
 from longdoc.model_dir import CONFIG, FORMAT_VERSION, MODEL_CARD, read_model_config, write_model_config
+from longdoc.splits import stratified_holdout
 from longdoc.training import Targets, TrainConfig, doc_offsets, pad_windows, seed_everything
 from longdoc.windows import WindowConfig, Windows
 
@@ -91,6 +92,7 @@ class Analysis:
         lexical_scores: (n_docs, n_labels) the lexical branch's label scores that went into ``logits`` (zero
             rows where it found no term), or None for a model without a lexical branch.
         notes: per document, why its label is less informed than usual (``NO_LEXICAL_TERMS``), else None.
+        window: the window geometry that cut ``windows`` (None: encodings cut elsewhere, not checked).
     """
 
     documents: pl.DataFrame
@@ -103,6 +105,7 @@ class Analysis:
     task_logits: dict[str, torch.Tensor] = field(default_factory=dict)
     lexical_scores: np.ndarray | None = None
     notes: list[str | None] = field(default_factory=list)
+    window: WindowConfig | None = None
 
 
 class Explanation(list):
@@ -115,6 +118,21 @@ class Explanation(list):
     def __init__(self, windows: Sequence[WindowExplanation], terms: Sequence[TermExplanation] = ()) -> None:
         super().__init__(windows)
         self.terms = list(terms)
+
+    @overload
+    def __getitem__(self, index: SupportsIndex) -> WindowExplanation: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Explanation: ...
+
+    def __getitem__(self, index: SupportsIndex | slice) -> WindowExplanation | Explanation:
+        """One window, or a slice (``explanation[:3]``) that is an ``Explanation`` with the same ``.terms``."""
+        if isinstance(index, slice):
+            return Explanation(super().__getitem__(index), self.terms)
+        return super().__getitem__(index)
+
+    def copy(self) -> Explanation:
+        return Explanation(self, self.terms)
 
 
 @dataclass
@@ -184,6 +202,10 @@ class LongDocClassifier:
         self.base_encoder: dict[str, str] | None = None
         self.training_facts: dict[str, Any] | None = None
         self.evaluation_facts: dict[str, Any] | None = None
+        #: the validation documents of the last ``fit`` (``None`` before one; not saved with the model):
+        #: ``{"source": "eval_dataset" | "held_out" | "none", "documents": n}``, plus ``"eval_fraction"`` for
+        #: a split carved here and ``"reason"`` for none
+        self.validation: dict[str, Any] | None = None
         if (lexical is not None) != head.config.lexical_fusion:
             raise ConfigError("a lexical branch needs a head built with lexical_fusion=True, and the other way round")
         self.lexical = lexical
@@ -273,14 +295,8 @@ class LongDocClassifier:
             data = data.documents
         if isinstance(data, str):
             data = _path_or_text(data, read=require_labels)
-        if isinstance(data, pl.DataFrame) and {"doc_id", "text", "labels"} <= set(data.columns):
-            docs = data  # already a document table
-            check_unique_ids(docs)
-        elif isinstance(data, (list, tuple)) and (not data or isinstance(data[0], str)):
-            docs = documents_from_texts(list(data), labels=labels)
-        else:
-            named = {k: v for k, v in (("label_column", label_column), ("id_column", id_column)) if v is not None}
-            docs = load_documents(data, text_column=text_column, **named)
+        named = {k: v for k, v in (("label_column", label_column), ("id_column", id_column)) if v is not None}
+        docs = document_table(data, labels, text_column=text_column, **named)
         if require_labels:
             missing = docs.filter(pl.col("labels").list.len() == 0)
             if missing.height:
@@ -402,9 +418,17 @@ class LongDocClassifier:
         if eval_dataset is not None:
             val_docs = self.document_table(eval_dataset, eval_labels, require_labels=True, **cols)
             val_input = eval_dataset if isinstance(eval_dataset, Encoded) else val_docs
+            self.validation = {"source": "eval_dataset", "documents": val_docs.height}
         else:
+            n_given = train_docs.height
             train_input, val_input = self._hold_out(train_input, train_docs, args)
             train_docs = train_input.documents if isinstance(train_input, Encoded) else train_input
+            if val_input is not None:
+                self.validation = {"source": "held_out", "documents": n_given - train_docs.height,
+                                   "eval_fraction": args.eval_fraction}
+            else:
+                self.validation = {"source": "none", "documents": 0, "reason": "eval_fraction=0" if not
+                                   args.eval_fraction else f"fewer than {MIN_DOCS_TO_HOLD_OUT} training documents"}
         val_docs = None if val_input is None else (
             val_input.documents if isinstance(val_input, Encoded) else val_input)
         y_train = Targets(self._targets(train_docs), self._task_targets(train_docs))
@@ -527,7 +551,8 @@ class LongDocClassifier:
             p = p.astype(np.float32)
             p[empty] = np.nan
             task_probs[name] = p
-        return Analysis(docs, windows, emb, probs, weights, logits, task_probs, task_logits, lexical_scores, notes)
+        return Analysis(docs, windows, emb, probs, weights, logits, task_probs, task_logits, lexical_scores, notes,
+                        enc.window)
 
     def _lexical_scores(self, docs: pl.DataFrame) -> tuple[np.ndarray | None, list[str | None]]:
         """The lexical branch's scores of ``docs`` (zero rows where it knows no word) and the per-document
@@ -799,21 +824,15 @@ class LongDocClassifier:
 
 
 def _validation_rows(docs: pl.DataFrame, fraction: float, *, seed: int, stratify: bool) -> np.ndarray:
-    """Sorted row numbers of a seeded validation split: ``fraction`` of each label (at least one row of a label
-    with two or more), or of all rows when not stratified."""
-    rng = np.random.default_rng(seed)
-    if not stratify:
-        n_val = max(1, round(docs.height * fraction))
-        return np.sort(rng.permutation(docs.height)[:n_val])
-    first = np.asarray([r[0] if r else "" for r in docs["labels"].to_list()])
-    rows = []
-    for label in sorted(set(first.tolist())):
-        members = np.flatnonzero(first == label)
-        if len(members) < 2:
-            continue
-        n_val = min(len(members) - 1, max(1, round(len(members) * fraction)))
-        rows.append(rng.permutation(members)[:n_val])
-    return np.sort(np.concatenate(rows)) if rows else np.zeros(0, dtype=np.int64)
+    """Sorted row numbers of a seeded validation split: ``fraction`` of each label (its first label; at least one
+    row of a label with two or more: ``longdoc.splits.holdout_size``), or of all rows when not stratified."""
+    rng = np.random.default_rng(seed)  # one source, drawn from label after label
+
+    def pick(_key: Any, rows: list[int], size: int) -> np.ndarray:
+        return rng.permutation(rows)[:size]
+
+    keys = [r[0] if r else "" for r in docs["labels"].to_list()] if stratify else [""] * docs.height
+    return stratified_holdout(keys, fraction, pick)
 
 
 def _names_existing_file(value: str) -> bool:

@@ -51,6 +51,7 @@ from longdoc.heads import POOLINGS
 from longdoc.indexing import (
     INDEX_WINDOW,
     build_index,
+    encoder_layout,
     index_documents,
     index_encoder,
     index_window,
@@ -371,8 +372,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     logger.info("training on %d documents (%d labels: %s), %s mode", docs.height, len(labels), labels, config.mode)
     clf.fit(docs, eval_dataset=val, args=config, show_progress_bar=None if not args.quiet else False)
     out = clf.save(args.out)
-    result = {"model": str(out), "labels": labels, "n_documents": docs.height,
-              "eval": args.eval if val is not None else f"eval_fraction={config.eval_fraction} of the documents",
+    # the validation documents fit really used: the --eval file, or the stratified split it carved (how many)
+    evaluation = dict(clf.validation or {})
+    if evaluation.get("source") == "eval_dataset":
+        evaluation = {"source": "--eval", "file": args.eval, "documents": evaluation["documents"]}
+    result = {"model": str(out), "labels": labels, "n_documents": docs.height, "eval": evaluation,
               "history": clf.history, "temperature": clf.temperature, "seconds": round(time.perf_counter() - started, 2)}
     if args.json:
         _print_json(result)
@@ -410,11 +414,6 @@ _PLAIN_OPTIONS = (("encoder", "--encoder"), ("max_length", "--max-length"), ("st
                   ("max_windows", "--max-windows"))
 
 
-def _is_encoder_checkpoint(path: Path) -> bool:
-    return path.is_dir() and (path / "config.json").is_file() and (
-        (path / "modules.json").is_file() or any(path.glob("*.safetensors")))
-
-
 def _index_inputs(inputs: list[str]) -> tuple[str | None, str]:
     """``(model, documents)`` of ``longdoc index``'s positional arguments: ``MODEL DOCUMENTS`` (the classifier
     route) or ``DOCUMENTS`` alone (no classifier)."""
@@ -431,7 +430,7 @@ def _index_inputs(inputs: list[str]) -> tuple[str | None, str]:
     if is_model_directory(path):
         raise ConfigError(f"{only!r} is a model directory but no DOCUMENTS were given: longdoc index MODEL DOCUMENTS "
                           "-o OUT (or longdoc index DOCUMENTS -o OUT without a classifier)")
-    if _is_encoder_checkpoint(path):
+    if encoder_layout(path) in ("sentence-transformers", "checkpoint"):
         raise ConfigError(f"{only!r} is an encoder checkpoint, not documents: longdoc index DOCUMENTS -o OUT "
                           f"--encoder {only}")
     if not path.exists():
@@ -458,27 +457,48 @@ def cmd_index(args: argparse.Namespace) -> int:
         clf = load_classifier(args.model, device=args.device, bf16=args.bf16)
     docs = _load_documents(args.documents, args)
     out = Path(args.out)
-    _recover_interrupted_swap(out)
-    updating = (out / "manifest.json").is_file()
-    if updating:
-        # lock=True: a second `longdoc index` on the same directory fails now, not after its encoding
-        index = load_index(out, encoder=clf.retrieval_encoder, lock=True)  # plain or sharded
-        logger.info("updating the index at %s (%d windows)", out, len(index))
-    else:
-        index = PassageIndex(clf.retrieval_encoder.dim, encoder=clf.retrieval_encoder)
-        index.lock(out)
-    try:
+    with _index_target(out, encoder=clf.retrieval_encoder) as target:
+        index = target.index or target.create(clf.retrieval_encoder)
         result = index_documents(clf, docs, index=index, prune=args.prune, progress=not args.quiet)
-        index.save(out)
+    return _report_index(args, out, result, index, target.updating, started)
+
+
+class _IndexTarget:
+    """The index directory ``longdoc index`` writes: ``index`` (the existing one, loaded with the writer lock
+    held, or ``None``), ``updating``, and :meth:`create` for a new one."""
+
+    def __init__(self, out: Path) -> None:
+        self.out, self.index, self.updating = out, None, False
+
+    def create(self, encoder: Any) -> Any:
+        """A new empty index for ``encoder``, the directory's writer lock taken now (a second writer fails now,
+        not after its encoding)."""
+        self.index = PassageIndex(encoder.dim, encoder=encoder)
+        self.index.lock(self.out)
+        return self.index
+
+
+@contextlib.contextmanager
+def _index_target(out: Path, *, encoder: Any = None) -> Iterator[_IndexTarget]:
+    """The lock and save steps of ``longdoc index`` (both routes): an interrupted swap of ``out`` is recovered;
+    an existing index is loaded with the writer lock (``lock=True``: a second ``longdoc index`` on the same
+    directory fails now, not after its encoding; ``encoder``: the query encoder to attach, else the recorded one is
+    attached later); the block fills the index (``target.create`` makes a new one); it is saved when the block
+    succeeds and closed (lock released) either way."""
+    DirectoryLock(out).release()  # taking the lock restores a version that a writer killed mid-swap left beside out
+    target = _IndexTarget(out)
+    if (out / "manifest.json").is_file():
+        target.index = load_index(out, encoder=encoder, lock=True)  # plain or sharded
+        target.updating = True
+        logger.info("updating the index at %s (%d windows)", out, len(target.index))
+    try:
+        yield target
+        if target.index is None:
+            raise RuntimeError("longdoc index made no index to save")  # a bug: the block must create one
+        target.index.save(out)
     finally:
-        index.close()
-    return _report_index(args, out, result, index, updating, started)
-
-
-def _recover_interrupted_swap(out: Path) -> None:
-    """Take and release the writer lock of ``out``: taking it restores the previous version that a writer killed
-    mid-swap left beside the directory, before this run decides between a new index and an update."""
-    DirectoryLock(out).release()
+        if target.index is not None:
+            target.index.close()
 
 
 def _cmd_index_plain(args: argparse.Namespace) -> int:
@@ -486,32 +506,36 @@ def _cmd_index_plain(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     docs = _load_documents(args.documents, args)
     out = Path(args.out)
-    _recover_interrupted_swap(out)
-    updating = (out / "manifest.json").is_file()
     given = {name: getattr(args, name) for name in ("max_length", "stride", "max_windows")
              if getattr(args, name) is not None}
-    if updating:
-        index = load_index(out, lock=True)  # build_index attaches the encoder the index records (or --encoder)
-        logger.info("updating the index at %s (%d windows)", out, len(index))
-    else:
-        index = None
-    try:
-        window = dataclasses.replace(index_window(index) or INDEX_WINDOW, **given)
+    with _index_target(out) as target:  # build_index attaches the encoder the index records (or --encoder)
+        index = target.index
+        window = dataclasses.replace(_plain_window(index, given), **given)
         with quiet_weight_loading():
             recorded = index_encoder(index, device=args.device, dtype=_dtype(args.bf16)) if (
                 index is not None and args.encoder is None) else None
             encoder = recorded or load_encoder(args.encoder, window=window, device=args.device,
                                                dtype=_dtype(args.bf16))
-        if index is None:
-            index = PassageIndex(encoder.dim, encoder=encoder)
-            index.lock(out)  # a second writer fails now, not after the encoding
+        index = index or target.create(encoder)
         result = build_index(docs, encoder=encoder, window=window, index=index, prune=args.prune,
                              progress=not args.quiet, device=args.device, dtype=_dtype(args.bf16))
-        index.save(out)
-    finally:
-        if index is not None:
-            index.close()
-    return _report_index(args, out, result, index, updating, started)
+    return _report_index(args, out, result, index, target.updating, started)
+
+
+def _plain_window(index: Any, given: dict[str, Any]) -> WindowConfig:
+    """The window geometry a classifier-free ``longdoc index`` starts from (the options ``given`` replace its
+    fields): the one the index records, else (a new index) the default. An existing index that records none
+    (built before indexes recorded it) is updated only when --max-length and --stride say which it was built
+    with: never a guess."""
+    recorded = index_window(index)
+    if recorded is not None or index is None:
+        return recorded or INDEX_WINDOW
+    if "max_length" not in given or "stride" not in given:
+        raise ConfigError(
+            "the index records no window geometry (it was built before indexes recorded it): pass --max-length "
+            "and --stride with the windows it was built with (new windows must match the indexed ones), or build "
+            "a new index")
+    return INDEX_WINDOW
 
 
 def _report_index(args: argparse.Namespace, out: Path, result: Any, index: Any, updating: bool,
@@ -597,8 +621,15 @@ def _check_queries(queries: list[str], name: str = "QUERY") -> None:
 def cmd_search(args: argparse.Namespace) -> int:
     _check_queries(args.queries)
     _check_queries(args.label, "--label")
-    per_doc = None if args.windows else args.per_doc
-    doc_score = None if args.windows else args.doc_score
+    if args.windows:  # windows are ranked alone: options about documents would be silently ignored
+        given = [flag for flag, value in (("--doc-score", args.doc_score), ("--per-doc", args.per_doc))
+                 if value is not None]
+        if given:
+            raise ConfigError(f"{' and '.join(given)} {'shape' if len(given) > 1 else 'shapes'} document hits; "
+                              "--windows ranks windows, not documents: drop "
+                              f"{' and '.join(given)} or --windows")
+    per_doc = None if args.windows else args.per_doc or 1
+    doc_score = None if args.windows else args.doc_score or "top2_first"
     if not (Path(args.index) / "manifest.json").is_file() and not swap_in_progress(args.index):
         raise ModelLoadError(f"{args.index!r} is not an index directory (manifest.json is missing)")
     encoder = load_query_encoder(args.model, index=args.index, device=args.device, bf16=args.bf16)
@@ -682,6 +713,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         data["comparison"] = comparison.table.to_dicts()
         data["runs"] = comparison.runs.to_dicts()
         data["difference"] = comparison.difference
+        data["notes"] = comparison.notes  # which rows are fixed scores (one run per split, no interval), and why
     if args.json:
         _print_json(data)
     else:
@@ -779,12 +811,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", "--k", type=_positive_int, default=5, help="hits per query")
     p.add_argument("--label", action="append", default=[], help="only documents with this label (repeatable)")
     p.add_argument("--mode", default="dense", choices=["dense", "hybrid"])
-    p.add_argument("--per-doc", type=_positive_int, default=1, help="hits per document (default 1)")
-    p.add_argument("--doc-score", default="top2_first", choices=list(DOC_SCORES),
+    p.add_argument("--per-doc", type=_positive_int, default=None, help="hits per document (default 1)")
+    p.add_argument("--doc-score", default=None, choices=list(DOC_SCORES),
                    help="how a document's windows make its score: top2_first (default: 0.7 x mean of its 2 best "
                    "windows + 0.3 x its first window) or max (its best window)")
     p.add_argument("--windows", action="store_true",
-                   help="rank windows, not documents (no per-document grouping; scores are window scores)")
+                   help="rank windows, not documents (no per-document grouping; scores are window scores; "
+                   "not with --doc-score or --per-doc)")
     _device_options(p)
     _common(p)
     p.set_defaults(func=cmd_search)
@@ -824,7 +857,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", default=None, help="training documents for --baselines")
     p.add_argument("--seeds", type=_positive_int, default=1,
                    help="train each baseline with this many seeds (0, 1, ...): mean +- 95%% CI per baseline and a "
-                        "paired interval for the model's difference to the best one (default 1: no interval)")
+                        "paired interval for the model's difference to the best one (default 1: no interval); the "
+                        "saved model and tfidf are fixed scores that no seed changes: one run each, no interval")
     _reader_options(p)
     _device_options(p)
     _common(p)

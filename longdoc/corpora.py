@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections import defaultdict
 from pathlib import Path
 
 import polars as pl
 
 from longdoc.data import load_documents
 from longdoc.errors import ConfigError, DataError
+from longdoc.splits import stratified_holdout
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def stratified_split(
     """(train, test) of a single-label document table, keeping each label's share in both parts.
 
     Each label gives ``round(n * test_size)`` rows to the test part, at least one and at most ``n - 1`` when it
-    has two rows or more (a label with one row stays in train). Rows keep their input order. Deterministic for
+    has two rows or more (a label with one row stays in train; ``longdoc.splits``). Rows keep their input order. Deterministic for
     a given ``seed``.
 
     Raises:
@@ -119,15 +119,11 @@ def stratified_split(
     bad = (counts != 1).sum()
     if bad:
         raise DataError(f"stratified_split needs exactly one label per row; {bad} rows have none or several")
-    by_label: dict[str, list[int]] = defaultdict(list)
-    for i, label in enumerate(df["labels"].list.first().to_list()):
-        by_label[label].append(i)
-    test_rows: list[int] = []
-    for label in sorted(by_label):
-        rows = by_label[label]
-        n = len(rows)
-        n_test = 0 if n < 2 else min(max(round(n * test_size), 1), n - 1)
-        test_rows.extend(random.Random(f"{seed}:{label}").sample(rows, n_test))
+
+    def pick(label: str, rows: list[int], size: int) -> list[int]:
+        return random.Random(f"{seed}:{label}").sample(rows, size)  # a source of its own per label
+
+    test_rows = stratified_holdout(df["labels"].list.first().to_list(), test_size, pick)
     mask = pl.Series("test", [False] * df.height)
-    mask[sorted(test_rows)] = True
+    mask[test_rows.tolist()] = True
     return df.filter(~mask), df.filter(mask)

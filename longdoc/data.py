@@ -49,11 +49,12 @@ from typing import Any, Literal
 
 import polars as pl
 
-from longdoc.errors import DataError
+from longdoc.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DOC_COLUMNS", "documents_from_texts", "hub_dataset", "iter_documents", "load_documents", "resolve_documents"]
+__all__ = ["DOC_COLUMNS", "document_table", "documents_from_texts", "hub_dataset", "iter_documents", "load_documents",
+           "resolve_documents"]
 
 DOC_COLUMNS = ("doc_id", "text", "labels", "warning")
 TEXT_FILE_SUFFIXES = (".txt", ".md")
@@ -225,6 +226,32 @@ def documents_from_texts(
         id_column="id" if ids is not None else None,
         metadata_columns=[],
     )
+
+
+_COLUMN_OPTIONS = ("text_column", "label_column", "id_column")
+
+
+def document_table(data: Any, labels: Sequence[Any] | None = None, **columns: Any) -> pl.DataFrame:
+    """The document table of an input already resolved (see :func:`resolve_documents`): a document table (its
+    ids checked, returned as it is), a ``str`` (one document's text) or a list of texts (with ``labels``), or
+    anything :func:`load_documents` reads, with ``columns`` (``text_column`` / ``label_column`` / ``id_column``).
+    ``LongDocClassifier.document_table`` and ``longdoc.indexing`` both read their inputs through it.
+
+    Raises:
+        ConfigError: a keyword other than the column options.
+    """
+    unknown = sorted(set(columns) - set(_COLUMN_OPTIONS))
+    if unknown:
+        raise ConfigError(f"unknown keyword arguments {unknown}; the column options are text_column, label_column "
+                          "and id_column")
+    if isinstance(data, str):
+        data = [data]
+    if isinstance(data, pl.DataFrame) and {"doc_id", "text", "labels"} <= set(data.columns):
+        check_unique_ids(data)
+        return data
+    if isinstance(data, (list, tuple)) and (not data or isinstance(data[0], str)):
+        return documents_from_texts(list(data), labels=labels)
+    return load_documents(data, **columns)
 
 
 def hub_dataset(

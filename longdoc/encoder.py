@@ -154,6 +154,21 @@ def _token_budget_batches(positions: np.ndarray, lengths: np.ndarray, max_tokens
     return batches
 
 
+class _TokenBudget:
+    """The padded-token budget of one encoding call's batches. A CUDA out-of-memory halves it (:meth:`lower`),
+    and it stays lowered for the rest of the call: every later group of documents starts from it."""
+
+    def __init__(self, tokens: int) -> None:
+        self.tokens = tokens
+
+    def lower(self) -> bool:
+        """Halve the budget; ``False`` when it is already 1 token (nothing left to lower)."""
+        if self.tokens <= 1:
+            return False
+        self.tokens = max(1, self.tokens // 2)
+        return True
+
+
 class WindowEncoder:
     """A BERT-family encoder that turns windows of long documents into embeddings.
 
@@ -342,6 +357,7 @@ class WindowEncoder:
 
         parts: list[Windows] = []
         embeddings: list[np.ndarray] = []
+        budget = _TokenBudget(self.max_tokens_per_batch)  # one for the whole call: a lowered budget stays lowered
         bar = tqdm(total=None, desc="encode", unit="win", disable=not _progress(show_progress_bar),
                    delay=_BAR_DELAY, dynamic_ncols=True)
         done_docs = 0
@@ -351,7 +367,7 @@ class WindowEncoder:
             estimate = n_windows + (round(rest * n_windows / chars) if chars else 0)
             bar.total = max(estimate, bar.n)  # shown at the next update (a refresh would ignore the bar's delay)
             embeddings.append(self._encode_flat(win.input_ids, win.offsets, show_progress_bar=False,
-                                                on_progress=bar.update))
+                                                on_progress=bar.update, budget=budget))
             parts.append(win)
             done_docs += win.documents.height
             bar.set_postfix_str(f"{done_docs}/{n} docs", refresh=False)
@@ -381,9 +397,11 @@ class WindowEncoder:
     @torch.inference_mode()
     def _encode_flat(
         self, flat: np.ndarray, offsets: np.ndarray, *, show_progress_bar: bool | None,
-        on_progress: Callable[[int], Any] | None = None,
+        on_progress: Callable[[int], Any] | None = None, budget: _TokenBudget | None = None,
     ) -> np.ndarray:
-        """The batched loop; ``on_progress(n)`` is called as each batch of ``n`` windows is read back."""
+        """The batched loop; ``on_progress(n)`` is called as each batch of ``n`` windows is read back. ``budget``:
+        the call's token budget, shared by the calls of one ``encode_documents`` (default: a new one at
+        ``max_tokens_per_batch``); a CUDA out-of-memory lowers it for every later batch that shares it."""
         n = len(offsets) - 1
         out = np.zeros((n, self.dim), dtype=np.float32)
         if n == 0:
@@ -394,8 +412,8 @@ class WindowEncoder:
                 f"a window has {int(lengths.max())} tokens, more than the model's "
                 f"{self.model.config.max_position_embeddings} positions"
             )
-        budget = self.max_tokens_per_batch
-        pending = _token_budget_batches(np.arange(n), lengths, budget)
+        budget = budget or _TokenBudget(self.max_tokens_per_batch)
+        pending = _token_budget_batches(np.arange(n), lengths, budget.tokens)
         bar = tqdm(total=n, desc="encode windows", unit="win", disable=not _progress(show_progress_bar),
                    delay=_BAR_DELAY)
         in_flight: deque[tuple[np.ndarray, torch.Tensor, torch.cuda.Event | None]] = deque()
@@ -432,13 +450,12 @@ class WindowEncoder:
                 pending = []
             except torch.cuda.OutOfMemoryError:
                 collect(keep=0)  # every launched batch finished; the one that raised was not launched
-                if budget <= 1:
+                if not budget.lower():
                     raise
-                budget = max(1, budget // 2)
-                logger.warning("CUDA out of memory: lowering the token budget to %d and going on", budget)
+                logger.warning("CUDA out of memory: lowering the token budget to %d and going on", budget.tokens)
                 torch.cuda.empty_cache()
                 remaining = np.concatenate(pending[launched:])
-                pending = _token_budget_batches(remaining, lengths, budget)
+                pending = _token_budget_batches(remaining, lengths, budget.tokens)
         bar.close()
         return out
 

@@ -22,7 +22,11 @@ method with the half-width of its 95 % Student t-interval over the runs (:func:`
 ``Comparison.difference`` the paired difference (run by run, same split and seed) of the model to the best
 baseline (highest mean macro-F1) with its t-interval (:func:`longdoc.metrics.paired_difference`). With one run
 the table has the single scores and no interval columns. TF-IDF + logistic regression has no random state in
-its fit (fixed C, lbfgs), so it is trained once per split and its scores stand for every seed of that split.
+its fit (fixed C, lbfgs), so it is trained once per split and its scores stand for every seed of that split; a
+saved model scored as it is (``fit_model=False``) likewise. Such a method is a *fixed* score
+(``Comparison.fixed``): its repeats over seeds are one score, not independent runs, so its row counts one run per
+split and has an interval only over several splits (folds); when the model and the best baseline are both fixed,
+their paired difference is likewise taken once per split (one split: no interval). ``Comparison.notes`` says so.
 
 **Encoding cache.** The truncation baselines' windows (first 512 tokens, head + tail) are encoded at most once
 per document in a process: their embeddings are kept in a small in-memory cache keyed by the encoder
@@ -52,6 +56,7 @@ from longdoc.classifier import Encoded, LongDocClassifier
 from longdoc.errors import ConfigError, DataError
 from longdoc.heads import DocumentHead, HeadConfig
 from longdoc.metrics import Interval, classification_report, mean_ci, paired_difference
+from longdoc.splits import stratified_folds
 from longdoc.terminal import safe_text
 from longdoc.training import TrainConfig, seed_everything
 from longdoc.windows import WindowConfig, Windows, make_windows
@@ -83,9 +88,11 @@ class Comparison:
         runs: one row per method and run: method, fold, seed and the ``SCORES``.
         difference: the paired difference of the model to the best baseline (highest mean macro-F1), run by
             run: ``{"model", "baseline", "runs", "confidence", "interval", "macro_f1": {...}, "accuracy": {...}}``
-            where each metric is ``Interval.to_dict()`` (mean, low, high; no bounds with one run). ``None``
-            without baselines.
+            where each metric is ``Interval.to_dict()`` (mean, low, high; no bounds with one run), plus
+            ``"note"`` when both sides are fixed scores (``runs`` then counts splits). ``None`` without baselines.
         model: the model's method name in the tables.
+        fixed: the methods whose score no seed changes (``tfidf``; the model with ``fit_model=False``): their
+            rows count one run per split, with an interval only over several splits.
     """
 
     table: pl.DataFrame
@@ -94,6 +101,7 @@ class Comparison:
     runs: pl.DataFrame = field(default_factory=pl.DataFrame)
     difference: dict[str, Any] | None = None
     model: str = "hierarchical"
+    fixed: tuple[str, ...] = ()
 
     @property
     def n_runs(self) -> int:
@@ -101,6 +109,11 @@ class Comparison:
         if self.runs.is_empty():
             return 0
         return int(self.runs.group_by("method").len()["len"].max())
+
+    @property
+    def notes(self) -> list[str]:
+        """Why some rows (or the difference) have fewer runs, or no interval, than the others."""
+        return fixed_notes(self.fixed, self.runs, self.difference)
 
 
 def head_tokens(window: WindowConfig) -> int:
@@ -382,15 +395,12 @@ class _Runner:
         runs = pl.DataFrame(self.rows, schema={"method": pl.Utf8, "fold": pl.Int64, "seed": pl.Int64,
                                                "accuracy": pl.Float64, "macro_f1": pl.Float64,
                                                "micro_f1": pl.Float64, "ece": pl.Float64, "seconds": pl.Float64})
-        table, difference = summarize_runs(runs, model=self.model_name, confidence=confidence)
-        if not self.fit_model and "runs" in table.columns:  # scored once: one run, no interval of its own
-            folds = runs.filter(pl.col("method") == self.model_name)["fold"].n_unique()
-            model = pl.col("method") == self.model_name
-            table = table.with_columns(
-                pl.when(model).then(pl.lit(folds)).otherwise(pl.col("runs")).alias("runs"),
-                *(pl.when(model).then(None).otherwise(pl.col(f"{s}_ci")).alias(f"{s}_ci") for s in CI_SCORES))
+        # scored once per split, whatever the seed: TF-IDF (no random state) and a saved model scored as it is
+        fixed = tuple(m for m in (self.model_name, *self.baselines)
+                      if m == "tfidf" or (m == self.model_name and not self.fit_model))
+        table, difference = summarize_runs(runs, model=self.model_name, confidence=confidence, fixed=fixed)
         return Comparison(table=table, reports=self.reports, encoded=encoded if self.frozen else {}, runs=runs,
-                          difference=difference, model=self.model_name)
+                          difference=difference, model=self.model_name, fixed=fixed)
 
 
 def _prepare(clf: LongDocClassifier, parts: dict[str, Any], frozen: bool,
@@ -461,31 +471,6 @@ def compare_with_baselines(
     return runner.comparison(data, confidence)
 
 
-def stratified_folds(labels: Sequence[Any], folds: int, *, seed: int = 0) -> np.ndarray:
-    """The fold (``0 .. folds - 1``) of each document, every label spread evenly over the folds.
-
-    Each label's documents (a label set counts as one stratum in multi-label data) are shuffled with ``seed``
-    and dealt to the folds in turn, the deal continuing from label to label, so fold sizes differ by at most one
-    and each label's count per fold by at most one. Deterministic for a given ``seed``.
-    """
-    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
-        raise ConfigError(f"folds={folds!r} is not valid; expected an integer >= 2")
-    keys = [y if isinstance(y, str) else tuple(sorted(map(str, y))) for y in labels]
-    if len(keys) < folds:
-        raise DataError(f"{len(keys)} documents cannot fill {folds} folds; pass fewer folds or more documents")
-    rng = np.random.default_rng(seed)
-    out = np.zeros(len(keys), dtype=np.int64)
-    by_key: dict[Any, list[int]] = {}
-    for i, key in enumerate(keys):
-        by_key.setdefault(key, []).append(i)
-    turn = 0
-    for key in sorted(by_key, key=str):
-        rows = np.asarray(by_key[key])[rng.permutation(len(by_key[key]))]
-        out[rows] = (turn + np.arange(len(rows))) % folds
-        turn = (turn + len(rows)) % folds
-    return out
-
-
 def cross_validate_with_baselines(
     clf: LongDocClassifier,
     documents: Any,
@@ -546,13 +531,27 @@ def cross_validate_with_baselines(
 # -- summaries -------------------------------------------------------------------------------------------------
 
 
+def _one_per_split(part: pl.DataFrame, method: str) -> pl.DataFrame:
+    """The runs of a fixed-score method, one per split (fold): its seeds repeat one score."""
+    spread = part.group_by("fold").agg(*(pl.col(s).n_unique().alias(s) for s in CI_SCORES))
+    if spread.height and max(int(spread[s].max()) for s in CI_SCORES) > 1:
+        raise DataError(f"{method!r} is given as a fixed score but its scores differ between the seeds of a fold")
+    return part.unique(subset=["fold"], keep="first", maintain_order=True)
+
+
 def summarize_runs(
-    runs: pl.DataFrame, *, model: str, confidence: float = 0.95
+    runs: pl.DataFrame, *, model: str, confidence: float = 0.95, fixed: Sequence[str] = ()
 ) -> tuple[pl.DataFrame, dict[str, Any] | None]:
     """The table and the paired difference of :class:`Comparison` from its ``runs`` (one row per method and run).
 
     Methods keep their order of first appearance. The best baseline is the one with the highest mean macro-F1
     (the first in order on a tie); its runs are paired with the model's by (fold, seed).
+
+    ``fixed``: methods whose score no seed changes (one score per fold, repeated for every seed). Their repeats
+    are not independent runs: their row counts one run per fold (``runs``), and its interval is over the folds
+    (none with one fold). When the model and the best baseline are both fixed, the difference is paired fold by
+    fold (``runs``: the folds; no interval with one) and carries a ``"note"`` saying why; a zero-width interval
+    from identical repeats would claim a certainty the runs do not give.
     """
     need = {"method", "fold", "seed", *SCORES}
     if not need <= set(runs.columns):
@@ -560,10 +559,13 @@ def summarize_runs(
     methods = list(dict.fromkeys(runs["method"].to_list()))
     if model not in methods:
         raise DataError(f"model={model!r} has no runs; methods with runs: {methods}")
+    fixed = [m for m in fixed if m in methods]
     several = runs.height > len(methods)
     rows = []
     for method in methods:
         part = runs.filter(pl.col("method") == method)
+        if method in fixed:
+            part = _one_per_split(part, method)
         row: dict[str, Any] = {"method": method}
         if several:
             row["runs"] = part.height
@@ -583,8 +585,16 @@ def summarize_runs(
     pairs = (runs.filter(pl.col("method") == model).select("fold", "seed", *CI_SCORES)
              .join(runs.filter(pl.col("method") == best).select("fold", "seed", *CI_SCORES),
                    on=["fold", "seed"], suffix="_baseline"))
+    both_fixed = model in fixed and best in fixed
+    if both_fixed:  # the same difference for every seed of a fold: one pair per fold
+        pairs = pairs.unique(subset=["fold"], keep="first", maintain_order=True)
     difference: dict[str, Any] = {"model": model, "baseline": best, "runs": pairs.height, "confidence": confidence,
                                   "interval": "paired Student t-interval over runs"}
+    if both_fixed:
+        difference["interval"] = "paired Student t-interval over splits (folds)"
+        difference["note"] = (
+            f"{model} and {best} are both fixed scores, which no seed changes: one difference per split, not one "
+            f"per seed; " + ("one split: no interval" if pairs.height < 2 else f"interval over {pairs.height} splits"))
     for score in CI_SCORES:
         diff: Interval = paired_difference(pairs[score].to_numpy(), pairs[f"{score}_baseline"].to_numpy(),
                                            confidence)
@@ -621,6 +631,7 @@ def format_comparison(comparison: Comparison, *, scores: Sequence[str] = ("accur
     if several:
         out.append(f"(+- : half-width of the {100 * (d or {}).get('confidence', 0.95):g}% Student t-interval over "
                    f"{comparison.n_runs} runs)")
+        out.extend(f"({safe_text(note)})" for note in fixed_notes(comparison.fixed, comparison.runs, None))
     if d is not None:
         parts = []
         for score in CI_SCORES:
@@ -628,11 +639,34 @@ def format_comparison(comparison: Comparison, *, scores: Sequence[str] = ("accur
             name = "macro-F1" if score == "macro_f1" else score
             bounds = (f" [{s['low']:+.4f}, {s['high']:+.4f}]" if s["low"] is not None else "")
             parts.append(f"{name} {s['mean']:+.4f}{bounds}")
-        how = (f"{d['runs']} paired runs, {100 * d['confidence']:g}% CI" if d["runs"] > 1
-               else "one run: no interval; pass several seeds or folds")
+        if "note" in d:
+            how = d["note"]
+        elif d["runs"] > 1:
+            how = f"{d['runs']} paired runs, {100 * d['confidence']:g}% CI"
+        else:
+            how = "one run: no interval; pass several seeds or folds"
         out.append(f"{safe_text(d['model'])} - {safe_text(d['baseline'])} (best baseline): {', '.join(parts)} "
                    f"({how})")
     return "\n".join(out)
+
+
+def fixed_notes(fixed: Sequence[str], runs: pl.DataFrame, difference: dict[str, Any] | None) -> list[str]:
+    """One line per kind of fixed score in a comparison with several runs (empty otherwise): which rows count
+    one run per split, and why; then the difference's note, if it has one."""
+    if runs.is_empty() or runs.height <= runs["method"].n_unique():
+        return []
+    present = [m for m in fixed if m in set(runs["method"].to_list())]
+    notes = []
+    if present:
+        folds = runs["fold"].n_unique()
+        notes.append(
+            f"{', '.join(present)}: {'a fixed score' if len(present) == 1 else 'fixed scores'} (no seed changes "
+            f"{'it' if len(present) == 1 else 'them'}: TF-IDF has no random state, a saved model is scored as it "
+            f"is), counted once per split; "
+            + ("one split: no interval" if folds == 1 else f"interval over the {folds} splits"))
+    if difference is not None and "note" in difference:
+        notes.append(str(difference["note"]))
+    return notes
 
 
 def _align_probs(model: TfidfLogReg, labels: Sequence[str], texts: list[str]) -> np.ndarray:

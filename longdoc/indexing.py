@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from longdoc.data import check_unique_ids, documents_from_texts, load_documents, resolve_documents
+from longdoc.data import document_table, resolve_documents
 from longdoc.errors import ConfigError, ModelLoadError
 from longdoc.model_dir import ENCODER_SETTINGS, is_model_directory, read_encoder_settings, read_model_config
 from longdoc.windows import WindowConfig
@@ -68,8 +68,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["INDEX_WINDOW", "IndexCounts", "Indexed", "build_index", "content_hash", "index_documents",
-           "index_encoder", "index_vectors", "index_window", "load_encoder", "passages_from_analysis"]
+__all__ = ["INDEX_WINDOW", "IndexCounts", "Indexed", "build_index", "content_hash", "encoder_layout",
+           "index_documents", "index_encoder", "index_vectors", "index_window", "load_encoder", "passages_from_analysis"]
 
 #: Window geometry of an index built without a classifier: the packaged MiniLM was trained on at most 256 tokens,
 #: and 256/64 windows retrieve better than 512/128 and encode faster (README, benchmarks/RESULTS.md).
@@ -207,27 +207,6 @@ def index_vectors(clf: LongDocClassifier, analysis: Analysis, rows: np.ndarray |
     return clf.retrieval_encoder.encode_windows(windows, show_progress_bar=show_progress_bar)
 
 
-# --------------------------------------------------------------------------------------------------- documents
-
-
-def _document_table(documents: Any, **columns: Any) -> pl.DataFrame:
-    """The document table of any input :func:`build_index` takes (what ``LongDocClassifier.document_table`` does,
-    without a classifier)."""
-    unknown = sorted(set(columns) - {"text_column", "label_column", "id_column"})
-    if unknown:
-        raise ConfigError(f"unknown keyword arguments {unknown}; the column options are text_column, label_column "
-                          "and id_column")
-    data = resolve_documents(documents)
-    if isinstance(data, str):
-        data = [data]
-    if isinstance(data, pl.DataFrame) and {"doc_id", "text", "labels"} <= set(data.columns):
-        check_unique_ids(data)
-        return data
-    if isinstance(data, (list, tuple)) and (not data or isinstance(data[0], str)):
-        return documents_from_texts(list(data))
-    return load_documents(data, **columns)
-
-
 # --------------------------------------------------------------------------------------------------- encoders
 
 
@@ -240,11 +219,9 @@ def _packaged_path() -> str | None:
         return None
 
 
-def _sentence_transformers_layout(path: Path) -> tuple[Path, dict[str, Any]] | None:
-    """``(transformer directory, WindowEncoder settings)`` of a sentence-transformers directory, else ``None``."""
+def _sentence_transformers_layout(path: Path) -> tuple[Path, dict[str, Any]]:
+    """``(transformer directory, WindowEncoder settings)`` of a sentence-transformers directory."""
     modules_file = path / "modules.json"
-    if not modules_file.is_file():
-        return None
     try:
         modules = json.loads(modules_file.read_text())
         kinds = {str(m["type"]).rsplit(".", 1)[-1]: str(m.get("path", "")) for m in modules}
@@ -270,6 +247,23 @@ def _sentence_transformers_layout(path: Path) -> tuple[Path, dict[str, Any]] | N
     return path / kinds["Transformer"], settings
 
 
+def encoder_layout(path: str | os.PathLike[str]) -> str | None:
+    """Which encoder directory ``path`` is, as :func:`load_encoder` reads it: ``"model"`` (a model directory from
+    ``longdoc train``), ``"sentence-transformers"`` (a ``modules.json``), ``"checkpoint"`` (a Hugging Face
+    checkpoint: ``config.json`` and ``*.safetensors`` weights), or ``None`` (a missing path, a file, a folder of
+    documents)."""
+    p = Path(path)
+    if not p.is_dir():
+        return None
+    if is_model_directory(p):
+        return "model"
+    if (p / "modules.json").is_file():
+        return "sentence-transformers"
+    if (p / "config.json").is_file() and any(p.glob("*.safetensors")):
+        return "checkpoint"
+    return None
+
+
 def _encoder_location(source: str | os.PathLike[str] | None) -> tuple[str | None, dict[str, Any]]:
     """Where the weights of ``source`` are and the ``WindowEncoder`` settings (pooling, normalize) it records."""
     if source is None:
@@ -283,12 +277,13 @@ def _encoder_location(source: str | os.PathLike[str] | None) -> tuple[str | None
             raise ModelLoadError(f"encoder={name!r} does not exist: expected an encoder checkpoint directory, a "
                                  "sentence-transformers directory, a model directory from `longdoc train` or a hub name")
         return name, {}  # a hub name ("org/name"): WindowEncoder says whether it can be reached
-    if is_model_directory(path):  # a classifier: the encoder of its passage index
+    layout = encoder_layout(path)
+    if layout == "model":  # a classifier: the encoder of its passage index
         config = read_model_config(path)
         return str(path / config.retrieval_encoder), config.encoder_settings
-    layout = _sentence_transformers_layout(path)
-    if layout is not None:
-        return str(layout[0]), layout[1]
+    if layout == "sentence-transformers":
+        transformer, settings = _sentence_transformers_layout(path)
+        return str(transformer), settings
     settings_file = path / ENCODER_SETTINGS
     if settings_file.is_file():
         try:
@@ -353,7 +348,10 @@ def _encoder_record(encoder: Any) -> dict[str, Any] | None:
 def _recorded_attributes(index_or_directory: Any) -> dict[str, Any]:
     if not isinstance(index_or_directory, (str, os.PathLike)):
         return dict(getattr(index_or_directory, "attributes", {}) or {})
+    from indexer.storage import wait_for_swap
+
     directory = Path(index_or_directory)
+    wait_for_swap(directory)  # a save between its two renames: wait for it, as loading the index does
     try:
         manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -529,7 +527,8 @@ def build_index(
             present, is stored as the passages' gold labels: what ``search(..., labels=...)`` filters on.
         encoder: a loaded ``WindowEncoder``, or what :func:`load_encoder` takes (a checkpoint, sentence-transformers
             or model directory); ``None``: the encoder ``index`` records, else the packaged MiniLM.
-        window: the window geometry; ``None``: the one ``index`` records, else :data:`INDEX_WINDOW` (256/64).
+        window: the window geometry; ``None``: the one ``index`` records, else :data:`INDEX_WINDOW` (256/64) for
+            a new index (an ``index`` that records none needs ``window``: its geometry is never guessed).
         index: an existing index to update (documents matched by ``doc_id`` and ``content_hash``); ``None`` builds
             a new one.
         prune: remove the documents of ``index`` that are not in ``documents``.
@@ -543,7 +542,8 @@ def build_index(
 
     Raises:
         DataError: ``documents`` cannot be read (or is a ``str`` that looks like a missing path).
-        ConfigError: ``index`` holds another encoder's vectors or another window geometry.
+        ConfigError: ``index`` holds another encoder's vectors or another window geometry, or records no window
+            geometry and ``window`` is ``None``.
         ModelLoadError: the encoder cannot be loaded.
     """
     from indexer import PassageIndex
@@ -553,9 +553,13 @@ def build_index(
         raise ConfigError(f"prune and progress must be bools, got prune={prune!r}, progress={progress!r}")
     if window is not None and not isinstance(window, WindowConfig):
         raise ConfigError(f"window must be a WindowConfig or None, got {type(window).__name__}")
-    geometry = window or index_window(index) or INDEX_WINDOW
+    recorded = index_window(index)
+    if window is None and index is not None and recorded is None:
+        raise ConfigError("the index records no window geometry (it was built before indexes recorded it): pass "
+                          "window=WindowConfig(...) with the windows it was built with, or build a new index")
+    geometry = window or recorded or INDEX_WINDOW
     _check_window(index, geometry, "window=")
-    docs = _document_table(documents, **columns)  # before loading an encoder: a bad path fails fast
+    docs = document_table(resolve_documents(documents), **columns)  # before loading an encoder: a bad path fails fast
 
     if encoder is None or isinstance(encoder, (str, os.PathLike)):
         loaded = None
@@ -616,7 +620,8 @@ def index_documents(
 
     Raises:
         ConfigError: ``index`` was built with a different encoder (its fingerprint differs from
-            ``clf.retrieval_encoder``'s), has a different dimension, window geometry or label map.
+            ``clf.retrieval_encoder``'s), has a different dimension, window geometry or label map; or an
+            ``Analysis`` / ``Encoded`` was cut with another window geometry than ``clf.window``.
         DataError: ``documents`` is a ``str`` that looks like a path but names nothing.
     """
     from indexer import PassageIndex
@@ -635,11 +640,16 @@ def index_documents(
 
     precomputed = None
     if _is_analysis(documents):
+        cut = getattr(documents, "window", None)
+        if cut is not None and cut != clf.window:
+            raise ConfigError(
+                f"this analysis was cut with windows {cut.to_dict()}, this classifier uses {clf.window.to_dict()}: "
+                "analyze the documents with this classifier (clf.analyze(docs)) or pass the documents")
         precomputed, docs = documents, documents.documents
     elif _is_encoded(documents):
         precomputed, docs = clf.analyze(documents, show_progress_bar=bars), documents.documents
     else:
-        docs = clf.document_table(resolve_documents(documents), **columns)
+        docs = document_table(resolve_documents(documents), **columns)
 
     status, todo, old = _plan(docs, index)
     todo_ids = docs.filter(pl.Series(todo))["doc_id"]

@@ -22,6 +22,7 @@ from longdoc.indexing import (
     INDEX_WINDOW,
     build_index,
     content_hash,
+    encoder_layout,
     index_documents,
     index_encoder,
     passages_from_analysis,
@@ -227,6 +228,31 @@ def test_cli_index_without_a_classifier_then_search_with_no_flags(tiny_model_dir
     assert code == 2 and "window" in err and len(err.strip().splitlines()) == 1
 
 
+def test_an_index_that_records_no_window_geometry_is_never_updated_with_a_guess(tiny_model_dir, tmp_path, capsys):
+    docs = _jsonl(tmp_path / "docs.jsonl", _rows(4, 14))
+    out = tmp_path / "index"
+    code, _, err = _run(capsys, "index", str(docs), "-o", str(out), "--encoder", str(tiny_model_dir),
+                        "--max-length", "32", "--stride", "8", "--quiet")
+    assert code == 0, err
+    with PassageIndex.load(out, lock=True) as old:  # as an older version wrote it: no "window" attribute
+        old.attributes = {k: v for k, v in old.attributes.items() if k != "window"}
+        old.save(out)
+    more = _jsonl(tmp_path / "more.jsonl", _rows(4, 14) + _rows(2, 15, prefix="n"))
+    for flags in ([], ["--max-length", "32"]):
+        code, stdout, err = _run(capsys, "index", str(more), "-o", str(out), "--quiet", *flags)
+        assert code == 2 and stdout == ""
+        assert "records no window geometry" in err and "--max-length and --stride" in err
+    with PassageIndex.load(out) as loaded:
+        assert len(loaded.doc_ids) == 4 and "window" not in loaded.attributes  # untouched
+        with pytest.raises(ConfigError, match="records no window geometry"):
+            build_index(load_documents(more), index=loaded)
+    code, stdout, err = _run(capsys, "index", str(more), "-o", str(out), "--max-length", "32", "--stride", "8",
+                             "--quiet", "--json")
+    assert code == 0, err
+    data = json.loads(stdout)
+    assert (data["added"], data["unchanged"]) == (2, 4) and data["window"] == WINDOW.to_dict()  # recorded now
+
+
 def test_cli_index_without_labels(tiny_model_dir, tmp_path, capsys):
     docs = _jsonl(tmp_path / "docs.jsonl", _rows(5, 11, labels=False))
     out = str(tmp_path / "index")
@@ -236,6 +262,34 @@ def test_cli_index_without_labels(tiny_model_dir, tmp_path, capsys):
     code, stdout, err = _run(capsys, "search", out, "vote bank", "-k", "2", "--quiet", "--json")
     assert code == 0 and len(json.loads(stdout)[0]["hits"]) == 2
     assert PassageIndex.load(out).attributes["window"] == INDEX_WINDOW.to_dict()
+
+
+def test_a_search_with_no_flags_waits_for_a_swap_in_progress(tiny_model_dir, tmp_path, capsys):
+    """The index directory is between the two renames of a fallback swap: a search without --model (which reads
+    the encoder the manifest records) waits for the second rename, as loading the index does."""
+    import os
+    import threading
+    import time
+
+    docs = _jsonl(tmp_path / "docs.jsonl", _rows(5, 11))
+    out = tmp_path / "index"
+    code, _, err = _run(capsys, "index", str(docs), "-o", str(out), "--encoder", str(tiny_model_dir), "--quiet")
+    assert code == 0, err
+    old = tmp_path / ".index.old-deadbeef"
+    os.rename(out, old)  # the first rename of the swap
+
+    def second_rename() -> None:
+        time.sleep(0.05)
+        os.rename(old, out)
+
+    writer = threading.Thread(target=second_rename)
+    writer.start()
+    try:
+        code, stdout, err = _run(capsys, "search", str(out), "vote bank", "-k", "2", "--quiet", "--json")
+    finally:
+        writer.join()
+    assert code == 0, err
+    assert len(json.loads(stdout)[0]["hits"]) == 2
 
 
 def test_cli_index_tells_which_argument_is_wrong(tiny_model_dir, clf, tmp_path, capsys):
@@ -283,6 +337,8 @@ def test_a_sentence_transformers_directory_gives_its_pooling_and_normalisation(t
         {"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
     ]))
+    assert (encoder_layout(st), encoder_layout(tiny_model_dir), encoder_layout(st / "1_Pooling")) == (
+        "sentence-transformers", "checkpoint", None)
     index, _ = build_index(_rows(3, 13), encoder=str(st), window=WINDOW)
     assert index.encoder.pooling == "cls" and index.encoder.normalize is False
     assert index.attributes["encoder"] == {"source": "path", "path": str((st / "0_Transformer").resolve()),

@@ -108,6 +108,10 @@ def test_explain_gives_terms_with_their_character_spans(trained):
         assert term.weight > 0 and term.spans
         for start, end in term.spans:
             assert text[start:end].lower().split() == term.term.split()
+    first = explanation[:1]  # a slice is an Explanation too: the terms stay with the windows kept
+    assert type(first) is type(explanation) and first.terms == explanation.terms
+    assert list(first) == [explanation[0]] and explanation[0].weight > 0
+    assert explanation[::-1].terms == explanation.terms and explanation.copy().terms == explanation.terms
 
 
 def test_every_document_empty_at_fit_time_is_a_clear_error(tiny_model_dir):

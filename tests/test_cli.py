@@ -59,6 +59,22 @@ def test_train_json_output(workspace, tiny_model_dir, capsys, tmp_path):
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert config["window"] == {"max_length": 32, "stride": 8, "max_windows": 3}
     assert config["head"]["pooling"] == "mean"
+    # 30 documents: fewer than 40, so no split was carved, whatever --eval-fraction says
+    assert data["eval"] == {"source": "none", "documents": 0, "reason": "fewer than 40 training documents"}
+
+
+def test_train_reports_the_validation_documents_it_used(workspace, tiny_model_dir, capsys, tmp_path):
+    docs = _write(tmp_path / "many.jsonl", 45, 3)
+    common = ["--model", str(tiny_model_dir), "--max-length", "32", "--stride", "8", "--epochs", "1",
+              "--no-lexical", "--device", "cpu", "--quiet", "--json"]
+    code, out, _ = _run(capsys, "train", str(docs), "--out", str(tmp_path / "a"), "--eval-fraction", "0.2", *common)
+    assert code == 0
+    # a stratified split: 20% of each label's 15 documents
+    assert json.loads(out)["eval"] == {"source": "held_out", "documents": 9, "eval_fraction": 0.2}
+    code, out, _ = _run(capsys, "train", str(docs), "--out", str(tmp_path / "b"), "--eval", str(workspace["test"]),
+                        *common)
+    assert code == 0
+    assert json.loads(out)["eval"] == {"source": "--eval", "file": str(workspace["test"]), "documents": 13}
 
 
 def test_label_index_search_eval(workspace, capsys):
@@ -122,7 +138,17 @@ def test_label_index_search_eval(workspace, capsys):
     assert table[1].split() == ["method", "runs", "accuracy", "macro_f1"]
     assert table[3].split() == ["model", "1", f"{saved['accuracy']:.4f}", f"{saved['macro_f1']:.4f}"]  # scored once
     assert [line.split()[0] for line in table[4:6]] == ["head_tail", "tfidf"] and "+-" in table[4]
-    assert "2 paired runs" in out
+    assert table[5].split()[1] == "1" and "+-" not in table[5]  # tfidf: no random state, one fixed score
+    assert "model, tfidf: fixed scores (no seed changes them" in out
+    difference = out.splitlines()[-1]
+    assert difference.startswith("model - ") and "[" not in difference  # never a zero-width interval
+    assert ("2 paired runs" in difference if "head_tail (best" in difference
+            else "both fixed scores, which no seed changes" in difference and "one split: no interval" in difference)
+    code, out, _ = _run(capsys, "eval", model, test, "--baselines", "tfidf", "head_tail", "--train",
+                        str(workspace["train"]), "--seeds", "2", "--quiet", "--json")
+    data = json.loads(out)
+    assert code == 0 and [r["runs"] for r in data["comparison"]] == [1, 2, 1]
+    assert data["comparison"][2]["macro_f1_ci"] is None and data["notes"][0].startswith("model, tfidf: fixed scores")
 
 
 def test_bad_input_exits_2(workspace, capsys, tmp_path):

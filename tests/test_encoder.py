@@ -57,6 +57,38 @@ def test_order_and_count_kept_for_any_token_budget(tiny_model_dir, encoder, budg
     assert np.abs(again - expected).max() < 1e-5
 
 
+class _SmallDevice(WindowEncoder):
+    """The real tiny encoder on a device that runs out of memory above ``limit`` padded tokens per batch (a CPU
+    cannot run out for real: ``embed`` raises CUDA's own error where a small GPU would)."""
+
+    limit = 300
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ooms = 0
+
+    def embed(self, input_ids, attention_mask):
+        if input_ids.numel() > self.limit:
+            self.ooms += 1
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return super().embed(input_ids, attention_mask)
+
+
+def test_a_lowered_token_budget_is_kept_for_the_rest_of_the_call(tiny_model_dir, encoder, caplog):
+    docs = ["the file mode bits " * 100, "read write run " * 120] * 3  # 3 groups of 2 documents, ~18 windows each
+    small = _SmallDevice(tiny_model_dir, device="cpu", window=encoder.window, max_tokens_per_batch=4096)
+    with caplog.at_level("WARNING", logger="longdoc.encoder"):
+        windows, emb = small.encode_documents(docs, chunk_size=2)
+    # the first group halves 4096 -> 256 tokens (4 out-of-memory errors); the next groups start from 256
+    assert small.ooms == 4
+    assert [r.getMessage().split("budget to ")[1].split()[0] for r in caplog.records] == ["2048", "1024", "512", "256"]
+    assert np.abs(emb - encoder.encode_documents(docs)[1]).max() < 1e-5
+    assert windows.documents["doc_id"].to_list() == [str(i) for i in range(6)]
+    assert small.max_tokens_per_batch == 4096  # the next call starts from the configured budget again
+    small.encode_documents(docs[:2])
+    assert small.ooms == 8
+
+
 def test_documents_in_chunks_keep_ids_and_order(encoder):
     table = pl.DataFrame({"doc_id": [f"d{i}" for i in range(len(DOCS))], "text": DOCS})
     whole_w, whole = encoder.encode_documents(table)

@@ -24,7 +24,7 @@ from longdoc.evaluation import (
     truncation_length,
     truncation_windows,
 )
-from longdoc.metrics import paired_difference
+from longdoc.metrics import mean_ci, paired_difference
 from longdoc.training import TrainConfig
 from longdoc.windows import WindowConfig, make_windows
 
@@ -155,18 +155,48 @@ def test_summary_of_one_run_is_the_plain_table():
         summarize_runs(_runs([("model", 0, 0, 0.75, 0.74)]), model="nope")
 
 
+def test_fixed_scores_get_no_interval_from_identical_repeats():
+    """A saved model and tfidf, three seeds, one split: the scores repeat, so no interval and no paired interval
+    (a zero-width one would claim certainty); over two folds the interval is over the folds."""
+    rows = [(m, 0, s, a, a) for s in range(3) for m, a in (("model", 0.80), ("first512", 0.60 + s / 100),
+                                                            ("tfidf", 0.75))]
+    table, diff = summarize_runs(_runs(rows), model="model", fixed=("model", "tfidf"))
+    assert table["runs"].to_list() == [1, 3, 1]
+    assert table["macro_f1_ci"].to_list()[0] is None and table["macro_f1_ci"].to_list()[2] is None
+    assert table["macro_f1_ci"].to_list()[1] > 0
+    assert diff["baseline"] == "tfidf" and diff["runs"] == 1 and diff["macro_f1"]["low"] is None
+    assert diff["macro_f1"]["mean"] == pytest.approx(0.05)
+    assert "both fixed scores" in diff["note"] and "one split: no interval" in diff["note"]
+    comparison = Comparison(table=table, runs=_runs(rows), difference=diff, model="model", fixed=("model", "tfidf"))
+    text = format_comparison(comparison)
+    assert "model, tfidf: fixed scores" in text and "one split: no interval" in text
+    assert "+0.0500 (model and tfidf are both fixed scores" in text and "[" not in text.splitlines()[-1]
+    assert comparison.notes[-1] == diff["note"]
+    without = summarize_runs(_runs(rows), model="model")[1]  # what it did before: a zero-width interval
+    assert without["macro_f1"]["low"] == pytest.approx(without["macro_f1"]["high"])
+
+    folds = [(m, f, s, a + f / 10, a + f / 10) for m, f0, s, a, _ in rows for f in (0, 1) if f0 == 0]
+    table, diff = summarize_runs(_runs(folds), model="model", fixed=("model", "tfidf"))
+    assert table["runs"].to_list() == [2, 6, 2] and diff["runs"] == 2
+    assert table["macro_f1_ci"].to_list()[0] == pytest.approx(mean_ci([0.80, 0.90]).half_width)
+    with pytest.raises(DataError, match="'first512' is given as a fixed score"):
+        summarize_runs(_runs(rows), model="model", fixed=("first512",))
+
+
 def test_several_seeds_report_mean_and_interval_per_method(tiny_model_dir):
     clf = _classifier(tiny_model_dir)
     result = compare_with_baselines(clf, _docs(24, 0), _docs(12, 1), args=QUICK, seeds=[0, 1, 2],
                                     baselines=("first512", "tfidf"))
     assert result.table["method"].to_list() == ["hierarchical", "first512", "tfidf"]
-    assert result.table["runs"].to_list() == [3, 3, 3] and result.n_runs == 3
+    # tfidf has no random state: its three seeds repeat one score, which counts as one run with no interval
+    assert result.table["runs"].to_list() == [3, 3, 1] and result.n_runs == 3 and result.fixed == ("tfidf",)
     assert result.runs.height == 9 and sorted(set(result.runs["seed"].to_list())) == [0, 1, 2]
     for method in ("hierarchical", "first512", "tfidf"):
         values = result.runs.filter(pl.col("method") == method)["macro_f1"].to_numpy()
         row = result.table.filter(pl.col("method") == method).row(0, named=True)
         assert row["macro_f1"] == pytest.approx(values.mean())
-        assert row["macro_f1_ci"] >= 0
+        assert row["macro_f1_ci"] is None if method == "tfidf" else row["macro_f1_ci"] >= 0
+    assert "tfidf: a fixed score" in result.notes[0] and "one split: no interval" in result.notes[0]
     best = max(("first512", "tfidf"), key=lambda m: result.table.filter(pl.col("method") == m)["macro_f1"].item())
     assert result.difference["baseline"] == best and result.difference["runs"] == 3
     runs = {m: result.runs.filter(pl.col("method") == m).sort("seed")["macro_f1"].to_numpy()
@@ -187,9 +217,12 @@ def test_saved_model_is_scored_as_it_is(tiny_model_dir, tmp_path):
     result = compare_with_baselines(saved, _docs(30, 5), test, args=QUICK, baselines=("first512", "tfidf"),
                                     model_name="model", fit_model=False, seeds=[0, 1])
     assert result.table["method"].to_list() == ["model", "first512", "tfidf"]
-    assert result.table["runs"].to_list() == [1, 2, 2] and result.difference["runs"] == 2
+    assert result.table["runs"].to_list() == [1, 2, 1] and result.fixed == ("model", "tfidf")
+    # the saved model is fixed: paired with first512 its difference varies with first512's seeds; with tfidf
+    # (fixed too) it is one number
+    assert result.difference["runs"] == (1 if result.difference["baseline"] == "tfidf" else 2)
     first = result.table.row(0, named=True)
-    assert first["macro_f1_ci"] is None
+    assert first["macro_f1_ci"] is None and result.table.row(2, named=True)["macro_f1_ci"] is None
     assert first["accuracy"] == pytest.approx(expected["accuracy"])
     assert first["macro_f1"] == pytest.approx(expected["macro_f1"])
     assert result.reports["model"]["confusion_matrix"] == expected["confusion_matrix"]
@@ -255,7 +288,11 @@ def test_cross_validation_runs_every_fold_and_seed_on_one_encoding(tiny_model_di
     result = cross_validate_with_baselines(clf, docs, folds=3, seeds=[0, 1], args=QUICK,
                                            baselines=("head_tail", "tfidf"))
     assert result.table["method"].to_list() == ["hierarchical", "head_tail", "tfidf"]
-    assert result.table["runs"].to_list() == [6, 6, 6]
+    assert result.table["runs"].to_list() == [6, 6, 3]  # tfidf: one score per fold, whatever the seed
+    tfidf = result.table.row(2, named=True)
+    per_fold = result.runs.filter(pl.col("method") == "tfidf").unique("fold")["macro_f1"].to_numpy()
+    assert tfidf["macro_f1"] == pytest.approx(per_fold.mean())
+    assert tfidf["macro_f1_ci"] == pytest.approx(mean_ci(per_fold).half_width)  # over 3 folds, not 6 repeats
     runs = result.runs.filter(pl.col("method") == "hierarchical")
     assert sorted(runs.select("fold", "seed").rows()) == [(f, s) for f in range(3) for s in (0, 1)]
     assert counter.windows == len(result.encoded["all"].windows) + 30  # every document once, head+tail once

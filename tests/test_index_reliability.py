@@ -206,6 +206,32 @@ def test_corrupt_parts_give_index_load_error_in_a_clean_process(tmp_path):
         assert part in message, (name, message)
 
 
+@pytest.mark.parametrize(("column", "value"), [("char_end", -5), ("char_start", -1), ("window_index", -2)])
+def test_a_stored_passage_with_an_impossible_span_is_refused_at_load(tmp_path, column, value):
+    """What add refuses (0 <= char_start <= char_end, window_index >= 0) is refused at load, naming the passage,
+    even when the checksums were rewritten to match."""
+    import hashlib
+
+    X, table = make(10)
+    with PassageIndex.build(X, table) as index:
+        index.save(tmp_path / "i")
+    parquet = tmp_path / "i" / "passages.parquet"
+    stored = pl.read_parquet(parquet)
+    row = 3
+    stored = stored.with_columns(pl.when(pl.int_range(pl.len()) == row).then(pl.lit(value, dtype=pl.Int64))
+                                 .otherwise(pl.col(column)).alias(column))
+    stored.write_parquet(parquet)
+    manifest = json.loads((tmp_path / "i" / "manifest.json").read_text())
+    manifest["checksums"]["passages.parquet"] = hashlib.sha256(parquet.read_bytes()).hexdigest()
+    (tmp_path / "i" / "manifest.json").write_text(json.dumps(manifest))
+    bad = stored.row(row, named=True)
+    with pytest.raises(IndexLoadError, match="passages.parquet") as info:
+        PassageIndex.load(tmp_path / "i")
+    message = str(info.value)
+    assert f"doc_id={bad['doc_id']!r} window_index={bad['window_index']}" in message
+    assert f"char_start={bad['char_start']}, char_end={bad['char_end']}" in message
+
+
 def test_parts_mixed_from_two_saves_are_refused(tmp_path):
     a, b = PassageIndex.build(*make(30)), PassageIndex.build(*make(45, seed=1))
     a.save(tmp_path / "a")

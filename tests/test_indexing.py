@@ -126,6 +126,19 @@ def test_reuses_an_encoded_pass_without_encoding_again(clf):
     assert len(index) == len(encoded.embeddings) and analysis.probs.shape == (5, 3)
 
 
+def test_an_analysis_cut_with_other_windows_is_refused(clf, tiny_model_dir):
+    texts, labels = _texts(3)
+    analysis = clf.analyze(_docs(texts, labels, ["w0", "w1", "w2"]), show_progress_bar=False)
+    assert analysis.window == clf.window
+    wider = LongDocClassifier.from_encoder(tiny_model_dir, labels=list(TOPICS),
+                                           window=WindowConfig(max_length=64, stride=16), device="cpu")
+    with pytest.raises(ConfigError, match="cut with windows") as info:
+        index_documents(wider, analysis)
+    assert str(clf.window.to_dict()) in str(info.value) and str(wider.window.to_dict()) in str(info.value)
+    index, _ = index_documents(clf, analysis)  # the classifier that cut it
+    assert index.doc_ids == ["w0", "w1", "w2"]
+
+
 def test_empty_document_is_labelled_but_not_indexed_and_edit_to_empty_removes_windows(clf):
     docs = _docs(["team player goal win " * 3, "   "], ["sport", "sport"], ["a", "b"])
     index, analysis = index_documents(clf, docs)

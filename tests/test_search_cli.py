@@ -59,3 +59,17 @@ def test_search_prints_the_kind_of_score(index_dir, tiny_model_dir, capsys, opti
 def test_search_refuses_a_bad_doc_score(index_dir, tiny_model_dir, capsys):
     code = main(["search", str(index_dir), "q", "--model", str(tiny_model_dir), "--doc-score", "mean", "--quiet"])
     assert code == 2 and "--doc-score" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options", [["--doc-score", "max"], ["--doc-score", "top2_first"], ["--per-doc", "2"],
+                                     ["--doc-score", "max", "--per-doc", "2"]])
+def test_windows_refuses_the_options_about_documents(index_dir, tiny_model_dir, capsys, options):
+    """--windows ranks windows: a --doc-score (or --per-doc) beside it would be ignored, so it is refused."""
+    code = main(["search", str(index_dir), "team goal", "--model", str(tiny_model_dir), "--windows", "--quiet",
+                 *options])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    err = captured.err.strip()
+    assert err.startswith("longdoc search: error: ") and len(err.splitlines()) == 1
+    named = [o for o in ("--doc-score", "--per-doc") if o in options]
+    assert all(o in err for o in named) and "--windows" in err
