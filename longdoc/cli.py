@@ -41,7 +41,7 @@ from indexer.errors import IndexInputError, IndexLoadError
 from indexer.index import describe_score
 from indexer.inputs import DOC_SCORES
 from indexer.sharded import load_index
-from indexer.storage import DirectoryLock, swap_in_progress
+from indexer.storage import DirectoryLock
 from longdoc import demo
 from longdoc.classifier import LongDocClassifier
 from longdoc.data import load_documents
@@ -56,6 +56,8 @@ from longdoc.indexing import (
     index_encoder,
     index_window,
     load_encoder,
+    open_search_index,
+    require_index_directory,
 )
 from longdoc.labeling import label_documents
 from longdoc.metrics import format_report
@@ -630,18 +632,10 @@ def cmd_search(args: argparse.Namespace) -> int:
                               f"{' and '.join(given)} or --windows")
     per_doc = None if args.windows else args.per_doc or 1
     doc_score = None if args.windows else args.doc_score or "top2_first"
-    if not (Path(args.index) / "manifest.json").is_file() and not swap_in_progress(args.index):
-        raise ModelLoadError(f"{args.index!r} is not an index directory (manifest.json is missing)")
+    require_index_directory(args.index)  # before loading an encoder
     encoder = load_query_encoder(args.model, index=args.index, device=args.device, bf16=args.bf16)
-    try:
-        # one command, a few queries: copying the vectors to a GPU would cost more than searching them on the
-        # CPU, so the search runs there unless --device names a GPU
-        on_gpu = args.device is not None and str(args.device).startswith("cuda")
-        index = load_index(args.index, encoder=encoder, device=args.device if on_gpu else "cpu")
-    except IndexLoadError as exc:
-        if args.model is None and "fingerprint" in str(exc):
-            raise IndexLoadError(f"{exc}; pass --model with the model directory the index was built with") from exc
-        raise
+    index = open_search_index(args.index, encoder=encoder, device=args.device, mismatch_hint=None if args.model
+                              else "pass --model with the model directory the index was built with")
     quiet_encoder = logging.getLogger("longdoc.encoder")
     level = quiet_encoder.level
     quiet_encoder.setLevel(logging.WARNING)  # no progress bar for a few short queries

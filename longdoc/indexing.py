@@ -69,7 +69,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = ["INDEX_WINDOW", "IndexCounts", "Indexed", "build_index", "content_hash", "encoder_layout",
-           "index_documents", "index_encoder", "index_vectors", "index_window", "load_encoder", "passages_from_analysis"]
+           "index_documents", "index_encoder", "index_vectors", "index_window", "load_encoder", "open_search_index",
+           "passages_from_analysis", "require_index_directory"]
 
 #: Window geometry of an index built without a classifier: the packaged MiniLM was trained on at most 256 tokens,
 #: and 256/64 windows retrieve better than 512/128 and encode faster (README, benchmarks/RESULTS.md).
@@ -365,6 +366,40 @@ def _recorded_attributes(index_or_directory: Any) -> dict[str, Any]:
             return dict(index.attributes)
     attributes = manifest.get("attributes") or {}
     return dict(attributes) if isinstance(attributes, dict) else {}
+
+
+def require_index_directory(directory: str | os.PathLike[str]) -> str:
+    """``directory`` as a str when it holds an index (or a save is swapping one in); else a ``ModelLoadError``.
+    Cheap: the commands call it before loading an encoder they would not need."""
+    from indexer.storage import swap_in_progress
+
+    directory = os.fspath(directory)
+    if not (Path(directory) / "manifest.json").is_file() and not swap_in_progress(directory):
+        raise ModelLoadError(f"{directory!r} is not an index directory (manifest.json is missing)")
+    return directory
+
+
+def open_search_index(directory: str | os.PathLike[str], *, encoder: Any = None, device: str | None = None,
+                      mismatch_hint: str | None = None) -> Any:
+    """The index at ``directory`` loaded read-only for searching (``longdoc search``, ``longdoc serve``, the
+    framework retrievers): flat or sharded, no writer lock, waiting out a save's swap.
+
+    ``encoder``: its query encoder (``None``: set one later, ``index.encoder = ...``). The search runs on the
+    CPU unless ``device`` names a GPU: for a few queries, copying the vectors there costs more than searching
+    them. A directory without a manifest is a ``ModelLoadError``; an encoder whose fingerprint the index does
+    not record is the index's ``IndexLoadError``, with ``mismatch_hint`` (what to pass instead) appended.
+    """
+    from indexer.errors import IndexLoadError
+    from indexer.sharded import load_index
+
+    directory = require_index_directory(directory)
+    on_gpu = device is not None and str(device).startswith("cuda")
+    try:
+        return load_index(directory, encoder=encoder, device=device if on_gpu else "cpu")
+    except IndexLoadError as exc:
+        if mismatch_hint and "fingerprint" in str(exc):
+            raise IndexLoadError(f"{exc}; {mismatch_hint}") from exc
+        raise
 
 
 def index_encoder(

@@ -52,9 +52,10 @@ import numpy as np
 from indexer.errors import IndexerError, IndexInputError, IndexLoadError, IndexUnsupportedError
 from indexer.index import describe_score
 from indexer.rag import build_contexts
-from indexer.sharded import ShardedPassageIndex, load_index
+from indexer.sharded import ShardedPassageIndex
 from indexer.storage import swap_in_progress
 from longdoc.errors import ConfigError, DataError, LongDocError, ModelLoadError
+from longdoc.indexing import open_search_index, require_index_directory
 
 try:
     from fastapi import FastAPI, Request
@@ -241,11 +242,9 @@ def _load(index_dir: str | os.PathLike[str], model_dir: str | os.PathLike[str] |
     classifier's index encoder when its fingerprint is the index's)."""
     from longdoc.cli import load_classifier, load_query_encoder  # the CLI's loaders, errors and words
 
-    index_dir = str(index_dir)
-    if not (Path(index_dir) / "manifest.json").is_file() and not swap_in_progress(index_dir):
-        raise ModelLoadError(f"{index_dir!r} is not an index directory (manifest.json is missing)")
+    index_dir = require_index_directory(index_dir)
     clf = load_classifier(str(model_dir), device=device) if model_dir is not None else None
-    index = _open_index(index_dir, device)
+    index = open_search_index(index_dir, device=device)
     try:
         fingerprint = index.encoder_fingerprint
         if clf is not None and fingerprint is not None and clf.retrieval_encoder.fingerprint == fingerprint:
@@ -258,11 +257,6 @@ def _load(index_dir: str | os.PathLike[str], model_dir: str | os.PathLike[str] |
         index.close()
         raise
     return index, clf, served
-
-
-def _open_index(index_dir: str, device: str | None) -> Any:
-    on_gpu = device is not None and str(device).startswith("cuda")
-    return load_index(index_dir, device=device if on_gpu else "cpu")
 
 
 def _attach(index: Any, encoder: _ServedEncoder, hint: str) -> None:
@@ -381,7 +375,7 @@ class _Reloader:
         if swap_in_progress(self.index_dir):
             return False
         try:
-            index = _open_index(self.index_dir, self.device)
+            index = open_search_index(self.index_dir, device=self.device)
         except (IndexerError, LongDocError, OSError) as exc:
             return self._refuse(signature, f"the new version could not be loaded: {_message(exc)}")
         try:

@@ -335,24 +335,17 @@ def _open_index(index: Any, model: str | os.PathLike[str] | None, device: str | 
 
 def _load_directory(path: str, model: str | os.PathLike[str] | None, device: str | None) -> tuple[Any, str]:
     """The index at ``path``, read-only, with its query encoder: what ``longdoc search`` loads."""
-    from indexer.sharded import load_index
-    from indexer.storage import swap_in_progress
     from longdoc.cli import load_query_encoder
     from longdoc.encoder import WindowEncoder
+    from longdoc.indexing import open_search_index, require_index_directory
 
     if path.startswith(("http://", "https://")):
         raise ConfigError(f"index={path!r} is a URL: pass a server as url=")
-    if not (Path(path) / "manifest.json").is_file() and not swap_in_progress(path):
-        raise ModelLoadError(f"index={path!r} is not an index directory (manifest.json is missing)")
+    require_index_directory(path)  # before loading an encoder
     encoder = load_query_encoder(None if model is None else os.fspath(model), index=path, device=device)
     if isinstance(encoder, WindowEncoder):
         encoder = _QuietQueryEncoder(encoder)
-    on_gpu = device is not None and str(device).startswith("cuda")
-    try:
-        index = load_index(path, encoder=encoder, device=device if on_gpu else "cpu")
-    except IndexLoadError as exc:
-        if model is None and "fingerprint" in str(exc):
-            raise IndexLoadError(f"{exc}; pass model= with the model directory the index was built with") from exc
-        raise
+    index = open_search_index(path, encoder=encoder, device=device, mismatch_hint=None if model is not None
+                              else "pass model= with the model directory the index was built with")
     logger.info("loaded the index %s (%d windows) for retrieval", path, len(index))
     return index, str(Path(path).resolve())
