@@ -139,6 +139,14 @@ class _ServedEncoder:
             self._local.ready = None
 
 
+async def _cancel(task: asyncio.Task | None) -> None:
+    """Cancel a background task and wait until it has stopped."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 @dataclass
 class _Pending:
     texts: list[str]
@@ -163,10 +171,7 @@ class QueryBatcher:
         self._task = asyncio.get_running_loop().create_task(self._worker(), name="longdoc-query-batcher")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await _cancel(self._task)
         self._task = None
         while self._queue is not None and not self._queue.empty():  # nothing waits for ever
             item = self._queue.get_nowait()
@@ -353,10 +358,7 @@ class _Reloader:
         self._task = asyncio.get_running_loop().create_task(self._watch(), name="longdoc-index-reloader")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await _cancel(self._task)
         self._task = None
 
     async def _watch(self) -> None:
