@@ -20,6 +20,7 @@ Methods, each the real ``PassageIndex.search`` over the same window vectors (que
 
     python benchmarks/retrieval.py                    # about 20 minutes on 2 cores the first time (encoding)
     python benchmarks/retrieval.py --ideas            # fusion ideas beside the default (benchmarks/retrieval_ideas.py)
+    python benchmarks/retrieval.py --query-ideas      # query-side ideas: PRF, query rewriting (same file)
 
 One JSON line per figure on stdout: R@1, R@10, MRR@10, nDCG@10 and the search seconds.
 """
@@ -109,6 +110,9 @@ def main() -> None:
     parser.add_argument("--ideas", action="store_true",
                         help="only the fusion ideas of per-page hybrid search (pool depth, BM25 fields and "
                              "parameters, normalisation, weighted RRF), scored in numpy beside the library's default")
+    parser.add_argument("--query-ideas", action="store_true",
+                        help="only the query-side ideas of per-page hybrid search (dense and lexical pseudo-relevance "
+                             "feedback, query rewriting), with bootstrap intervals and cross-validation")
     args = parser.parse_args()
     setup_logging()
     emit({"bench": "retrieval", "what": "machine", **machine(), "args": vars(args)})
@@ -126,10 +130,10 @@ def main() -> None:
     query_sets = {"questions": (questions, relevant),
                   "name_lines": ([names[i] for i in name_rows], [{docs["doc_id"][i]} for i in name_rows])}
     wanted = args.sets.split(",")
-    if args.ideas:
-        from retrieval_ideas import ideas  # noqa: PLC0415
+    if args.ideas or args.query_ideas:
+        from retrieval_ideas import ideas, query_ideas  # noqa: PLC0415
 
-        ideas(encoder, docs, table, emb, {name: value for name, value in query_sets.items() if name in wanted},
+        (query_ideas if args.query_ideas else ideas)(encoder, docs, table, emb, {name: value for name, value in query_sets.items() if name in wanted},
               build_index=build_index, cached_encoder=CachedEncoder, page_ranking=page_ranking, metrics=metrics)
         return
     sweep(encoder, docs, table, emb, {name: value for name, value in query_sets.items() if name in wanted},
