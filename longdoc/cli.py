@@ -636,7 +636,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     token = args.token if args.token is not None else os.environ.get(serve.TOKEN_ENV) or None
     serve.run(args.index, args.model, host=args.host, port=args.port, token=token,
               log_level="warning" if args.quiet else "debug" if args.debug else "info",
-              batching=args.batching, max_batch=args.max_batch, max_k=args.max_k,
+              batching=args.batching, batch_wait_ms=args.batch_wait_ms, max_batch=args.max_batch, max_k=args.max_k,
               max_body_bytes=args.max_body_bytes, device=args.device)
     return EXIT_OK
 
@@ -790,6 +790,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "read from the process list; unset: no token)")
     p.add_argument("--batching", action=argparse.BooleanOptionalAction, default=True,
                    help="encode the queries of concurrent searches in one forward (default: on)")
+    p.add_argument("--batch-wait-ms", type=float, default=5.0,
+                   help="with --batching, how long the batch worker waits for more queries after the first "
+                        "(default 5; 0: take only what is already queued, no added latency for a lone client)")
     p.add_argument("--max-batch", type=_positive_int, default=64,
                    help="queries per /search or /contexts request, documents per /label request (default 64)")
     p.add_argument("--max-k", type=_positive_int, default=100, help="most hits per query (default 100)")

@@ -392,7 +392,8 @@ def test_the_command_serves_with_a_token_from_the_environment(dirs):
         port = s.getsockname()[1]
     env = {**os.environ, "LONGDOC_SERVE_TOKEN": TOKEN, "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.Popen([sys.executable, "-m", "longdoc.cli", "serve", str(index_dir), "--port", str(port),
-                             "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             "--batch-wait-ms", "0", "--quiet"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -408,6 +409,7 @@ def test_the_command_serves_with_a_token_from_the_environment(dirs):
         assert httpx.get(url + "/info").status_code == 401
         r = httpx.get(url + "/info", headers={"Authorization": f"Bearer {TOKEN}"})
         assert r.status_code == 200 and r.json()["index"]["documents"] == 30
+        assert r.json()["batching"]["wait_ms"] == 0 and r.json()["batching"]["enabled"] is True
     finally:
         proc.terminate()
         proc.wait(30)
@@ -420,3 +422,5 @@ def test_the_command_reports_a_bad_index_like_search(tmp_path, capsys):
     assert "longdoc serve: error:" in capsys.readouterr().err
     assert main(["search", str(tmp_path), "q", "--quiet"]) == 3
     assert "not an index directory (manifest.json is missing)" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path), "--batch-wait-ms", "-1", "--quiet"]) == 2
+    assert "batch_wait_ms must be a number in [0, 1000]" in capsys.readouterr().err
