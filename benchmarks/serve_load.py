@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -248,6 +249,7 @@ def main() -> None:
         index_dir, facts = build_or_reuse(args.cache, args.pages_per_section)
     questions = [json.loads(line)["question"] for line in QUESTIONS.read_text(encoding="utf-8").splitlines()]
     args.cache.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `finally` stops the servers
     servers = {on: Server(index_dir, on, args.serve_args.split(), args.cache / f"server-{'on' if on else 'off'}.log",
                          args.server_threads)
                for on in (True, False)}

@@ -392,7 +392,7 @@ def test_the_command_serves_with_a_token_from_the_environment(dirs):
         port = s.getsockname()[1]
     env = {**os.environ, "LONGDOC_SERVE_TOKEN": TOKEN, "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.Popen([sys.executable, "-m", "longdoc.cli", "serve", str(index_dir), "--port", str(port),
-                             "--batch-wait-ms", "0", "--quiet"], env=env, stdout=subprocess.PIPE,
+                             "--batch-wait-ms", "0", "--threads", "1", "--quiet"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
