@@ -669,9 +669,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise ConfigError(f"{exc}") from None
     token = args.token if args.token is not None else os.environ.get(serve.TOKEN_ENV) or None
+    if args.threads is not None:  # torch's intra-op pool, and OpenMP / BLAS (numpy, faiss) through threadpoolctl
+        from threadpoolctl import threadpool_limits
+
+        torch.set_num_threads(args.threads)
+        threadpool_limits(args.threads)
     serve.run(args.index, args.model, host=args.host, port=args.port, token=token,
               log_level="warning" if args.quiet else "debug" if args.debug else "info",
-              batching=args.batching, max_batch=args.max_batch, max_k=args.max_k,
+              batching=args.batching, batch_wait_ms=args.batch_wait_ms, max_batch=args.max_batch, max_k=args.max_k,
               max_body_bytes=args.max_body_bytes, reload_interval_s=args.reload_interval,
               drain_timeout_s=args.drain_timeout, device=args.device)
     return EXIT_OK
@@ -828,6 +833,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "read from the process list; unset: no token)")
     p.add_argument("--batching", action=argparse.BooleanOptionalAction, default=True,
                    help="encode the queries of concurrent searches in one forward (default: on)")
+    p.add_argument("--batch-wait-ms", type=float, default=5.0,
+                   help="with --batching, how long the batch worker waits for more queries after the first "
+                        "(default 5; 0: take only what is already queued, no added latency for a lone client)")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="threads of the encoder and the search (torch, OpenMP, BLAS); default: every core. 1 keeps "
+                        "a core for the HTTP loop and avoids oversubscription on a small or shared machine "
+                        "(benchmarks/RESULTS.md, 'longdoc serve under load')")
     p.add_argument("--max-batch", type=_positive_int, default=64,
                    help="queries per /search or /contexts request, documents per /label request (default 64)")
     p.add_argument("--max-k", type=_positive_int, default=100, help="most hits per query (default 100)")

@@ -365,11 +365,13 @@ def test_create_app_refuses_bad_directories_and_limits(dirs, tmp_path):
 
 def test_the_command_serves_with_a_token_from_the_environment(dirs):
     index_dir, _ = dirs
-    proc, url = _start_command([str(index_dir), "--quiet"], env={"LONGDOC_SERVE_TOKEN": TOKEN})
+    proc, url = _start_command([str(index_dir), "--batch-wait-ms", "0", "--threads", "1", "--quiet"],
+                               env={"LONGDOC_SERVE_TOKEN": TOKEN})
     try:
         assert httpx.get(url + "/info").status_code == 401
         r = httpx.get(url + "/info", headers={"Authorization": f"Bearer {TOKEN}"})
         assert r.status_code == 200 and r.json()["index"]["documents"] == 30
+        assert r.json()["batching"]["wait_ms"] == 0 and r.json()["batching"]["enabled"] is True
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
@@ -382,6 +384,8 @@ def test_the_command_reports_a_bad_index_like_search(tmp_path, capsys):
     assert "longdoc serve: error:" in capsys.readouterr().err
     assert main(["search", str(tmp_path), "q", "--quiet"]) == 3
     assert "not an index directory (manifest.json is missing)" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path), "--batch-wait-ms", "-1", "--quiet"]) == 2
+    assert "batch_wait_ms must be a number in [0, 1000]" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------------- reload, drain
