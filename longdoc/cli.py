@@ -678,7 +678,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
               log_level="warning" if args.quiet else "debug" if args.debug else "info",
               batching=args.batching, batch_wait_ms=args.batch_wait_ms, max_batch=args.max_batch, max_k=args.max_k,
               max_body_bytes=args.max_body_bytes, reload_interval_s=args.reload_interval,
-              drain_timeout_s=args.drain_timeout, device=args.device)
+              drain_timeout_s=args.drain_timeout, device=args.device, bf16=args.bf16)
     return EXIT_OK
 
 
@@ -850,7 +850,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "it without a restart or a failed request (default 2; 0: never)")
     p.add_argument("--drain-timeout", type=_seconds, default=30.0, metavar="SECONDS",
                    help="on SIGTERM or Ctrl-C, wait at most this long for requests in flight (default 30)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: CUDA when present)")
+    _device_options(p)
     _common(p)
     p.set_defaults(func=cmd_serve)
 

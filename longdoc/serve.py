@@ -20,8 +20,10 @@ written to disk: the index is loaded read-only (no writer lock) and the classifi
 
 Micro-batching (``batching=True``, the default): each search's queries go onto an asyncio queue; one worker
 takes what arrives within ``batch_wait_ms`` (up to ``max_forward`` queries), encodes all of it in one call of
-the encoder (one forward when the queries fit its token budget) and then runs each request's ``index.search``
-with its vectors ready. The searches are exactly ``index.search`` (the same code, filters and scores); the
+the encoder (one forward when the queries fit its token budget) and then searches with the vectors ready: the
+requests of the round that share the index version and the options (k, labels, mode, per_doc, doc_score) in one
+``index.search`` call (one scoring pass for all their queries; should it fail, request by request, so that a bad
+request fails alone). The searches are exactly ``index.search`` (the same code, filters and scores); the
 vectors differ from encoding a request's queries alone only by float rounding (a batch pads to its longest
 query). ``batching=False`` calls ``index.search`` per request.
 
@@ -149,8 +151,12 @@ async def _cancel(task: asyncio.Task | None) -> None:
 
 @dataclass
 class _Pending:
+    """One request's queries; ``search(texts)`` searches any queries with the request's options on its index
+    version, and requests with equal ``key`` (same version, same options) are searched in one call."""
+
     texts: list[str]
-    search: Callable[[], Any]
+    search: Callable[[list[str]], list[Any]]
+    key: Any
     future: asyncio.Future = field(repr=False)
 
 
@@ -163,6 +169,7 @@ class QueryBatcher:
         self.wait_s = wait_s
         self.batches = 0  # worker rounds
         self.requests = 0
+        self.merged_searches = 0  # requests whose search ran inside another request's index.search call
         self._queue: asyncio.Queue[_Pending] | None = None
         self._task: asyncio.Task | None = None
 
@@ -178,11 +185,11 @@ class QueryBatcher:
             if not item.future.done():
                 item.future.set_exception(RuntimeError("the server is shutting down"))
 
-    async def submit(self, texts: list[str], search: Callable[[], Any]) -> Any:
+    async def submit(self, texts: list[str], search: Callable[[list[str]], list[Any]], key: Any) -> Any:
         if self._queue is None:
             raise RuntimeError("the query batcher is not running")
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(list(texts), search, future))
+        await self._queue.put(_Pending(list(texts), search, key, future))
         return await future
 
     async def _worker(self) -> None:
@@ -228,34 +235,57 @@ class QueryBatcher:
                 ready = dict(zip(texts, vectors, strict=True))
             except Exception as exc:  # noqa: BLE001 - each search then encodes its own queries and meets its error
                 logger.debug("batched encoding failed (%s): encoding request by request", exc)
-        outcomes: list[tuple[bool, Any]] = []
+        outcomes: dict[int, tuple[bool, Any]] = {}
+        groups: dict[Any, list[int]] = {}
+        for i, item in enumerate(batch):
+            groups.setdefault(item.key, []).append(i)
         with self.encoder.ready(ready):
-            for item in batch:
-                try:
-                    outcomes.append((True, item.search()))
-                except Exception as exc:  # noqa: BLE001 - goes to its request
-                    outcomes.append((False, exc))
-        return outcomes
+            for members in groups.values():
+                self._search_group([batch[i] for i in members], members, outcomes)
+        return [outcomes[i] for i in range(len(batch))]
+
+    def _search_group(self, items: list[_Pending], positions: list[int],
+                      outcomes: dict[int, tuple[bool, Any]]) -> None:
+        """The searches of requests with the same index version and options in one ``index.search`` call (one
+        scoring pass over the vectors for all their queries); when that call fails, request by request, so a
+        bad request fails alone."""
+        if len(items) > 1:
+            try:
+                results = items[0].search([t for item in items for t in item.texts])
+            except Exception:  # noqa: BLE001 - retried one by one below, where each request meets its own error
+                pass
+            else:
+                start = 0
+                for position, item in zip(positions, items, strict=True):
+                    outcomes[position] = (True, results[start:start + len(item.texts)])
+                    start += len(item.texts)
+                self.merged_searches += len(items) - 1
+                return
+        for position, item in zip(positions, items, strict=True):
+            try:
+                outcomes[position] = (True, item.search(item.texts))
+            except Exception as exc:  # noqa: BLE001 - goes to its request
+                outcomes[position] = (False, exc)
 
 
 # --------------------------------------------------------------------------------------------------- loading
 
 
 def _load(index_dir: str | os.PathLike[str], model_dir: str | os.PathLike[str] | None, device: str | None,
-          model_lock: threading.Lock) -> tuple[Any, Any, _ServedEncoder]:
+          model_lock: threading.Lock, bf16: bool = False) -> tuple[Any, Any, _ServedEncoder]:
     """The index (read-only), the classifier or None, and the query encoder (the index's recorded one; the
     classifier's index encoder when its fingerprint is the index's)."""
     from longdoc.cli import load_classifier, load_query_encoder  # the CLI's loaders, errors and words
 
     index_dir = require_index_directory(index_dir)
-    clf = load_classifier(str(model_dir), device=device) if model_dir is not None else None
+    clf = load_classifier(str(model_dir), device=device, bf16=bf16) if model_dir is not None else None
     index = open_search_index(index_dir, device=device)
     try:
         fingerprint = index.encoder_fingerprint
         if clf is not None and fingerprint is not None and clf.retrieval_encoder.fingerprint == fingerprint:
             encoder = clf.retrieval_encoder  # loaded once for both
         else:
-            encoder = load_query_encoder(None, index=index_dir, device=device)
+            encoder = load_query_encoder(None, index=index_dir, device=device, bf16=bf16)
         served = _ServedEncoder(encoder, model_lock)
         _attach(index, served, "pass --model with the model directory the index was built with")
     except BaseException:
@@ -552,6 +582,7 @@ def create_app(
     batch_wait_ms: float = DEFAULTS.batch_wait_ms,
     reload_interval_s: float = 2.0,
     device: str | None = None,
+    bf16: bool = False,
 ) -> FastAPI:
     """A FastAPI app serving the index at ``index_dir`` (and the classifier at ``model_dir``, for ``/label``).
 
@@ -561,8 +592,9 @@ def create_app(
     per /label request; ``max_body_bytes``: request body size; ``max_k``: hits per query; ``max_tokens``:
     the /contexts budget. ``batching``: micro-batch the query encoding of concurrent searches (``max_forward``
     queries at most, waiting ``batch_wait_ms`` after the first). ``reload_interval_s``: how often to look for
-    a new version of the index that a save swapped in (0: never; see the module's docstring). The index is
-    closed when the app shuts down.
+    a new version of the index that a save swapped in (0: never; see the module's docstring). ``bf16``: the
+    query encoder (and the classifier) in bfloat16, as ``longdoc search --bf16``: faster on CPUs with bf16
+    units, vectors within float rounding of float32 ones. The index is closed when the app shuts down.
     """
     limits = ServeLimits(max_k=max_k, max_batch=max_batch, max_body_bytes=max_body_bytes, max_tokens=max_tokens,
                          max_forward=max_forward, batch_wait_ms=batch_wait_ms)
@@ -580,7 +612,7 @@ def create_app(
         raise ConfigError("token must be a non-empty str (or None for no token)")
 
     model_lock = threading.Lock()
-    index, clf, encoder = _load(index_dir, model_dir, device, model_lock)
+    index, clf, encoder = _load(index_dir, model_dir, device, model_lock, bf16=bf16)
     slot = _IndexSlot(_Version(index, _index_facts(index, str(index_dir)), _signature(str(index_dir))))
     reloader = _Reloader(slot, str(index_dir), encoder, device, reload_interval_s)
     model_facts = _model_facts(clf, str(model_dir)) if clf is not None else None
@@ -667,10 +699,10 @@ def create_app(
         return _json({"error": f"internal error ({type(exc).__name__}); see the server's log", "kind": "internal",
                       "type": type(exc).__name__}, 500)
 
-    async def run_search(texts: list[str], call: Callable[[], Any]) -> Any:
+    async def run_search(texts: list[str], search: Callable[[list[str]], list[Any]], key: Any) -> Any:
         if batcher is not None:
-            return await batcher.submit(texts, call)
-        return await asyncio.to_thread(call)
+            return await batcher.submit(texts, search, key)
+        return await asyncio.to_thread(search, texts)
 
     async def searched(body: SearchRequest) -> tuple[list[str], list[list[Any]], str]:
         """The queries, their hits and the kind of score, from the version of the index current at the start
@@ -681,11 +713,13 @@ def create_app(
             score_kind = describe_score(mode=body.mode, per_doc=per_doc, doc_score=doc_score,
                                         normalize=index.normalize)  # also checks doc_score against per_doc
 
-            def call() -> list[list[Any]]:
-                return index.search(texts, k=body.k, labels=body.labels, mode=body.mode, per_doc=per_doc,
+            def search(queries: list[str]) -> list[list[Any]]:
+                return index.search(queries, k=body.k, labels=body.labels, mode=body.mode, per_doc=per_doc,
                                     doc_score=doc_score)
 
-            return texts, await run_search(texts, call), score_kind
+            labels = body.labels if body.labels is None or isinstance(body.labels, str) else tuple(body.labels)
+            key = (version, body.k, labels, body.mode, per_doc, doc_score)
+            return texts, await run_search(texts, search, key), score_kind
 
     @app.get("/healthz", summary="liveness: 200 while the server runs")
     async def healthz() -> Response:
@@ -700,7 +734,8 @@ def create_app(
                 "batching": {"enabled": batcher is not None, "max_forward": max_forward,
                              "wait_ms": batch_wait_ms, "forwards": encoder.forwards,
                              "queries_encoded": encoder.texts_encoded,
-                             "rounds": batcher.batches if batcher is not None else None}}
+                             "rounds": batcher.batches if batcher is not None else None,
+                             "merged_searches": batcher.merged_searches if batcher is not None else None}}
         return _json(data)
 
     @app.post("/search", summary="the hits of index.search for one query or a batch")

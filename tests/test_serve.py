@@ -315,15 +315,20 @@ def test_concurrent_searches_equal_in_process_search(request, reference, server_
             _same_hits(res["hits"], hits)
     if server_name == "served":  # 24 requests arriving together: a few forwards, not one per request
         assert 1 <= forwards <= len(bodies) // 3, forwards
+        batching = httpx.get(server.url + "/info", headers=headers).json()["batching"]
+        assert batching["merged_searches"] >= 1  # requests with the same options were searched in one call
     else:
         assert forwards == len(bodies)
 
 
 def test_one_bad_request_in_a_batch_fails_alone(served):
     headers = {"Authorization": f"Bearer {TOKEN}"}
-    bodies = [{"query": q} for q in QUERIES[:6]] + [{"query": "team", "labels": ["cooking"]}]
+    bodies = [{"query": q} for q in QUERIES[:6]] + [{"query": "team", "labels": ["cooking"]}, {"query": "   "}]
     responses = asyncio.run(_concurrently(served.url, bodies, headers))
-    assert [r.status_code for r in responses] == [200] * 6 + [400]
+    # the blank query has the options of the first six: their merged search fails, each is then searched alone
+    assert [r.status_code for r in responses] == [200] * 6 + [400, 400], [r.text for r in responses[6:]]
+    for r, q in zip(responses, QUERIES[:6], strict=False):
+        assert r.json()["results"][0]["query"] == q
 
 
 # --------------------------------------------------------------------------------------------------- the rest
