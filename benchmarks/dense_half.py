@@ -191,7 +191,7 @@ def run_one(base: LongDocClassifier, labels: list[str], train: Encoded, test: En
     hist = clf.history
     scored = [h for h in hist if "eval_macro_f1" in h]
     cfg_train = TrainConfig(**train_over)  # the epoch fit kept: the first best from min_epochs on
-    first_candidate = min(cfg_train.min_epochs, len(scored)) - 1
+    first_candidate = min(cfg_train.first_kept_epoch, len(scored)) - 1
     key = ((lambda h: (-h["eval_loss"], h["eval_macro_f1"])) if cfg_train.select_on == "loss"
            else (lambda h: (h["eval_macro_f1"], -h["eval_loss"])))
     best = (max(range(first_candidate, len(scored)), key=lambda i: key(scored[i])) + 1 if scored else len(hist))
