@@ -62,7 +62,7 @@ def classifier(base: LongDocClassifier, *, pooling: str | None, lexical: bool) -
 
 
 def run_fold(base: LongDocClassifier, enc: Encoded, ht: Encoded, train_idx: np.ndarray, test_idx: np.ndarray,
-             seed: int, methods: list[str]) -> dict[str, dict]:
+             seed: int, methods: list[str], train_config: dict | None = None) -> dict[str, dict]:
     train, test = enc.select(train_idx), enc.select(test_idx)
     truth = [r[0] for r in test.documents["labels"].to_list()]
     out: dict[str, dict] = {}
@@ -75,7 +75,7 @@ def run_fold(base: LongDocClassifier, enc: Encoded, ht: Encoded, train_idx: np.n
         out[name] = report
 
     def neural(clf: LongDocClassifier, tr: Encoded, te: Encoded) -> list[str]:
-        clf.fit(tr, args=TrainConfig(seed=seed))
+        clf.fit(tr, args=TrainConfig(**{**(train_config or {}), "seed": seed}))
         return list(clf.predict(te))
 
     for name in methods:
@@ -119,6 +119,8 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--stride", type=int, default=128)
     parser.add_argument("--max-windows", type=int, default=16)
+    parser.add_argument("--train-config", type=json.loads, default=None,
+                        help='TrainConfig overrides of every trained method, as JSON, e.g. \'{"min_epochs": 5}\'')
     args = parser.parse_args()
     setup_logging()
     logging.getLogger("longdoc").setLevel(logging.WARNING)
@@ -146,7 +148,7 @@ def main() -> None:
     runs: list[dict[str, dict]] = []
     for f, (train_idx, test_idx) in enumerate(folds):
         for seed in range(args.seeds):
-            run = run_fold(base, enc, ht, train_idx, test_idx, seed, methods)
+            run = run_fold(base, enc, ht, train_idx, test_idx, seed, methods, args.train_config)
             runs.append(run)
             emit({"bench": "classify_cv", "what": "run", "corpus": args.corpus, "fold": f, "seed": seed,
                   **{m: round(r["macro_f1"], 4) for m, r in run.items()}})

@@ -63,7 +63,7 @@ from longdoc.labeling import label_documents
 from longdoc.metrics import format_report
 from longdoc.model_dir import is_model_directory, read_model_config
 from longdoc.terminal import format_hit, safe_text
-from longdoc.training import MODES, RETRIEVAL_ENCODERS, TrainConfig
+from longdoc.training import MODES, RETRIEVAL_ENCODERS, SELECT_ON, TrainConfig
 from longdoc.windows import WindowConfig
 
 logger = logging.getLogger("longdoc.cli")
@@ -313,7 +313,9 @@ _TRAIN_HELP = {
     "retrieval_encoder": "encoder of the passage index after finetune: 'pretrained' (a kept copy, retrieves "
                          "better) or 'finetuned'",
     "class_weights": "'balanced' weights classes by inverse frequency",
-    "patience": "stop after this many epochs without a better validation macro-F1",
+    "patience": "stop after this many epochs without a better validation score",
+    "select_on": "what picks the epoch kept: validation macro_f1 (loss breaks ties) or loss",
+    "min_epochs": "keep no epoch before this one; early stopping waits for it; None: a quarter of --epochs",
     "calibrate": "fit the temperature (and multi-label thresholds) on the eval set",
     "seed": "seed for repeatable runs",
     "checkpoint_dir": "checkpoint every epoch here and resume from it",
@@ -336,7 +338,9 @@ def _train_config_options(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, default=default, choices=["balanced"], help=help_text)
         elif f.name == "retrieval_encoder":
             p.add_argument(flag, default=default, choices=list(RETRIEVAL_ENCODERS), help=help_text)
-        elif f.name in ("seed", "train_top_layers"):
+        elif f.name == "select_on":
+            p.add_argument(flag, default=default, choices=list(SELECT_ON), help=help_text)
+        elif f.name in ("seed", "train_top_layers", "min_epochs"):
             p.add_argument(flag, type=int, default=default, help=help_text)
         elif isinstance(default, int):
             p.add_argument(flag, type=_positive_int, default=default, help=help_text)

@@ -11,8 +11,9 @@ Two modes:
   all windows. ``train_top_layers`` freezes all but the top N encoder layers.
 
 Both use AdamW with separate learning rates for the encoder and the head, linear warmup then linear decay,
-early stopping on validation macro-F1, optional class weights, seeds, and a checkpoint per epoch that a killed
-run resumes from (weights, optimizer moments and the epoch counter, all as safetensors + JSON).
+early stopping on validation macro-F1 (or loss; never before ``min_epochs``), optional class weights, seeds,
+and a checkpoint per epoch that a killed run resumes from (weights, optimizer moments and the epoch counter, all
+as safetensors + JSON).
 
 ``LongDocClassifier.fit`` reads the documents and their targets, then calls :func:`fit` here, which trains the
 classifier's heads (and, fine-tuning, its encoder) in place. The loops only use the classifier's public parts:
@@ -53,6 +54,7 @@ logger = logging.getLogger(__name__)
 
 MODES = ("frozen", "finetune")
 RETRIEVAL_ENCODERS = ("pretrained", "finetuned")
+SELECT_ON = ("macro_f1", "loss")
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,16 @@ class TrainConfig:
             (benchmarks/RESULTS.md); ``"finetuned"`` indexes with the fine-tuned encoder (one pass labels and
             indexes). Frozen training never changes the encoder, so both are the same there.
         class_weights: ``"balanced"`` weights classes by inverse frequency; ``None`` does not.
-        patience: stop after this many epochs without a better validation macro-F1 (needs an eval set).
+        patience: stop after this many epochs without a better validation score (needs an eval set).
+        select_on: what picks the epoch that is kept (and drives ``patience``): ``"macro_f1"`` (validation
+            macro-F1, the loss breaking ties) or ``"loss"`` (validation loss, macro-F1 breaking ties).
+        min_epochs: no epoch before this one is kept and early stopping waits for it: the best validation epoch
+            is chosen among epochs ``min_epochs`` .. ``epochs``. ``None`` (the default): a quarter of ``epochs``,
+            rounded up (5 of the default 20; 1 for up to 4 epochs, as fine-tuning runs often have). On a
+            validation split of a few dozen documents (10% of a few hundred) macro-F1 moves in steps of several
+            points and an under-trained head of epoch 1 or 2 can top it by luck: on long binary news proxies
+            (benchmarks/RESULTS.md, issue 18) the window head kept such an epoch in 14 of 60 runs and lost 3.7
+            points of macro-F1 to first-512 on them; ``1`` keeps any epoch (the behaviour before this option).
         calibrate: fit a temperature (and multi-label thresholds) on the eval set after training.
         eval_fraction: without an eval set, hold out this fraction of the training documents (stratified by
             label, seeded; only from 40 documents up) for early stopping and calibration; ``0`` trains on all
@@ -115,6 +126,8 @@ class TrainConfig:
     retrieval_encoder: str = "pretrained"
     class_weights: str | None = None
     patience: int = 4
+    select_on: str = "macro_f1"
+    min_epochs: int | None = None
     calibrate: bool = True
     eval_fraction: float = 0.1
     seed: int = 0
@@ -141,8 +154,20 @@ class TrainConfig:
         if isinstance(self.eval_fraction, bool) or not isinstance(self.eval_fraction, int | float) \
                 or not 0 <= self.eval_fraction < 1:
             raise ConfigError(f"eval_fraction must be in [0, 1), got {self.eval_fraction!r}")
+        if self.select_on not in SELECT_ON:
+            raise ConfigError(f"select_on must be one of {SELECT_ON}, got {self.select_on!r}")
+        if self.min_epochs is not None and (isinstance(self.min_epochs, bool) or not isinstance(self.min_epochs, int)
+                                            or self.min_epochs < 1):
+            raise ConfigError(f"min_epochs must be None or an int >= 1, got {self.min_epochs!r}")
         if self.class_weights not in (None, "balanced"):
             raise ConfigError(f"class_weights must be None or 'balanced', got {self.class_weights!r}")
+
+    @property
+    def first_kept_epoch(self) -> int:
+        """The first epoch that may be kept (1-based): ``min_epochs``, or a quarter of ``epochs`` when None,
+        never past ``epochs``."""
+        start = self.min_epochs if self.min_epochs is not None else math.ceil(self.epochs / 4)
+        return max(1, min(start, self.epochs))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -576,7 +601,9 @@ def _epoch_loop(
         history.append(record)
         logger.info("epoch %d: %s", epoch + 1, record)
         current = score if score is not None else (-record["train_loss"],)
-        if current > best:
+        if score is not None and args.select_on == "loss":
+            current = (score[1], score[0])
+        if epoch + 1 <= args.first_kept_epoch or current > best:
             best, bad_epochs = current, 0
             best_head = {k: v.detach().clone() for k, v in heads.state_dict().items()}
             if encoder_trains:  # the head and the encoder of the best epoch always travel together
@@ -588,7 +615,8 @@ def _epoch_loop(
                             best_head=best_head, encoder=encoder if encoder_trains else None,
                             best_encoder=best_encoder, optimizer=optimizer, step=step, run=run, history=history)
         if score is not None and bad_epochs >= args.patience:
-            logger.info("early stop after epoch %d (best eval macro-F1 %.4f)", epoch + 1, best[0])
+            f1, neg_loss = (best[1], best[0]) if args.select_on == "loss" else best
+            logger.info("early stop after epoch %d (best eval macro-F1 %.4f, loss %.4f)", epoch + 1, f1, -neg_loss)
             break
     heads.load_state_dict(best_head)
     if best_encoder is not None:

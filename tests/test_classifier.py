@@ -239,3 +239,41 @@ def test_training_window_sample_is_ordered_and_keeps_the_first_window_when_asked
         assert 0.15 < has_first < 0.5  # 3 of 10: about 0.3
     only_first = sample_windows(rows, 1, True, rng)
     assert only_first.tolist() == [40]
+
+
+@pytest.mark.parametrize("select_on", ["loss", "macro_f1"])
+def test_the_kept_epoch_is_the_best_on_validation_from_min_epochs_on(tiny_model_dir, select_on):
+    """Issue 18: the epoch kept is the best validation epoch among those from ``min_epochs`` on (by loss, or by
+    macro-F1 with the loss breaking ties), and early stopping waits for ``min_epochs``."""
+    import torch
+
+    texts, labels = _corpus(45, 0)
+    val_texts, val_labels = _corpus(15, 1)
+    names = ["sport", "tech", "news"]
+    clf = LongDocClassifier.from_encoder(tiny_model_dir, labels=names, window=WindowConfig(max_length=32, stride=8),
+                                         device="cpu")
+    clf.fit(texts, labels, eval_dataset=val_texts, eval_labels=val_labels,
+            args=TrainConfig(epochs=7, head_lr=5e-3, batch_size=8, patience=1, min_epochs=4, select_on=select_on,
+                             calibrate=False))
+    assert len(clf.history) >= 4  # patience 1 could not stop it before min_epochs
+    target = torch.tensor([names.index(x) for x in val_labels])
+    kept_loss = float(clf.head.loss(clf.analyze(val_texts).logits.float(), target))
+    candidates = clf.history[3:]
+    if select_on == "loss":
+        best = min(h["eval_loss"] for h in candidates)
+    else:
+        top = max(h["eval_macro_f1"] for h in candidates)
+        best = min(h["eval_loss"] for h in candidates if h["eval_macro_f1"] == top)
+    assert kept_loss == pytest.approx(best, rel=1e-4, abs=1e-5)
+
+
+def test_selection_options_are_checked():
+    with pytest.raises(ConfigError, match="select_on"):
+        TrainConfig(select_on="accuracy")
+    with pytest.raises(ConfigError, match="min_epochs"):
+        TrainConfig(min_epochs=0)
+    # the default: a quarter of the epochs, rounded up, never past them
+    assert TrainConfig().first_kept_epoch == 5
+    assert TrainConfig(epochs=3).first_kept_epoch == 1
+    assert TrainConfig(epochs=40).first_kept_epoch == 10
+    assert TrainConfig(epochs=3, min_epochs=8).first_kept_epoch == 3
