@@ -9,6 +9,7 @@ the index (``check_no_clash``). Every failure is an ``IndexInputError`` whose me
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -129,13 +130,21 @@ def parse_query(query: Any, *, dim: int) -> tuple[bool, list[str] | None, np.nda
     )
 
 
+def is_blank_text(text: str) -> bool:
+    """True when ``text`` has nothing a tokenizer reads: empty, or only whitespace and invisible control or
+    format characters (NUL, zero-width spaces and joiners, direction marks, a byte-order mark)."""
+    return all(ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf") for ch in text)
+
+
 def _refuse_blank(texts: Sequence[str], *, single: bool) -> None:
-    """An empty or whitespace-only text query has nothing to match: its hits would be arbitrary."""
+    """An empty or whitespace-only text query has nothing to match: its hits would be arbitrary. (Invisible
+    control and format characters count as whitespace: a query of NUL bytes or zero-width spaces is blank.)"""
     for i, text in enumerate(texts):
-        if not text.strip():
+        if is_blank_text(text):
             where = "query" if single else f"query[{i}]"
-            raise IndexInputError(f"{where} is {text!r}, empty or only whitespace: a text query needs words to "
-                                  "search for (its hits would be arbitrary); drop it or pass a query vector")
+            raise IndexInputError(f"{where} is {text!r}, empty or only whitespace (or invisible characters): a text "
+                                  "query needs words to search for (its hits would be arbitrary); drop it or pass a "
+                                  "query vector")
 
 
 def require_encoder(encoder: QueryEncoder | None, owner: str) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import platform
 import re
 import unicodedata
@@ -199,6 +200,11 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def _finite(value: Any) -> bool:
+    """A real number (a hand-edited history may hold anything: the card shows only what it can compare)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -333,7 +339,7 @@ def _training(config: Mapping[str, Any]) -> list[str]:
         "none": "none (every epoch ran; no early stopping, no calibration)",
     }.get(training.get("validation"), "-")
     history = config.get("history") or []
-    scores = [r["eval_macro_f1"] for r in history if isinstance(r, dict) and "eval_macro_f1" in r]
+    scores = [r["eval_macro_f1"] for r in history if isinstance(r, dict) and _finite(r.get("eval_macro_f1"))]
     rows = [["mode", f"`{markdown_text(training.get('mode'))}`"],
             ["epochs", f"{training.get('epochs_run')} run (at most {training.get('max_epochs')})"],
             ["training documents", f"{training.get('documents')} ({training.get('train_documents')} trained the "

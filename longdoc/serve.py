@@ -532,6 +532,11 @@ class _Guard:
             if not message.get("more_body", False):
                 break
         body, replayed = b"".join(chunks), False
+        if scope.get("path") in _JSON_PATHS and body:
+            problem = _body_problem(headers.get(b"content-type", b""), body)
+            if problem is not None:
+                await _send_json(send, *problem)
+                return
 
         async def replay() -> dict:
             nonlocal replayed
@@ -545,6 +550,48 @@ class _Guard:
     async def _too_large(self, send: Callable, size: int) -> None:
         await _send_json(send, 413, {"error": f"request body of {size} bytes or more is over this server's limit "
                                               f"of {self.max_body_bytes} bytes (max_body_bytes)"})
+
+
+#: The endpoints whose body is a JSON object (checked by ``_Guard`` before FastAPI parses it).
+_JSON_PATHS = frozenset({"/search", "/contexts", "/label"})
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _body_problem(content_type: bytes, body: bytes) -> tuple[int, dict[str, Any]] | None:
+    """(status, error) for a body FastAPI would not read as JSON, or would read in a way the client did not mean:
+    another Content-Type (415), bytes that are not UTF-8, nesting Python cannot parse, an integer of thousands
+    of digits, a key given twice (``json.loads`` would keep the last silently); None when it is fine (malformed
+    JSON is left to FastAPI's 422, which says where)."""
+    kind = content_type.split(b";", 1)[0].strip().lower()
+    if not (kind == b"application/json" or (kind.startswith(b"application/") and kind.endswith(b"+json"))):
+        shown = content_type.decode("latin-1") if content_type else "none"
+        return 415, {"error": f"the request body must be JSON sent with 'Content-Type: application/json' (got "
+                              f"Content-Type: {shown})"}
+    try:
+        json.loads(body, object_pairs_hook=_no_duplicate_keys)
+    except _DuplicateKey as exc:
+        return 422, {"error": f"body: the key {exc.args[0]!r} is given more than once in one JSON object"}
+    except UnicodeDecodeError as exc:
+        return 422, {"error": f"body: not UTF-8 ({exc.reason} at byte {exc.start}); encode the JSON body as UTF-8"}
+    except RecursionError:
+        return 422, {"error": "body: JSON nested too deeply to parse"}
+    except json.JSONDecodeError:
+        return None
+    except ValueError as exc:  # e.g. an integer past Python's digit limit
+        return 422, {"error": f"body: not valid JSON ({_message(exc)})"}
+    return None
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -610,6 +657,9 @@ def create_app(
                           f"{reload_interval_s!r}")
     if token is not None and (not isinstance(token, str) or not token.strip()):
         raise ConfigError("token must be a non-empty str (or None for no token)")
+    if token is not None and not all("!" <= ch <= "~" for ch in token):  # what a client can send after "Bearer "
+        raise ConfigError("token must be printable ASCII without spaces or line breaks (clients send it in the "
+                          "'Authorization: Bearer' header); check for a trailing newline")
 
     model_lock = threading.Lock()
     index, clf, encoder = _load(index_dir, model_dir, device, model_lock, bf16=bf16)
@@ -626,10 +676,11 @@ def create_app(
         query: str | None = Field(None, description="one query (or give `queries`)")
         queries: list[str] | None = Field(None, min_length=1, max_length=max_batch,
                                           description=f"up to {max_batch} queries")
-        k: int = Field(5, ge=1, le=max_k, description="hits per query")
+        k: int = Field(5, ge=1, le=max_k, strict=True, description="hits per query")
         labels: list[str] | str | None = Field(None, description="only documents with one of these labels")
         mode: Literal["dense", "hybrid"] = "dense"
-        per_doc: int | None = Field(1, ge=1, le=max_k, description="hits per document; null: rank windows")
+        per_doc: int | None = Field(1, ge=1, le=max_k, strict=True,
+                                    description="hits per document; null: rank windows")
         doc_score: Literal["top2_first", "max"] | None = Field(
             None, description="how a document's windows make its score (default top2_first; per-document only)")
 
@@ -643,9 +694,10 @@ def create_app(
             return [self.query] if self.query is not None else list(self.queries or [])
 
     class ContextsRequest(SearchRequest):
-        max_tokens: int = Field(1024, ge=1, le=limits.max_tokens, description="token budget of each query's contexts")
-        merge_gap: int = Field(0, ge=0, le=100_000, description="join windows of a document at most this many "
-                                                                "characters apart")
+        max_tokens: int = Field(1024, ge=1, le=limits.max_tokens, strict=True,
+                                description="token budget of each query's contexts")
+        merge_gap: int = Field(0, ge=0, le=100_000, strict=True,
+                               description="join windows of a document at most this many characters apart")
 
     class Document(_Strict):
         id: str = Field(min_length=1)
@@ -653,7 +705,7 @@ def create_app(
 
     class LabelRequest(_Strict):
         documents: list[Document] = Field(min_length=1, max_length=max_batch)
-        top_windows: int = Field(3, ge=0, le=max_k, description="most influential windows per document")
+        top_windows: int = Field(3, ge=0, le=max_k, strict=True, description="most influential windows per document")
 
     # -- the app -----------------------------------------------------------------------------------------
     @contextlib.asynccontextmanager

@@ -504,7 +504,7 @@ def test_index_says_built_for_a_new_index_and_updated_after(saved_model, docs_fi
 
 
 @pytest.mark.parametrize("mode", ["dense", "hybrid"])
-@pytest.mark.parametrize("query", ["", "   \t"])
+@pytest.mark.parametrize("query", ["", "   \t", "\x00\u200b\u2060", "\u202e\ufeff "])  # invisible: as blank
 def test_an_empty_or_blank_query_is_refused(saved_model, docs_file, tmp_path, capsys, mode, query):
     from indexer.errors import IndexInputError
     from indexer.sharded import load_index

@@ -246,7 +246,7 @@ def test_field_types_of_the_langchain_retriever(lc, li, index_dir):
 
 @pytest.mark.parametrize(("kwargs", "words"), [
     ({"url": "localhost:8000"}, "url must be the http(s) base URL"),
-    ({"url": "http://127.0.0.1:8000", "timeout": 0}, "timeout must be a positive number of seconds, got 0"),
+    ({"url": "http://127.0.0.1:8000", "timeout": 0}, "timeout must be a positive (finite) number of seconds, got 0"),
     ({"url": "http://127.0.0.1:8000", "token": ""}, "token must be a non-empty str"),
     ({"url": "http://127.0.0.1:8000", "model": "m/"}, "model= and device= are for a local index"),
 ])
@@ -319,6 +319,81 @@ def test_a_url_that_is_not_a_longdoc_server(lc, li, server):
         closed = s.getsockname()[1]
     with pytest.raises(ConfigError, match="cannot reach a longdoc server"):
         asyncio.run(lc.LongdocRetriever(url=f"http://127.0.0.1:{closed}").ainvoke(QUERY))
+
+
+class _OddServer(http.server.BaseHTTPRequestHandler):
+    """Answers POST /search with ``self.server.answer`` (status, content type, body)."""
+
+    def do_POST(self):  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        status, content_type, body = self.server.answer
+        self.send_response(status)
+        self.send_header("content-type", content_type)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("answer", [
+    (500, "text/html", b"<html>oops</html>"),
+    (200, "application/json", b'{"score_kind": "x", "results": [{"hits": [{"doc_id": 1}]}]}'),  # hits lack fields
+    (200, "application/json", b'{"score_kind": "x", "results": [{"hits": [3]}]}'),
+    (200, "text/plain", b"hello"),
+])
+def test_a_server_answering_nonsense_is_a_clear_error(lc, li, answer):
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OddServer)
+    other.answer = answer
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{other.server_address[1]}"
+        for retrieve in (lc.LongdocRetriever(url=url).invoke, li.LongdocRetriever(url=url).retrieve):
+            with pytest.raises(ConfigError, match=f"does not answer like a longdoc server: POST /search gave "
+                                                  f"HTTP {answer[0]}"):
+                retrieve(QUERY)
+    finally:
+        other.shutdown()
+        other.server_close()
+
+
+@pytest.mark.parametrize("url", ["http://", "http:///", "http://:8000", "http://exa mple.com", "http://h:8000?x=1",
+                                 "http://h:99999"])
+def test_a_url_without_a_host_or_with_a_query_is_refused_when_given(url):
+    with pytest.raises(ConfigError, match="url must be the http\\(s\\) base URL"):
+        SearchSource(url=url)
+
+
+@pytest.mark.parametrize("token", ["tok\nX-Injected: 1", "tok\r", " tok", "tøk"])
+def test_a_token_that_would_break_the_header_is_refused_when_given(lc, li, server, token):
+    for make in (SearchSource, lc.LongdocRetriever, li.LongdocRetriever):
+        with pytest.raises(ConfigError, match="printable ASCII without spaces or line breaks"):
+            make(url=server.url, token=token)
+
+
+def test_odd_queries_to_the_retrievers(lc, li, server, index_dir):
+    for kwargs in ({"index": index_dir}, {"url": server.url, "token": TOKEN}):
+        retrievers = (lc.LongdocRetriever(**kwargs).invoke, li.LongdocRetriever(**kwargs).retrieve)
+        for retrieve in retrievers:
+            for query, words in ((None, "query must be a str, got NoneType"), (b"team", "got bytes"),
+                                 ("\x00\u200b", "empty or only whitespace"), ("team \ud800", "lone surrogate")):
+                with pytest.raises(IndexInputError, match=words):
+                    retrieve(query)
+    with pytest.raises(IndexInputError, match="got NoneType"):
+        asyncio.run(li.LongdocRetriever(index_dir).aretrieve(None))
+    with pytest.raises(IndexInputError, match="request body of .* over this server's limit"):  # 413, named
+        lc.LongdocRetriever(url=server.url, token=TOKEN).invoke("team " * 250_000)
+
+
+def test_numbers_are_not_coerced_by_the_retrievers(lc, li, index_dir):
+    for k in (True, 2.0, "5"):
+        with pytest.raises(ValueError, match="k"):  # pydantic's ValidationError naming the field
+            lc.LongdocRetriever(index_dir, k=k)
+        with pytest.raises(IndexInputError, match="k must be a positive int"):
+            li.LongdocRetriever(index_dir, k=k)
+    with pytest.raises(ConfigError, match="timeout must be"):
+        SearchSource(url="http://127.0.0.1:8000", timeout=float("inf"))
 
 
 def test_search_options_are_the_search_arguments():

@@ -163,6 +163,18 @@ def test_a_damaged_card_fact_is_refused_by_name(evaluated, tmp_path, key, value,
     assert f"delete the {key!r} key" in str(caught.value)
 
 
+def test_a_hand_edited_history_cannot_stop_the_next_save(evaluated, tmp_path):
+    """``history`` is not a card fact, yet the card reads its scores: a string among them (max() of str and float
+    was a TypeError inside save) is skipped, so load -> save still works and the card shows the real best."""
+    copy = tmp_path / "m"
+    shutil.copytree(evaluated[0], copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["history"] = [{"eval_macro_f1": "x"}, {"eval_macro_f1": 0.5}, {"eval_macro_f1": True}, 3, "row"]
+    (copy / "config.json").write_text(json.dumps(config))
+    out = LongDocClassifier.load(copy, device="cpu").save(tmp_path / "again")
+    assert "| best validation macro-F1 | 0.5000 |" in _card(out)
+
+
 def test_markdown_text_escapes_what_would_format_or_inject():
     assert markdown_text("a|b") == "a\\|b"
     assert markdown_text("<img src=x onerror=alert(1)>") == "&lt;img src=x onerror=alert(1)&gt;"

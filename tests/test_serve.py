@@ -331,6 +331,98 @@ def test_one_bad_request_in_a_batch_fails_alone(served):
         assert r.json()["results"][0]["query"] == q
 
 
+# --------------------------------------------------------------------------------------------------- hostile bodies
+
+
+def _alive(server) -> None:
+    assert httpx.get(server.url + "/healthz", timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize(("field", "value"), [("k", True), ("k", 2.0), ("k", "5"), ("per_doc", True),
+                                              ("max_tokens", 1.0), ("merge_gap", False)])
+def test_numbers_are_not_coerced(client, served, field, value):
+    """k=True is not k=1, nor "5" k=5: index.search refuses them (check_positive_int), so the server does."""
+    r = client.post("/contexts", json={"query": "team", field: value})
+    assert r.status_code == 422 and r.json()["error"].startswith(f"{field}: "), r.text
+    r = client.post("/label", json={"documents": [{"id": "a", "text": "team"}], "top_windows": True})
+    assert r.status_code == 422 and "top_windows" in r.json()["error"]
+    _alive(served)
+
+
+@pytest.mark.parametrize(("content", "content_type", "status", "words"), [
+    (b'{"query": "team", "query": "goal"}', "application/json", 422, "'query' is given more than once"),
+    (b'{"query": "team", "labels": [{"a": 1, "a": 2}]}', "application/json", 422, "'a' is given more than once"),
+    ('{"query": "café"}'.encode("latin-1"), "application/json", 422, "not UTF-8"),
+    (b'{"query": ' + b"[" * 10_000 + b"]" * 10_000 + b"}", "application/json", 422, "nested too deeply"),
+    (b'{"query": "team", "k": 1' + b"0" * 5000 + b"}", "application/json", 422, "not valid JSON"),
+    (b'{"query": "team"}', "text/plain", 415, "Content-Type: application/json"),
+    (b"query=team", "application/x-www-form-urlencoded", 415, "Content-Type: application/json"),
+])
+def test_bodies_that_are_not_plain_json_objects(client, served, content, content_type, status, words):
+    for path in ("/search", "/contexts", "/label"):
+        r = client.post(path, content=content, headers={"content-type": content_type})
+        assert r.status_code == status and words in r.json()["error"], r.text
+    _alive(served)
+    r = client.post("/search", content=b'{"query": "team"}')  # no Content-Type at all
+    assert r.status_code == 415 and "got Content-Type: none" in r.json()["error"]
+    r = client.post("/search", content=b'{"query": "team"}', headers={"content-type": "application/json; charset=utf-8"})
+    assert r.status_code == 200
+
+
+@pytest.mark.parametrize("body", [b"[]", b"3", b'"x"', b"null", b"true"])
+def test_non_object_json_bodies_get_422(client, served, body):
+    r = client.post("/search", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"].startswith("body: ")
+    _alive(served)
+
+
+@pytest.mark.parametrize("query", ["\x00\x00", "\u200b\u200d", "\u202e \ufeff", "\t\x00 "])
+def test_invisible_queries_are_blank(client, served, reference, query):
+    """A query of NUL bytes, zero-width or direction characters has no words: refused like a blank one (the
+    hits were arbitrary), by the server and by index.search alike."""
+    r = client.post("/search", json={"queries": ["team", query]})
+    assert r.status_code == 400 and "empty or only whitespace" in r.json()["error"], r.text
+    with pytest.raises(IndexInputError, match="empty or only whitespace"):
+        reference.search(query)
+    _alive(served)
+
+
+def test_odd_but_real_queries_are_searched_like_in_process(client, served, reference):
+    big = " ".join(WORDS[i % len(WORDS)] for i in range(200_000))[:990_000]  # just under the 1 MB body limit
+    for query in ["team\x00player", "\u202eteam\u200b goal", "😀 team 🏈", big]:
+        r = client.post("/search", json={"query": query, "k": 3})
+        assert r.status_code == 200, r.text
+        _same_hits(r.json()["results"][0]["hits"], reference.search(query, k=3))
+    r = client.post("/search", content=b'{"query": "team \\ud800"}',  # a lone surrogate: valid JSON, not Unicode
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "lone surrogate" in r.json()["error"], r.text
+    _alive(served)
+
+
+def test_a_bad_request_merged_with_good_ones_fails_alone(served, reference):
+    """Requests with the same options are searched in one call; a blank (NUL) query and an unknown label among
+    them fail alone, and every good one still equals its in-process search."""
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    good = [{"query": q, "k": 4} for q in QUERIES[:6]]
+    bad = [{"query": "\x00", "k": 4}, {"query": "team", "k": 4, "labels": ["cooking"]}, {"query": "\u200b", "k": 4}]
+    bodies = good[:3] + bad[:2] + good[3:] + bad[2:]
+    responses = asyncio.run(_concurrently(served.url, bodies, headers))
+    for body, r in zip(bodies, responses, strict=True):
+        if body in bad:
+            assert r.status_code == 400 and r.json()["type"] == "IndexInputError", r.text
+        else:
+            assert r.status_code == 200, r.text
+            _same_hits(r.json()["results"][0]["hits"], reference.search(body["query"], k=4))
+    _alive(served)
+
+
+def test_a_token_that_no_client_can_send_is_refused_at_start(dirs):
+    index_dir, _ = dirs
+    for token in ("s3cret\n", "two words", "tøken", "a\r\nX-Injected: 1"):
+        with pytest.raises(ConfigError, match="printable ASCII"):
+            create_app(index_dir, token=token, reload_interval_s=0)
+
+
 # --------------------------------------------------------------------------------------------------- the rest
 
 

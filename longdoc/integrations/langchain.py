@@ -53,13 +53,13 @@ class LongdocRetriever(BaseRetriever):
     index: Any = Field(default=None, frozen=True, description="an index directory or a loaded index")
     url: str | None = Field(default=None, frozen=True, description="the base URL of a running `longdoc serve`")
     token: str | None = Field(default=None, frozen=True, repr=False, description="the server's bearer token")
-    timeout: float = Field(default=30.0, frozen=True, description="seconds per HTTP request")
+    timeout: float = Field(default=30.0, frozen=True, strict=True, description="seconds per HTTP request")
     model: str | None = Field(default=None, frozen=True, description="the query encoder's model directory")
     device: str | None = Field(default=None, frozen=True, description="where a local index encodes queries")
-    k: int = Field(default=5, description="hits per query")
+    k: int = Field(default=5, strict=True, description="hits per query")  # strict: True or 2.0 is not 1 or 2
     labels: list[str] | str | None = Field(default=None, description="only documents with one of these labels")
     mode: str = Field(default="dense", description="'dense' or 'hybrid'")
-    per_doc: int | None = Field(default=1, description="windows per document; None ranks windows")
+    per_doc: int | None = Field(default=1, strict=True, description="windows per document; None ranks windows")
     doc_score: str | None = Field(default=None, description="'top2_first' (default) or 'max'")
 
     _source: SearchSource = PrivateAttr()

@@ -18,7 +18,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from longdoc.integrations.source import SearchOptions, SearchResult, SearchSource, hit_id, hit_metadata
+from longdoc.integrations.source import (
+    SearchOptions,
+    SearchResult,
+    SearchSource,
+    check_query,
+    hit_id,
+    hit_metadata,
+)
 
 try:
     from llama_index.core.callbacks import CallbackManager
@@ -92,8 +99,22 @@ class LongdocRetriever(BaseRetriever):
         """Close the HTTP client, and the index when this retriever loaded it."""
         self.source.close()
 
+    def retrieve(self, str_or_query_bundle: str | QueryBundle) -> list[NodeWithScore]:
+        """The nodes of the query's hits; a query that is not a str with words (or a ``QueryBundle``) is an
+        ``IndexInputError`` before LlamaIndex's events see it."""
+        _check_query_or_bundle(str_or_query_bundle)
+        return super().retrieve(str_or_query_bundle)
+
+    async def aretrieve(self, str_or_query_bundle: str | QueryBundle) -> list[NodeWithScore]:
+        _check_query_or_bundle(str_or_query_bundle)
+        return await super().aretrieve(str_or_query_bundle)
+
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         return to_nodes(self.source.search(query_bundle.query_str, self.options))
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         return to_nodes(await self.source.asearch(query_bundle.query_str, self.options))
+
+
+def _check_query_or_bundle(query: Any) -> None:
+    check_query(query.query_str if isinstance(query, QueryBundle) else query)

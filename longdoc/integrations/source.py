@@ -20,15 +20,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from indexer.errors import IndexInputError, IndexLoadError, IndexUnsupportedError
 from indexer.index import describe_score
-from indexer.inputs import check_positive_int, str_list
+from indexer.inputs import check_positive_int, is_blank_text, str_list
 from longdoc.errors import ConfigError, DataError, LongDocError, ModelLoadError
 
 __all__ = ["SearchOptions", "SearchResult", "SearchSource", "hit_id", "hit_metadata"]
@@ -121,8 +123,12 @@ def check_query(query: Any) -> str:
     """``query`` when it is a str with words; else an ``IndexInputError`` saying what came in."""
     if not isinstance(query, str):
         raise IndexInputError(f"query must be a str, got {type(query).__name__} ({query!r:.80})")
-    if not query.strip():
-        raise IndexInputError(f"query is {query!r}, empty or only whitespace: a text query needs words to search for")
+    if is_blank_text(query):
+        raise IndexInputError(f"query is {query!r:.80}, empty or only whitespace (or invisible characters): a text "
+                              "query needs words to search for")
+    if any("\ud800" <= ch <= "\udfff" for ch in query):
+        raise IndexInputError(f"query {query!r:.80} holds a lone surrogate (\\ud800-\\udfff), which is not valid "
+                              "Unicode text; decode the text properly or replace it with U+FFFD")
     return query
 
 
@@ -184,21 +190,34 @@ class SearchSource:
     # -- checks ----------------------------------------------------------------------------------------------
     @staticmethod
     def _check_url(url: Any) -> str:
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")) or len(url.split("://", 1)[1]) == 0:
-            raise ConfigError("url must be the http(s) base URL of a running `longdoc serve` (e.g. "
-                              f"'http://127.0.0.1:8000'), got {url!r}")
-        return url.rstrip("/")
+        why = "got"
+        if isinstance(url, str):
+            try:
+                parts = urlsplit(url)
+                host, _ = parts.hostname, parts.port  # the port is checked when read
+            except ValueError as exc:
+                parts, host, why = None, None, f"{exc}:"
+            if parts is not None and parts.scheme.lower() in ("http", "https") and host:
+                if parts.query or parts.fragment or any(ch.isspace() for ch in url):
+                    why = "a base URL has no query, fragment or spaces; got"
+                else:
+                    return url.rstrip("/")
+        raise ConfigError("url must be the http(s) base URL of a running `longdoc serve` (e.g. "
+                          f"'http://127.0.0.1:8000'), {why} {url!r}")
 
     @staticmethod
     def _check_token(token: Any) -> str | None:
         if token is not None and (not isinstance(token, str) or not token.strip()):
             raise ConfigError(f"token must be a non-empty str (the server's bearer token) or None, got {token!r}")
+        if token is not None and not all("!" <= ch <= "~" for ch in token):
+            raise ConfigError("token must be printable ASCII without spaces or line breaks (it is sent in the "
+                              f"'Authorization: Bearer' header), got {token!r}")
         return token
 
     @staticmethod
     def _check_timeout(timeout: Any) -> float:
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
-            raise ConfigError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf:
+            raise ConfigError(f"timeout must be a positive (finite) number of seconds, got {timeout!r}")
         return float(timeout)
 
     # -- searching -------------------------------------------------------------------------------------------
@@ -304,8 +323,15 @@ def _is_search_answer(data: Any) -> bool:
     if not isinstance(data, dict) or not isinstance(data.get("score_kind"), str):
         return False
     results = data.get("results")
-    return (isinstance(results, list) and len(results) == 1 and isinstance(results[0], dict)
-            and isinstance(results[0].get("hits"), list))
+    if not (isinstance(results, list) and len(results) == 1 and isinstance(results[0], dict)
+            and isinstance(results[0].get("hits"), list)):
+        return False
+    return all(isinstance(hit, dict) and _HIT_FIELDS <= hit.keys() and isinstance(hit["text"], str)
+               for hit in results[0]["hits"])
+
+
+#: The fields of a hit that ``hit_id``, ``hit_metadata`` and the retrievers read.
+_HIT_FIELDS = frozenset({"rank", "score", "doc_id", "window_index", "char_start", "char_end", "text"})
 
 
 def _import_httpx() -> Any:
