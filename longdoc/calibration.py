@@ -188,3 +188,56 @@ def expected_calibration_error(
     out_sum = np.bincount(bins, weights=outcome, minlength=n_bins)
     # sum_b (n_b / N) * |acc_b - conf_b| == sum_b |sum outcome_b - sum confidence_b| / N
     return float(np.abs(out_sum - conf_sum).sum() / confidence.size)
+
+
+def fit_fusion_weights(
+    dense_logits: np.ndarray | torch.Tensor,
+    lexical_scores: np.ndarray | torch.Tensor,
+    labels: np.ndarray | torch.Tensor | Sequence,
+    *,
+    multi_label: bool = False,
+    min_samples: int = 20,
+    max_iter: int = 200,
+) -> tuple[float, float] | None:
+    """Weights (a, b) > 0 minimising the NLL of ``a * dense_logits + b * lexical_scores`` on validation data.
+
+    The two halves of a hybrid classifier are trained together on the training documents, where the window
+    head can fit what the (cross-fitted) lexical scores get wrong; on documents it never saw, that correction
+    may help or hurt. Two scalars fitted on held-out documents say how much each half is worth there, the way a
+    temperature is fitted (and, like it, with too few parameters to overfit a few dozen documents).
+
+    Returns None (keep the weights as trained) below ``min_samples`` rows or when the fit diverges; else
+    (a, b), each in [0.01, 100].
+    """
+    d = torch.as_tensor(_as_numpy(dense_logits, np.float64))
+    s = torch.as_tensor(_as_numpy(lexical_scores, np.float64))
+    if d.dim() != 2 or s.shape != d.shape:
+        raise ValueError(f"dense_logits and lexical_scores must be 2-D of one shape, got {tuple(d.shape)} and "
+                         f"{tuple(s.shape)}")
+    y = _as_numpy(labels)
+    n = d.shape[0]
+    if n < min_samples:
+        logger.info("fit_fusion_weights: %d validation rows (< %d); keeping the trained weights", n, min_samples)
+        return None
+    target = torch.as_tensor(y.astype(np.float64 if multi_label else np.int64))
+
+    def nll(log_ab: torch.Tensor) -> torch.Tensor:
+        a, b = log_ab.exp()
+        z = a * d + b * s
+        return F.binary_cross_entropy_with_logits(z, target) if multi_label else F.cross_entropy(z, target)
+
+    log_ab = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_ab], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = nll(log_ab)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    a, b = (float(x) for x in log_ab.detach().exp())
+    if not (np.isfinite(a) and np.isfinite(b)):
+        logger.warning("fit_fusion_weights: optimisation diverged; keeping the trained weights")
+        return None
+    return float(np.clip(a, 0.01, 100.0)), float(np.clip(b, 0.01, 100.0))

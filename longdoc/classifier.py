@@ -443,6 +443,8 @@ class LongDocClassifier:
         # the loops (epochs, early stopping, checkpoints) are in longdoc.training
         training.fit(self, train_input, y_train, val_input, y_val, args, show_progress_bar,
                      lexical_scores=lexical_scores)
+        if self.lexical is not None and args.refit_fusion and val_input is not None:
+            self._refit_fusion(val_input)
         if args.calibrate and val_input is not None:
             self.calibrate(val_input)
         elif args.calibrate:
@@ -459,6 +461,28 @@ class LongDocClassifier:
             label_counts={str(k): int(n) for k, n in label_counts.iter_rows()}, epochs_run=len(self.history),
             calibrated=bool(args.calibrate and val_input is not None))
         return self
+
+    def _refit_fusion(self, val_input: Encoded | pl.DataFrame) -> None:
+        """Re-weigh the window head's logits and the lexical scores by two scalars fitted on the validation
+        documents (``calibration.fit_fusion_weights``): the head's output layer is scaled by one, the lexical
+        weight set to the other. The predictions then mix the halves as held-out documents say they should."""
+        docs = val_input.documents if isinstance(val_input, Encoded) else val_input
+        a = self._analyze(val_input, show_progress_bar=False)
+        keep = ~np.isnan(a.probs).any(1)
+        logits = np.asarray(a.logits, dtype=np.float64)[keep]
+        lexical = np.asarray(a.lexical_scores, dtype=np.float64)[keep]
+        weight = float(self.head.lexical_weight.detach())
+        weights = calibration.fit_fusion_weights(logits - weight * lexical, lexical,
+                                                 self._targets(docs).numpy()[keep], multi_label=self.multi_label)
+        if weights is None:
+            return
+        dense_scale, lexical_weight = weights
+        with torch.no_grad():
+            self.head.classifier.weight.mul_(dense_scale)
+            self.head.classifier.bias.mul_(dense_scale)
+            self.head.lexical_weight.fill_(lexical_weight)
+        logger.info("fusion refitted on %d validation documents: window head x %.3f, lexical weight %.3f -> %.3f",
+                    int(keep.sum()), dense_scale, weight, lexical_weight)
 
     def _reset_heads(self) -> None:
         """New head weights from the current (seeded) random state; the configuration is kept."""

@@ -316,6 +316,8 @@ _TRAIN_HELP = {
     "patience": "stop after this many epochs without a better validation score",
     "select_on": "what picks the epoch kept: validation macro_f1 (loss breaks ties) or loss",
     "min_epochs": "keep no epoch before this one; early stopping waits for it; None: a quarter of --epochs",
+    "refit_fusion": "after training, re-weigh the window head and the lexical branch by two scalars fitted on "
+                    "the eval set",
     "calibrate": "fit the temperature (and multi-label thresholds) on the eval set",
     "seed": "seed for repeatable runs",
     "checkpoint_dir": "checkpoint every epoch here and resume from it",

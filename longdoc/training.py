@@ -102,6 +102,12 @@ class TrainConfig:
             points and an under-trained head of epoch 1 or 2 can top it by luck: on long binary news proxies
             (benchmarks/RESULTS.md, issue 18) the window head kept such an epoch in 14 of 60 runs and lost 3.7
             points of macro-F1 to first-512 on them; ``1`` keeps any epoch (the behaviour before this option).
+        refit_fusion: with the lexical branch and validation documents, after training re-weigh the window head's
+            logits and the lexical scores by two scalars fitted on the validation documents (their NLL, as a
+            temperature is fitted; ``calibration.fit_fusion_weights``). The head trains on the training
+            documents, where it can learn to override the lexical scores; on a few hundred documents that
+            override hurt on unseen ones (man-page demo split: 0.826 -> 0.863 macro-F1, 3 seeds;
+            benchmarks/RESULTS.md). ``False`` keeps the trained weights.
         calibrate: fit a temperature (and multi-label thresholds) on the eval set after training.
         eval_fraction: without an eval set, hold out this fraction of the training documents (stratified by
             label, seeded; only from 40 documents up) for early stopping and calibration; ``0`` trains on all
@@ -128,6 +134,7 @@ class TrainConfig:
     patience: int = 4
     select_on: str = "macro_f1"
     min_epochs: int | None = None
+    refit_fusion: bool = True
     calibrate: bool = True
     eval_fraction: float = 0.1
     seed: int = 0
@@ -154,6 +161,8 @@ class TrainConfig:
         if isinstance(self.eval_fraction, bool) or not isinstance(self.eval_fraction, int | float) \
                 or not 0 <= self.eval_fraction < 1:
             raise ConfigError(f"eval_fraction must be in [0, 1), got {self.eval_fraction!r}")
+        if not isinstance(self.refit_fusion, bool):
+            raise ConfigError(f"refit_fusion must be True or False, got {self.refit_fusion!r}")
         if self.select_on not in SELECT_ON:
             raise ConfigError(f"select_on must be one of {SELECT_ON}, got {self.select_on!r}")
         if self.min_epochs is not None and (isinstance(self.min_epochs, bool) or not isinstance(self.min_epochs, int)

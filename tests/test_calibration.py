@@ -123,3 +123,30 @@ def test_ece_hand_computed():
     assert expected_calibration_error(np.zeros((0, 2)), np.zeros(0)) == 0.0
     with pytest.raises(ConfigError, match="n_bins"):
         expected_calibration_error(probs, labels, n_bins=0)
+
+
+def test_fusion_weights_recover_known_weights():
+    from longdoc.calibration import fit_fusion_weights
+
+    rng = np.random.default_rng(3)
+    n, k = 6000, 4
+    dense, lexical = rng.normal(size=(n, k)), rng.normal(size=(n, k))
+    z = 2.0 * dense + 0.5 * lexical
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    y = np.array([rng.choice(k, p=row) for row in p])
+    a, b = fit_fusion_weights(dense, lexical, y)
+    assert abs(a - 2.0) < 0.15 and abs(b - 0.5) < 0.1
+    # multi-label: per-label sigmoid
+    ym = (rng.random((n, k)) < 1 / (1 + np.exp(-(0.7 * dense + 1.5 * lexical)))).astype(float)
+    a, b = fit_fusion_weights(dense, lexical, ym, multi_label=True)
+    assert abs(a - 0.7) < 0.1 and abs(b - 1.5) < 0.15
+
+
+def test_fusion_weights_keep_the_trained_ones_on_too_few_rows_and_refuse_bad_shapes():
+    from longdoc.calibration import fit_fusion_weights
+
+    z = np.zeros((5, 3))
+    assert fit_fusion_weights(z, z, np.zeros(5, int)) is None
+    with pytest.raises(ValueError, match="one shape"):
+        fit_fusion_weights(np.zeros((30, 3)), np.zeros((30, 2)), np.zeros(30, int))

@@ -197,3 +197,32 @@ def test_one_letter_words_and_digits_only_get_the_windows_alone(trained):
 def test_path_shaped_texts_are_classified_and_only_existing_files_refused(trained):
     assert len(trained.predict(["TCP/IP", "notes.txt", "https://example.com/a"])) == 3
     assert isinstance(trained.predict("TCP/IP"), str)
+
+
+def test_the_fusion_is_refitted_on_validation_documents(tiny_model_dir):
+    """``refit_fusion`` (the default) re-weighs the two halves by two scalars fitted on the validation documents:
+    their NLL there is no worse than with the weights as trained, and the predictions are the refitted mix."""
+    from longdoc.calibration import fit_fusion_weights
+
+    texts, labels = _corpus(60, 4)
+    val_texts, val_labels = _corpus(30, 5)
+    cfg = {"epochs": 4, "batch_size": 8, "calibrate": False}
+    kept = _new(tiny_model_dir).fit(texts, labels, eval_dataset=val_texts, eval_labels=val_labels,
+                                    args=TrainConfig(refit_fusion=False, **cfg))
+    refit = _new(tiny_model_dir).fit(texts, labels, eval_dataset=val_texts, eval_labels=val_labels,
+                                     args=TrainConfig(**cfg))
+    y = np.array([LABELS.index(x) for x in val_labels])
+
+    def nll(clf) -> float:
+        logits = torch.as_tensor(np.asarray(clf.analyze(val_texts).logits, dtype=np.float64))
+        return float(torch.nn.functional.cross_entropy(logits, torch.as_tensor(y)))
+
+    assert nll(refit) <= nll(kept) + 1e-6
+    # the refitted model is the trained one with its halves scaled by the weights fitted on the validation set
+    a = kept.analyze(val_texts)
+    w = float(kept.head.lexical_weight.detach())
+    dense = np.asarray(a.logits, dtype=np.float64) - w * a.lexical_scores
+    scale, weight = fit_fusion_weights(dense, a.lexical_scores, y)
+    assert float(refit.head.lexical_weight.detach()) == pytest.approx(weight, rel=1e-4)
+    expected = scale * dense + weight * a.lexical_scores
+    np.testing.assert_allclose(np.asarray(refit.analyze(val_texts).logits, dtype=np.float64), expected, atol=1e-4)
