@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from cli_run import finishing_swap
 from cli_run import run_cli as _run
 from cli_run import write_jsonl as _jsonl
 
@@ -267,27 +268,12 @@ def test_cli_index_without_labels(tiny_model_dir, tmp_path, capsys):
 def test_a_search_with_no_flags_waits_for_a_swap_in_progress(tiny_model_dir, tmp_path, capsys):
     """The index directory is between the two renames of a fallback swap: a search without --model (which reads
     the encoder the manifest records) waits for the second rename, as loading the index does."""
-    import os
-    import threading
-    import time
-
     docs = _jsonl(tmp_path / "docs.jsonl", _rows(5, 11))
     out = tmp_path / "index"
     code, _, err = _run(capsys, "index", str(docs), "-o", str(out), "--encoder", str(tiny_model_dir), "--quiet")
     assert code == 0, err
-    old = tmp_path / ".index.old-deadbeef"
-    os.rename(out, old)  # the first rename of the swap
-
-    def second_rename() -> None:
-        time.sleep(0.05)
-        os.rename(old, out)
-
-    writer = threading.Thread(target=second_rename)
-    writer.start()
-    try:
+    with finishing_swap(out):
         code, stdout, err = _run(capsys, "search", str(out), "vote bank", "-k", "2", "--quiet", "--json")
-    finally:
-        writer.join()
     assert code == 0, err
     assert len(json.loads(stdout)[0]["hits"]) == 2
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_run import finishing_swap, swap_half_done
 from cli_run import run_cli as _run
 
 from longdoc.classifier import LongDocClassifier
@@ -563,19 +564,12 @@ def test_a_list_text_column_raises_no_polars_performance_warning(tmp_path):
 # --------------------------------------------------------------------------------------------------- 9: fallback swap
 
 
-def _swap_half_done(out: Path) -> Path:
-    """The state the two-rename fallback swap leaves between its renames: the index moved to ``.<name>.old-*``."""
-    old = out.parent / f".{out.name}.old-deadbeef"
-    os.rename(out, old)
-    return old
-
-
 def test_the_next_writer_restores_an_index_left_mid_swap(saved_model, docs_file, tmp_path, capsys):
     from indexer import PassageIndex
 
     out = tmp_path / "i"
     assert _run(capsys, "index", str(saved_model), str(docs_file), "-o", str(out), "--quiet")[0] == 0
-    _swap_half_done(out)  # its writer died right there
+    swap_half_done(out)  # its writer died right there
     more = tmp_path / "more.jsonl"
     more.write_text(json.dumps({"id": "new", "text": "vote bank market", "label": "a"}) + "\n")
     code, stdout, err = _run(capsys, "index", str(saved_model), str(more), "-o", str(out), "--quiet")
@@ -586,24 +580,11 @@ def test_the_next_writer_restores_an_index_left_mid_swap(saved_model, docs_file,
 
 
 def test_a_search_during_the_swap_waits_for_it(saved_model, docs_file, tmp_path, capsys):
-    import threading
-    import time
-
     out = tmp_path / "i"
     assert _run(capsys, "index", str(saved_model), str(docs_file), "-o", str(out), "--quiet")[0] == 0
-    old = _swap_half_done(out)
-
-    def second_rename() -> None:
-        time.sleep(0.05)
-        os.rename(old, out)
-
-    writer = threading.Thread(target=second_rename)
-    writer.start()
-    try:
+    with finishing_swap(out):
         code, stdout, err = _run(capsys, "search", str(out), "file mode", "--model", str(saved_model), "--quiet",
                                  "--json")
-    finally:
-        writer.join()
     assert code == 0, err
     assert json.loads(stdout)[0]["hits"]
 
