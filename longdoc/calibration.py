@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -54,41 +54,18 @@ def fit_temperature(
     z = torch.as_tensor(_as_numpy(logits, np.float64))
     if z.dim() != 2:
         raise ValueError(f"logits must be 2-D (n, L), got shape {tuple(z.shape)}")
-    y = _as_numpy(labels)
+    target = _target(labels, tuple(z.shape), multi_label)
     n = z.shape[0]
-    if multi_label:
-        if y.shape != tuple(z.shape):
-            raise ValueError(f"multi-label labels must have shape {tuple(z.shape)}, got {y.shape}")
-        target = torch.as_tensor(y.astype(np.float64))
-    else:
-        if y.shape != (n,):
-            raise ValueError(f"single-label labels must have shape ({n},) of class indices, got {y.shape}")
-        if n and (y.min() < 0 or y.max() >= z.shape[1]):
-            raise ValueError(f"class indices must lie in [0, {z.shape[1]}), got [{y.min()}, {y.max()}]")
-        target = torch.as_tensor(y.astype(np.int64))
     if n < min_samples:
         logger.warning("fit_temperature: %d validation rows (< %d); keeping T = 1.0", n, min_samples)
         return 1.0
 
     def nll(log_t: torch.Tensor) -> torch.Tensor:
-        scaled = z / log_t.exp()
-        if multi_label:
-            return F.binary_cross_entropy_with_logits(scaled, target)
-        return F.cross_entropy(scaled, target)
-
-    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = nll(log_t)
-        loss.backward()
-        return loss
+        return _nll(z / log_t.exp(), target, multi_label)
 
     with torch.no_grad():
         before = float(nll(torch.zeros((), dtype=torch.float64)))
-    optimizer.step(closure)
-    t = float(log_t.detach().exp())
+    t = float(_fit_log_parameters(nll, (), max_iter))
     if not np.isfinite(t):
         logger.warning("fit_temperature: optimisation diverged; keeping T = 1.0")
         return 1.0
@@ -214,30 +191,57 @@ def fit_fusion_weights(
     if d.dim() != 2 or s.shape != d.shape:
         raise ValueError(f"dense_logits and lexical_scores must be 2-D of one shape, got {tuple(d.shape)} and "
                          f"{tuple(s.shape)}")
-    y = _as_numpy(labels)
+    target = _target(labels, tuple(d.shape), multi_label)
     n = d.shape[0]
     if n < min_samples:
         logger.info("fit_fusion_weights: %d validation rows (< %d); keeping the trained weights", n, min_samples)
         return None
-    target = torch.as_tensor(y.astype(np.float64 if multi_label else np.int64))
 
     def nll(log_ab: torch.Tensor) -> torch.Tensor:
         a, b = log_ab.exp()
-        z = a * d + b * s
-        return F.binary_cross_entropy_with_logits(z, target) if multi_label else F.cross_entropy(z, target)
+        return _nll(a * d + b * s, target, multi_label)
 
-    log_ab = torch.zeros(2, dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_ab], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = nll(log_ab)
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    a, b = (float(x) for x in log_ab.detach().exp())
+    a, b = (float(x) for x in _fit_log_parameters(nll, (2,), max_iter))
     if not (np.isfinite(a) and np.isfinite(b)):
         logger.warning("fit_fusion_weights: optimisation diverged; keeping the trained weights")
         return None
     return float(np.clip(a, 0.01, 100.0)), float(np.clip(b, 0.01, 100.0))
+
+
+def _target(labels: np.ndarray | torch.Tensor | Sequence, shape: tuple[int, int], multi_label: bool) -> torch.Tensor:
+    """The validation targets of (n, L) logits, checked: multi-label (n, L) 0/1 as float, else (n,) class
+    indices in [0, L)."""
+    y = _as_numpy(labels)
+    n, width = shape
+    if multi_label:
+        if y.shape != shape:
+            raise ValueError(f"multi-label labels must have shape {shape}, got {y.shape}")
+        return torch.as_tensor(y.astype(np.float64))
+    if y.shape != (n,):
+        raise ValueError(f"single-label labels must have shape ({n},) of class indices, got {y.shape}")
+    if n and (y.min() < 0 or y.max() >= width):
+        raise ValueError(f"class indices must lie in [0, {width}), got [{y.min()}, {y.max()}]")
+    return torch.as_tensor(y.astype(np.int64))
+
+
+def _nll(logits: torch.Tensor, target: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    """Per-label sigmoid BCE (multi-label) or softmax cross-entropy, averaged."""
+    if multi_label:
+        return F.binary_cross_entropy_with_logits(logits, target)
+    return F.cross_entropy(logits, target)
+
+
+def _fit_log_parameters(loss: Callable[[torch.Tensor], torch.Tensor], shape: tuple[int, ...],
+                        max_iter: int) -> torch.Tensor:
+    """exp of the log-parameters (starting at 0: every scale 1) that minimise ``loss``, by LBFGS."""
+    log_p = torch.zeros(shape, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_p], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        value = loss(log_p)
+        value.backward()
+        return value
+
+    optimizer.step(closure)
+    return log_p.detach().exp()
