@@ -456,8 +456,7 @@ class LongDocClassifier:
             self.lexical.fit(every["text"].to_list(), self._targets(every).numpy())
         self.training_facts = training_facts(
             args, documents=n_documents, train_documents=train_docs.height,
-            validation_documents=0 if val_docs is None else val_docs.height,
-            validation="eval_dataset" if eval_dataset is not None else "none" if val_docs is None else "held_out",
+            validation_documents=self.validation["documents"], validation=self.validation["source"],
             label_counts={str(k): int(n) for k, n in label_counts.iter_rows()}, epochs_run=len(self.history),
             calibrated=bool(args.calibrate and val_input is not None))
         return self
