@@ -443,8 +443,8 @@ class LongDocClassifier:
         # the loops (epochs, early stopping, checkpoints) are in longdoc.training
         training.fit(self, train_input, y_train, val_input, y_val, args, show_progress_bar,
                      lexical_scores=lexical_scores)
-        if self.lexical is not None and args.refit_fusion and val_input is not None:
-            self._refit_fusion(val_input)
+        if self.lexical is not None and args.refit_fusion and y_val is not None:
+            self._refit_fusion(val_input, y_val.labels)
         if args.calibrate and val_input is not None:
             self.calibrate(val_input)
         elif args.calibrate:
@@ -461,18 +461,17 @@ class LongDocClassifier:
             calibrated=bool(args.calibrate and val_input is not None))
         return self
 
-    def _refit_fusion(self, val_input: Encoded | pl.DataFrame) -> None:
+    def _refit_fusion(self, val_input: Encoded | pl.DataFrame, y_val: torch.Tensor) -> None:
         """Re-weigh the window head's logits and the lexical scores by two scalars fitted on the validation
         documents (``calibration.fit_fusion_weights``): the head's output layer is scaled by one, the lexical
         weight set to the other. The predictions then mix the halves as held-out documents say they should."""
-        docs = val_input.documents if isinstance(val_input, Encoded) else val_input
         a = self._analyze(val_input, show_progress_bar=False)
         keep = ~np.isnan(a.probs).any(1)
         logits = np.asarray(a.logits, dtype=np.float64)[keep]
         lexical = np.asarray(a.lexical_scores, dtype=np.float64)[keep]
         weight = float(self.head.lexical_weight.detach())
         weights = calibration.fit_fusion_weights(logits - weight * lexical, lexical,
-                                                 self._targets(docs).numpy()[keep], multi_label=self.multi_label)
+                                                 y_val.numpy()[keep], multi_label=self.multi_label)
         if weights is None:
             return
         dense_scale, lexical_weight = weights
@@ -830,8 +829,8 @@ class LongDocClassifier:
             tasks = {name: Task(t.labels, t.column, t.multi_label) for name, t in config.tasks.items()}
             task_head = MultiTaskHead({name: t.head for name, t in config.tasks.items()})
             task_head = _load_weights(task_head, directory / "task_heads.safetensors", f"the tasks {sorted(tasks)}")
-        lexical = LexicalModel.load(directory, labels=config.labels,
-                                                                multi_label=head_config.multi_label) if head_config.lexical_fusion else None
+        lexical = (LexicalModel.load(directory, labels=config.labels, multi_label=head_config.multi_label)
+                   if head_config.lexical_fusion else None)
         thresholds = config.thresholds
         clf = cls(encoder, head.eval(), config.labels, temperature=config.temperature,
                   thresholds=None if thresholds is None else np.asarray(thresholds, dtype=np.float32),
