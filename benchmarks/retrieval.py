@@ -57,7 +57,7 @@ CACHE = ROOT / ".cache" / "retrieval"
 QUERY_CACHE = ROOT / ".cache" / "retrieval-queries"
 QUESTIONS = Path(__file__).resolve().parent / "data" / "man_questions.jsonl"
 #: The lexical weights of per-page hybrid search that the sweep measures.
-HYBRID_WEIGHTS = (0.05, 0.1, 0.2, 0.3)
+HYBRID_WEIGHTS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
 
 
 def metrics(rankings: list[list[str]], relevant: list[set[str]]) -> dict[str, float]:

@@ -13,6 +13,7 @@ branch draws a fixed pool of candidates (``CANDIDATE_POOL``), so results never d
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import logging
 import os
@@ -81,10 +82,18 @@ CANDIDATE_POOL = 100
 DOC_SCORE_TOP2_WEIGHT = 0.7
 DOC_SCORE_FIRST_WEIGHT = 0.3
 #: Per-document hybrid score = dense document score + HYBRID_LEXICAL_WEIGHT x (the document's BM25 / the best
-#: BM25 among the candidates): measured on the same questions (benchmarks/retrieval.py sweeps it).
-HYBRID_LEXICAL_WEIGHT = 0.1
+#: BM25 among the candidates; stemmed BM25, ``indexer.hybrid``): chosen on the same questions from 0.05-0.3
+#: (benchmarks/retrieval.py sweeps it; 5-fold cross-validation over the questions picks 0.2 or its neighbours).
+HYBRID_LEXICAL_WEIGHT = 0.2
 #: Resolved filters (labels=, doc_ids=) kept per version of the table; beyond this many the cache starts over.
 FILTER_CACHE_SIZE = 64
+
+def _distribution_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
 
 def describe_score(*, mode: str = "dense", per_doc: int | None = 1, doc_score: str | None = None,
                    normalize: bool = True) -> str:
@@ -965,6 +974,7 @@ class PassageIndex:
                 "numpy": np.__version__,
                 "polars": pl.__version__,
                 "bm25s": getattr(bm25s, "__version__", "unknown"),
+                "pystemmer": _distribution_version("PyStemmer"),
             },
         }
 

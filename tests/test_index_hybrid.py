@@ -4,6 +4,7 @@ weighted page BM25) and the retrieval metrics."""
 from __future__ import annotations
 
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import polars as pl
@@ -135,6 +136,22 @@ def test_bm25_and_rrf_units():
     fused = reciprocal_rank_fusion([[1, 2, 3], [3, 1]])
     assert [row for row, _ in fused] == [1, 3, 2]
     assert fused[0][1] == pytest.approx(1 / 61 + 1 / 62)
+
+
+def test_bm25_matches_word_forms_by_their_stem_and_drops_stop_words():
+    bm25 = Bm25Index(["paste merges the lines of files", "sort orders lines", "a page about nothing"])
+    assert bm25.top("merging line", 5).tolist() == [0, 1]  # "merging" -> merg, "line" -> line
+    assert bm25.scores("merged")[0] > 0 and bm25.scores("merged")[1:].tolist() == [0, 0]
+    assert bm25.scores("the of a and").tolist() == [0, 0, 0]  # stop words only: nothing to score
+
+
+def test_bm25_scores_are_the_same_from_many_threads():
+    bm25 = Bm25Index([f"page {i} about merging files number {i}" for i in range(50)])
+    queries = [f"merged file {i}" for i in range(50)]
+    alone = [bm25.scores(q) for q in queries]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(bm25.scores, queries * 4))
+    assert all(np.array_equal(a, b) for a, b in zip(alone * 4, together, strict=True))
 
 
 # -- metrics ------------------------------------------------------------------------------------------------------

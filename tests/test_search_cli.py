@@ -34,7 +34,7 @@ def index_dir(tmp_path_factory, tiny_model_dir):
     (["--doc-score", "max"], "score: document score: the cosine of its best window"),
     (["--windows"], "score: window score: cosine of query and window"),
     (["--mode", "hybrid"], "score: hybrid document score: (document score: 0.7 x mean cosine of its 2 best windows"
-                           " + 0.3 x cosine of its first window) + 0.1 x page BM25 / best page BM25"),
+                           " + 0.3 x cosine of its first window) + 0.2 x page BM25 / best page BM25"),
     (["--mode", "hybrid", "--windows"], "score: hybrid window score: reciprocal rank fusion of the dense and BM25 "
                                         "window ranks (sum of 1/(60 + rank))"),
 ])
