@@ -88,7 +88,9 @@ HYBRID_LEXICAL_WEIGHT = 0.2
 #: Resolved filters (labels=, doc_ids=) kept per version of the table; beyond this many the cache starts over.
 FILTER_CACHE_SIZE = 64
 
+
 def _distribution_version(name: str) -> str:
+    """The installed version of a distribution (for the manifest), or "unknown"."""
     try:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
