@@ -47,17 +47,18 @@ def _tokenize(texts: list[str]) -> list[list[str]]:
 
 
 class Bm25Index:
-    """BM25 over a list of texts; ``scores`` returns one score per text (row order kept)."""
+    """BM25 over a list of texts; ``scores`` returns one score per text (row order kept). Texts without a single
+    word (only emoji, punctuation or stop words) score zero for every query."""
 
     def __init__(self, texts: Sequence[str]) -> None:
         self.size = len(texts)
         self._retriever: bm25s.BM25 | None = None
-        if self.size:
-            tokens = bm25s.tokenize(list(texts), show_progress=False, stopwords="en", stemmer=_stemmer())
+        tokens = bm25s.tokenize(list(texts), show_progress=False, stopwords="en", stemmer=_stemmer()) if texts else None
+        if tokens is not None and tokens.vocab:  # no word in any text (emoji, punctuation, stop words): all zeros
             retriever = bm25s.BM25()
             retriever.index(tokens, show_progress=False)
             self._retriever = retriever
-        logger.debug("built BM25 over %d texts", self.size)
+        logger.debug("built BM25 over %d texts (%d terms)", self.size, len(tokens.vocab) if tokens else 0)
 
     def scores(self, query: str) -> np.ndarray:
         """BM25 score of every text for ``query`` (zeros when no query term is in the vocabulary)."""
