@@ -300,9 +300,10 @@ class LongDocClassifier:
         if require_labels:
             missing = docs.filter(pl.col("labels").list.len() == 0)
             if missing.height:
+                why = [w for w in missing["warning"].to_list() if w] if "warning" in missing.columns else []
                 raise DataError(
-                    f"{missing.height} documents have no label (e.g. {missing['doc_id'].head(3).to_list()}); "
-                    "pass labels=... or label_column=..."
+                    f"{missing.height} documents have no label (e.g. {missing['doc_id'].head(3).to_list()}"
+                    + (f"; {why[0]}" if why else "") + "); pass labels=... or label_column=..."
                 )
         return docs
 

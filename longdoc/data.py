@@ -25,7 +25,9 @@ Reading policy, in one place:
   ids are the row numbers as strings (``"0"``, ``"1"``, ... counted over the whole source, also when streaming).
   An id column the caller named explicitly must exist. Ids must be unique and non-null.
 - Labels: ``label_column`` (default ``"label"``, else ``"labels"`` if present; ``None`` for no labels). A cell may
-  hold a string, a number (made a string) or a list of them (multi-label); ``None`` and ``""`` mean no label.
+  hold a string, a number (made a string) or a list of them (multi-label); ``None`` and ``""`` mean no label. In
+  JSON lines, CSV and Python records, a mapping (or a list holding one, or a nested list) is no label either:
+  the row is kept without a label and its ``warning`` says why.
   In CSV a cell written as a JSON array (``["a", "b"]``) is read as several labels. ``datasets`` ``ClassLabel``
   integers become their names.
 - A folder gives the columns ``id`` (the relative POSIX path), ``text`` and ``parent_dir`` (the name of the
@@ -652,7 +654,14 @@ def _records_chunk(
                     values[i] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
             series.append(pl.Series(name, values, dtype=pl.String))
         elif name == label_column:
-            labels = [_labels_from_value(v, csv=csv_labels) for v in values]
+            labels = []
+            for i, value in enumerate(values):
+                problem = _label_problem(value)
+                if problem:  # never a label made of a mapping's repr; the row itself is kept
+                    text_warnings[i] = _join(text_warnings[i], f"{name!r} {problem}: the document has no label "
+                                             "(a label is a string, a number or a list of them)")
+                    value = None
+                labels.append(_labels_from_value(value, csv=csv_labels))
             series.append(pl.Series(name, labels, dtype=_LABELS_DTYPE))
         else:
             series.append(_series(name, values))
@@ -703,6 +712,15 @@ def _series(name: str, values: list[Any]) -> pl.Series:
             [None if v is None else json.dumps(v) if isinstance(v, (list, dict)) else str(v) for v in values],
             dtype=pl.String,
         )
+
+
+def _label_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be a label cell (a mapping, or a list holding a mapping or a list), or None."""
+    if isinstance(value, dict):
+        return "was a mapping"
+    if isinstance(value, (list, tuple)) and any(isinstance(v, (dict, list, tuple)) for v in value):
+        return "held a mapping or a nested list"
+    return None
 
 
 def _labels_from_value(value: Any, *, csv: bool = False) -> list[str]:

@@ -451,3 +451,17 @@ def test_iter_documents_sparse_metadata_key_is_null_in_chunks_without_it():
     assert [c["extra"].to_list() for c in chunks] == [[None, None], [1]]
     with pytest.raises(DataError, match="metadata_columns"):
         load_documents(rows[:2], metadata_columns=["extra"])
+
+
+def test_a_mapping_or_nested_list_is_never_a_label_and_its_row_is_kept(tmp_path):
+    path = write_jsonl(tmp_path / "labels.jsonl", [
+        {"id": "a", "text": "merge two files", "label": {"k": 1}},
+        {"id": "b", "text": "sort lines", "label": [["x"], "y"]},
+        {"id": "c", "text": "copy files", "label": True},
+        {"id": "d", "text": "list files", "label": ["x", 2]},
+    ])
+    table = load_documents(path)
+    assert table["doc_id"].to_list() == ["a", "b", "c", "d"]
+    assert table["labels"].to_list() == [[], [], ["True"], ["x", "2"]]
+    warnings = table["warning"].to_list()
+    assert "'label' was a mapping" in warnings[0] and "nested list" in warnings[1] and warnings[2:] == [None, None]

@@ -453,6 +453,17 @@ def test_eval_on_unlabelled_documents_does_not_call_them_training_documents(save
     assert "--label-column" in err and "label_column=" not in err and "labels=" not in err
 
 
+def test_training_on_a_mapping_as_label_says_why_the_document_has_no_label(tiny_model_dir, tmp_path, capsys):
+    path = tmp_path / "train.jsonl"
+    rows = [{"id": f"d{i}", "text": t, "label": "x" if i % 2 else "y"} for i, t in enumerate(TEXTS * 2)]
+    rows[1]["label"] = {"section": 1}
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, _, err = _run(capsys, "train", str(path), "-o", str(tmp_path / "m"), "--model", str(tiny_model_dir),
+                        "--quiet")
+    assert code == 2 and "1 documents have no label (e.g. ['d1']; 'label' was a mapping" in err
+    assert "--label-column" in err and not (tmp_path / "m").exists()
+
+
 def test_cli_messages_use_flags_not_api_spellings(saved_model, tiny_model_dir, tmp_path, capsys):
     from indexer import PassageIndex
 
