@@ -26,7 +26,7 @@ Reading policy, in one place:
   An id column the caller named explicitly must exist. Ids must be unique and non-null.
 - Labels: ``label_column`` (default ``"label"``, else ``"labels"`` if present; ``None`` for no labels). A cell may
   hold a string, a number (made a string) or a list of them (multi-label); ``None`` and ``""`` mean no label. In
-  JSON lines, CSV and Python records, a mapping (or a list holding one, or a nested list) is no label either:
+  JSON lines and Python records, a mapping (or a list holding one, or a nested list) is no label either:
   the row is kept without a label and its ``warning`` says why.
   In CSV a cell written as a JSON array (``["a", "b"]``) is read as several labels. ``datasets`` ``ClassLabel``
   integers become their names.
