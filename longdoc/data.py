@@ -658,8 +658,8 @@ def _records_chunk(
             for i, value in enumerate(values):
                 problem = _label_problem(value)
                 if problem:  # never a label made of a mapping's repr; the row itself is kept
-                    text_warnings[i] = _join(text_warnings[i], f"{name!r} {problem}: the document has no label "
-                                             "(a label is a string, a number or a list of them)")
+                    text_warnings[i] = _join(text_warnings[i], f"{name!r} {problem}, so the document's given label "
+                                             "is empty (a label is a string, a number or a list of them)")
                     value = None
                 labels.append(_labels_from_value(value, csv=csv_labels))
             series.append(pl.Series(name, labels, dtype=_LABELS_DTYPE))
