@@ -30,36 +30,14 @@ import logging
 import re
 import time
 
-import bm25s
 import numpy as np
 import scipy.sparse as sp
 from _common import emit
 
 import indexer.index as index_module
-from indexer.hybrid import Bm25Index, _stemmer, _tokenize
+from indexer.hybrid import Bm25Index, _tokenize
 
 logger = logging.getLogger("benchmarks.retrieval")
-
-
-class Bm25:
-    """bm25s with chosen k1, b over texts (row order kept); scores like ``Bm25Index.scores``. ``stem=False``: the
-    words as they are (the library's BM25 before it stemmed)."""
-
-    def __init__(self, texts: list[str], k1: float = 1.5, b: float = 0.75, *, stem: bool = True) -> None:
-        self.size = len(texts)
-        self.stemmer = _stemmer() if stem else None
-        self.retriever = bm25s.BM25(k1=k1, b=b)
-        self.retriever.index(bm25s.tokenize(texts, show_progress=False, stopwords="en", stemmer=self.stemmer),
-                             show_progress=False)
-
-    def scores(self, query: str) -> np.ndarray:
-        vocab = self.retriever.vocab_dict
-        tokens = bm25s.tokenize([query], return_ids=False, show_progress=False, stopwords="en",
-                                stemmer=self.stemmer)[0]
-        ids = [vocab[t] for t in tokens if t in vocab]
-        if not ids:
-            return np.zeros(self.size, dtype=np.float32)
-        return np.asarray(self.retriever.get_scores(ids), dtype=np.float32)
 
 
 def page_scores(window_scores: np.ndarray, order: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -134,8 +112,8 @@ def ideas(encoder, docs, table, emb, query_sets, *, build_index, cached_encoder,
         "bm25f_head3": Bm25Index([h + "\n" + h + "\n" + p for h, p in zip(head_texts, page_texts, strict=True)]),
     }
     for k1, b in ((0.9, 0.4), (1.2, 0.75), (1.5, 0.9), (2.0, 0.75)):
-        lexicals[f"bm25_k{k1}_b{b}"] = Bm25(page_texts, k1, b)
-    lexicals["unstemmed"] = Bm25(page_texts, stem=False)
+        lexicals[f"bm25_k{k1}_b{b}"] = Bm25Index(page_texts, k1=k1, b=b)
+    lexicals["unstemmed"] = Bm25Index(page_texts, stem=False)
     logger.info("BM25 variants built in %.0f s", time.perf_counter() - t0)
     pool_default = index_module.CANDIDATE_POOL
     weight = index_module.HYBRID_LEXICAL_WEIGHT
@@ -275,7 +253,7 @@ class LexicalPrf:
         self.scores_matrix = sp.csc_matrix((sc["data"], sc["indices"], sc["indptr"]),
                                            shape=(int(sc["num_docs"]), self.n_terms))
         self.vocab = retriever.vocab_dict
-        tokens = bm25s.tokenize(page_texts, show_progress=False, stopwords="en", stemmer=_stemmer())
+        tokens = _tokenize(page_texts, ids=True)
         if tokens.vocab != {t: i for t, i in self.vocab.items() if t}:  # bm25s adds '' to the index's vocabulary
             raise RuntimeError("page tokenisation differs from the index's BM25 vocabulary")
         rows = np.repeat(np.arange(len(tokens.ids)), [len(t) for t in tokens.ids])

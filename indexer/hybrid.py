@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 import bm25s
 import numpy as np
@@ -41,21 +42,28 @@ def _stemmer() -> Stemmer.Stemmer:
     return stemmer
 
 
-def _tokenize(texts: list[str]) -> list[list[str]]:
-    """Each text as its BM25 tokens (lower-cased words, stop words removed, stemmed)."""
-    return bm25s.tokenize(texts, return_ids=False, show_progress=False, stopwords="en", stemmer=_stemmer())
+def _tokenize(texts: list[str], *, ids: bool = False, stem: bool = True) -> Any:
+    """Each text as its BM25 tokens (lower-cased words, stop words removed, stemmed unless ``stem=False``): lists
+    of strings, or with ``ids=True`` bm25s's ``Tokenized`` (token ids and the vocabulary) for indexing."""
+    return bm25s.tokenize(list(texts), return_ids=ids, show_progress=False, stopwords="en",
+                          stemmer=_stemmer() if stem else None)
 
 
 class Bm25Index:
     """BM25 over a list of texts; ``scores`` returns one score per text (row order kept). Texts without a single
-    word (only emoji, punctuation or stop words) score zero for every query."""
+    word (only emoji, punctuation or stop words) score zero for every query.
 
-    def __init__(self, texts: Sequence[str]) -> None:
+    ``k1`` and ``b`` are BM25's saturation and length normalisation (bm25s's defaults); ``stem=False`` matches the
+    words as they are (what the benchmarks compare stemming with).
+    """
+
+    def __init__(self, texts: Sequence[str], *, k1: float = 1.5, b: float = 0.75, stem: bool = True) -> None:
         self.size = len(texts)
+        self._stem = stem
         self._retriever: bm25s.BM25 | None = None
-        tokens = bm25s.tokenize(list(texts), show_progress=False, stopwords="en", stemmer=_stemmer()) if texts else None
+        tokens = _tokenize(texts, ids=True, stem=stem) if texts else None
         if tokens is not None and tokens.vocab:  # no word in any text (emoji, punctuation, stop words): all zeros
-            retriever = bm25s.BM25()
+            retriever = bm25s.BM25(k1=k1, b=b)
             retriever.index(tokens, show_progress=False)
             self._retriever = retriever
         logger.debug("built BM25 over %d texts (%d terms)", self.size, len(tokens.vocab) if tokens else 0)
@@ -66,7 +74,7 @@ class Bm25Index:
         if self._retriever is None:
             return out
         vocab = self._retriever.vocab_dict
-        ids = [vocab[t] for t in _tokenize([query])[0] if t in vocab]
+        ids = [vocab[t] for t in _tokenize([query], stem=self._stem)[0] if t in vocab]
         if not ids:
             return out
         return np.asarray(self._retriever.get_scores(ids), dtype=np.float32)

@@ -149,25 +149,16 @@ def test_bm25_matches_word_forms_by_their_stem_and_drops_stop_words():
 def test_bm25_over_texts_without_a_word_scores_zero_and_hybrid_search_falls_back_to_dense(texts):
     bm25 = Bm25Index(texts)
     assert bm25.scores("merge files").tolist() == [0] * len(texts) and bm25.top("merge", 5).tolist() == []
+    encoder = RandomEncoder()
     vectors = np.eye(len(texts), DIM, dtype=np.float32)
+    vectors[1] = encoder.encode(["merge files"])[0]  # d1 is the query's own vector: dense puts it first
     table = pl.DataFrame({"doc_id": [f"d{i}" for i in range(len(texts))], "window_index": [0] * len(texts),
                           "char_start": [0] * len(texts), "char_end": [len(t) for t in texts], "text": texts})
-    index = PassageIndex.build(vectors, table, encoder=_FixedEncoder(vectors[1]))
+    index = PassageIndex.build(vectors, table, encoder=encoder)
     for per_doc in (1, None):
         hybrid = index.search("merge files", k=len(texts), mode="hybrid", per_doc=per_doc)
         dense = index.search("merge files", k=len(texts), per_doc=per_doc)
         assert [h.doc_id for h in hybrid] == [h.doc_id for h in dense] and hybrid[0].doc_id == "d1"
-
-
-class _FixedEncoder:
-    """A query encoder that maps every query to one vector."""
-
-    def __init__(self, vector: np.ndarray) -> None:
-        self.dim = vector.shape[0]
-        self._vector = vector
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        return np.tile(self._vector, (len(texts), 1))
 
 
 def test_bm25_scores_are_the_same_from_many_threads():
