@@ -25,9 +25,9 @@ Reading policy, in one place:
   ids are the row numbers as strings (``"0"``, ``"1"``, ... counted over the whole source, also when streaming).
   An id column the caller named explicitly must exist. Ids must be unique and non-null.
 - Labels: ``label_column`` (default ``"label"``, else ``"labels"`` if present; ``None`` for no labels). A cell may
-  hold a string, a number (made a string) or a list of them (multi-label); ``None`` and ``""`` mean no label. In
-  JSON lines and Python records, a mapping (or a list holding one, or a nested list) is no label either:
-  the row is kept without a label and its ``warning`` says why.
+  hold a string, a number (made a string) or a list of them (multi-label); ``None`` and ``""`` mean no label. A
+  mapping (or a list holding one, or a nested list; in a DataFrame or ``Dataset``, a struct column or a list of
+  lists or structs) is no label either: the row is kept without a label and its ``warning`` says why.
   In CSV a cell written as a JSON array (``["a", "b"]``) is read as several labels. ``datasets`` ``ClassLabel``
   integers become their names.
 - A folder gives the columns ``id`` (the relative POSIX path), ``text`` and ``parent_dir`` (the name of the
@@ -317,7 +317,7 @@ def _read(source: Any, opts: _Options, chunk_size: int | None) -> Iterator[_Chun
     elif isinstance(source, pl.LazyFrame):
         yield _Chunk(source.collect())
     elif type(source).__module__.split(".")[0] == "pandas" and type(source).__name__ == "DataFrame":
-        yield _Chunk(_from_pandas(source, opts))
+        yield _from_pandas(source, opts)
     elif _is_dataset(source):
         yield from _read_dataset(source, opts, chunk_size)
     elif isinstance(source, (str, bytes, Mapping)):
@@ -586,11 +586,11 @@ def _read_dataset_rows(
         yield _records_chunk(records, opts, None, None)
 
 
-def _from_pandas(df: Any, opts: _Options) -> pl.DataFrame:
+def _from_pandas(df: Any, opts: _Options) -> _Chunk:
     try:
-        return pl.from_pandas(df)
-    except Exception:  # mixed object columns: fall back to the row-wise path, which accepts anything
-        return _records_chunk(df.to_dict("records"), opts, None, None).frame
+        return _Chunk(pl.from_pandas(df))
+    except Exception:  # mixed object columns: fall back to the row-wise path, which accepts anything (its
+        return _records_chunk(df.to_dict("records"), opts, None, None)  # row warnings included)
 
 
 def _read_items(items: Iterator[Any], opts: _Options, chunk_size: int | None) -> Iterator[_Chunk]:
@@ -658,8 +658,7 @@ def _records_chunk(
             for i, value in enumerate(values):
                 problem = _label_problem(value)
                 if problem:  # never a label made of a mapping's repr; the row itself is kept
-                    text_warnings[i] = _join(text_warnings[i], f"{name!r} {problem}, so the document's given label "
-                                             "is empty (a label is a string, a number or a list of them)")
+                    text_warnings[i] = _join(text_warnings[i], _label_warning(name, problem))
                     value = None
                 labels.append(_labels_from_value(value, csv=csv_labels))
             series.append(pl.Series(name, labels, dtype=_LABELS_DTYPE))
@@ -721,6 +720,20 @@ def _label_problem(value: Any) -> str | None:
     if isinstance(value, (list, tuple)) and any(isinstance(v, (dict, list, tuple)) for v in value):
         return "held a mapping or a nested list"
     return None
+
+
+def _label_dtype_problem(dtype: pl.DataType) -> str | None:
+    """Why no cell of a label column of ``dtype`` can be a label (a struct: mappings; a list of lists or
+    structs), or None. The column-level form of ``_label_problem``."""
+    if isinstance(dtype, pl.Struct):
+        return "was a mapping"
+    if isinstance(dtype, (pl.List, pl.Array)) and dtype.inner.is_nested():
+        return "held a mapping or a nested list"
+    return None
+
+
+def _label_warning(column: str, problem: str) -> str:
+    return f"{column!r} {problem}, so the document's given label is empty (a label is a string, a number or a list of them)"
 
 
 def _labels_from_value(value: Any, *, csv: bool = False) -> list[str]:
@@ -871,6 +884,7 @@ def _finish(chunk: _Chunk, opts: _Options, row_offset: int) -> pl.DataFrame:
         labels = pl.lit([], dtype=_LABELS_DTYPE)
     else:
         labels = _labels_expr(frame, label_column)
+        warnings.append(_label_warning_expr(frame, label_column))
 
     # ids
     if id_column is None:
@@ -905,7 +919,7 @@ def _labels_expr(frame: pl.DataFrame, column: str) -> pl.Expr:
     dtype = frame.schema[column]
     col = pl.col(column)
     empty = pl.lit([], dtype=_LABELS_DTYPE)
-    if dtype == pl.Null:
+    if dtype == pl.Null or _label_dtype_problem(dtype):  # never a label made of a struct's printed form
         return empty
     if dtype == pl.String or dtype.is_numeric() or dtype == pl.Boolean:
         if dtype.is_float():
@@ -915,7 +929,20 @@ def _labels_expr(frame: pl.DataFrame, column: str) -> pl.Expr:
     if dtype == pl.List:
         inner = pl.element().cast(pl.String)
         return col.list.eval(inner.filter(inner.is_not_null() & (inner != ""))).cast(_LABELS_DTYPE)
-    return col.map_elements(_labels_from_value, return_dtype=_LABELS_DTYPE)
+    return col.map_elements(lambda v: [] if _label_problem(v) else _labels_from_value(v), return_dtype=_LABELS_DTYPE)
+
+
+def _label_warning_expr(frame: pl.DataFrame, column: str) -> pl.Expr:
+    """A row's warning when its label cell cannot be a label (see ``_labels_expr``), else null."""
+    dtype = frame.schema[column]
+    col = pl.col(column)
+    problem = _label_dtype_problem(dtype)
+    if problem:
+        return pl.when(col.is_not_null()).then(pl.lit(_label_warning(column, problem)))
+    if dtype == pl.Object:
+        return col.map_elements(lambda v: _label_warning(column, p) if (p := _label_problem(v)) else None,
+                                return_dtype=pl.String)
+    return pl.lit(None, dtype=pl.String)
 
 
 def check_unique_ids(documents: pl.DataFrame) -> None:

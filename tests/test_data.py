@@ -465,3 +465,23 @@ def test_a_mapping_or_nested_list_is_never_a_label_and_its_row_is_kept(tmp_path)
     assert table["labels"].to_list() == [[], [], ["True"], ["x", "2"]]
     warnings = table["warning"].to_list()
     assert "'label' was a mapping" in warnings[0] and "nested list" in warnings[1] and warnings[2:] == [None, None]
+
+
+def test_a_struct_or_nested_list_label_column_of_a_dataframe_is_never_a_label_and_its_rows_are_kept():
+    structs = pl.DataFrame({"text": ["merge two files", "sort lines"], "label": [{"k": 1}, None]})
+    table = load_documents(structs)
+    assert table["labels"].to_list() == [[], []]
+    assert "'label' was a mapping" in table["warning"][0] and table["warning"][1] is None
+
+    nested = pl.DataFrame({"text": ["merge", "sort"], "label": [[["x"]], [["y"], ["z"]]]})
+    table = load_documents(nested)  # polars could not cast a list of lists to strings: it raised
+    assert table["labels"].to_list() == [[], []]
+    assert all("nested list" in w for w in table["warning"].to_list())
+
+
+def test_a_pandas_frame_of_mixed_cells_keeps_its_row_warnings():
+    frame = pd.DataFrame({"text": ["merge two files", 3], "label": [{"k": 1}, "cmd"]})  # not one arrow type
+    table = load_documents(frame)
+    assert table["labels"].to_list() == [[], ["cmd"]]
+    assert "'label' was a mapping" in table["warning"][0]
+    assert table["text"][1] == "3" and "text was int" in table["warning"][1]
