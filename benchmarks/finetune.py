@@ -4,8 +4,10 @@ Three parts, each printing JSON lines:
 
 * ``quality``: for each seed, the hierarchical classifier fine-tuned end to end against the usual first-512
   fine-tune and TF-IDF, all through ``compare_with_baselines(..., args=TrainConfig(mode="finetune"))``, on
-  ``--corpus``: the man-page sections of ``longdoc demo`` (same pages, same stratified split; the default),
-  BBC (``--folds``) or 20 Newsgroups by date (bodies only).
+  ``--corpus``: the man-page sections of ``longdoc demo`` (same pages, same stratified split; the default;
+  with ``--cv K``, stratified K-fold CV over those pages instead), BBC (``--folds``) or 20 Newsgroups by date
+  (bodies only). A ``summary`` line per method closes the part: mean macro-F1 over the runs with its 95%
+  interval, and the hierarchical model's paired difference to it.
 * ``retrieval`` (man pages only, part of ``quality`` unless ``--no-retrieval``): on the test pages (never
   trained on), the NAME line as the query and its own page as the relevant document, all windows indexed,
   with the pretrained encoder and with each fine-tuned one. This says whether classification fine-tuning
@@ -17,6 +19,7 @@ Three parts, each printing JSON lines:
     python benchmarks/finetune.py --seeds 3                    # GPU: the full run
     python benchmarks/finetune.py --seeds 1 --epochs 2 --pages-per-section 60 --max-train-windows 3   # CPU
     python benchmarks/finetune.py --parts quality --corpus bbc --seeds 3 --max-length 512 --stride 128
+    python benchmarks/finetune.py --parts quality --cv 5 --seeds 1 --epochs 3 --baselines tfidf --no-retrieval
 """
 
 from __future__ import annotations
@@ -80,7 +83,20 @@ def splits(args: argparse.Namespace) -> Iterator[tuple[str, pl.DataFrame, pl.Dat
     calibration) is a stratified 10% of the training part where the corpus has no split of its own."""
     from longdoc.corpora import load_20news, load_bbc, split_bbc_fold, stratified_split
 
-    if args.corpus == "manpages":
+    if args.corpus == "manpages" and args.cv:
+        from sklearn.model_selection import StratifiedKFold
+
+        pages, dropped = demo_pages(pages_per_section=args.pages_per_section)
+        y = np.array([labels[0] for labels in pages["labels"].to_list()])
+        folds = list(StratifiedKFold(args.cv, shuffle=True, random_state=0).split(np.zeros(len(y)), y))
+        for fold in (f for f in args.folds if f < args.cv):
+            rest, test = pages[folds[fold][0].tolist()], pages[folds[fold][1].tolist()]
+            train, val = stratified_split(rest, test_size=0.1, seed=0)
+            emit({"bench": "finetune", "what": "corpus", "corpus": "manpages", "cv": args.cv, "fold": fold,
+                  "pages": pages.height, "dropped": dropped, "train": train.height, "val": val.height,
+                  "test": test.height})
+            yield f"fold {fold}", train, val, test
+    elif args.corpus == "manpages":
         pages, dropped = demo_pages(pages_per_section=args.pages_per_section)
         train, val, test = demo_split(pages)
         emit({"bench": "finetune", "what": "corpus", "corpus": "manpages", "pages": pages.height,
@@ -104,12 +120,37 @@ def splits(args: argparse.Namespace) -> Iterator[tuple[str, pl.DataFrame, pl.Dat
 
 
 def quality(args: argparse.Namespace, device: str, dtype: torch.dtype) -> None:
+    runs: list[dict[str, Any]] = []
     for split_name, train, val, test in splits(args):
-        quality_on(args, device, dtype, split_name, train, val, test)
+        runs += quality_on(args, device, dtype, split_name, train, val, test)
+    summarize(runs)
+
+
+def summarize(runs: list[dict[str, Any]]) -> None:
+    """Mean macro-F1 of each method over the (split, seed) runs with its 95% t-interval, and the paired
+    difference of the hierarchical model to each baseline run by run."""
+    from longdoc.metrics import mean_ci, paired_difference
+
+    by_method: dict[str, dict[tuple[str, int], float]] = {}
+    for row in runs:
+        by_method.setdefault(row["method"], {})[(row["split"], row["seed"])] = row["macro_f1"]
+    model = by_method.get("hierarchical", {})
+    for method, scores in by_method.items():
+        ci = mean_ci(list(scores.values()))
+        out = {"bench": "finetune", "what": "summary", "method": method, "runs": ci.n,
+               "macro_f1": round(ci.mean, 4), "ci95": [round(ci.low, 4), round(ci.high, 4)]}
+        paired = sorted(set(model) & set(scores))
+        if method != "hierarchical" and len(paired) > 1:
+            diff = paired_difference([model[k] for k in paired], [scores[k] for k in paired])
+            out["hierarchical_minus_this"] = {"mean": round(diff.mean, 4),
+                                              "ci95": [round(diff.low, 4), round(diff.high, 4)]}
+        emit(out)
 
 
 def quality_on(args: argparse.Namespace, device: str, dtype: torch.dtype, split_name: str, train: pl.DataFrame,
-               val: pl.DataFrame, test: pl.DataFrame) -> None:
+               val: pl.DataFrame, test: pl.DataFrame) -> list[dict[str, Any]]:
+    """Every seed on one split; the rows emitted (one per method and seed)."""
+    runs: list[dict[str, Any]] = []
     labels = sorted({x for row in train["labels"].to_list() for x in row})
     window = WindowConfig(args.max_length, args.stride, max_windows=args.max_windows)
     retrieval_too = args.corpus == "manpages" and not args.no_retrieval  # the NAME line is the query
@@ -129,14 +170,17 @@ def quality_on(args: argparse.Namespace, device: str, dtype: torch.dtype, split_
         for row in comparison.table.to_dicts():
             if row["method"] == "hierarchical":
                 row["val_macro_f1"] = best_val  # the epoch early stopping kept (the test split never chooses)
-            emit({"bench": "finetune", "what": "classification", "corpus": args.corpus, "split": split_name,
-                  "seed": seed, "window": window.to_dict(),
-                  "epochs": args.epochs, "max_train_windows": args.max_train_windows,
-                  "keep_first_window": args.keep_first_window, **row})
+            row = {"bench": "finetune", "what": "classification", "corpus": args.corpus, "split": split_name,
+                   "seed": seed, "window": window.to_dict(),
+                   "epochs": args.epochs, "max_train_windows": args.max_train_windows,
+                   "keep_first_window": args.keep_first_window, **row}
+            emit(row)
+            runs.append(row)
         logger.info("%s, %s, seed %d: %.0f s", args.corpus, split_name, seed, time.perf_counter() - t0)
         if retrieval_too:
             emit({"bench": "finetune", "what": "retrieval", "seed": seed,
                   **retrieval(clf.encoder, test, f"fine-tuned ({args.pooling} head, seed {seed})")})
+    return runs
 
 
 def _random_model(config_name: str, directory: str) -> str:
@@ -231,7 +275,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first-seed", type=int, default=0, help="seeds run: first-seed ... first-seed+seeds-1")
     parser.add_argument("--corpus", choices=("manpages", "bbc", "20news"), default="manpages")
-    parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="BBC folds to run (--corpus bbc)")
+    parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
+                        help="folds to run: BBC's own (--corpus bbc), or of --cv (man pages)")
+    parser.add_argument("--cv", type=int, default=0,
+                        help="man pages: stratified k-fold CV over the demo's pages (validation: 10%% of each "
+                             "training part) instead of the demo split (0)")
     parser.add_argument("--pages-per-section", type=int, default=100)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--stride", type=int, default=32)
