@@ -9,6 +9,7 @@ the index (``check_no_clash``). Every failure is an ``IndexInputError`` whose me
 from __future__ import annotations
 
 import math
+import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -17,6 +18,8 @@ import numpy as np
 import polars as pl
 
 from indexer.errors import IndexInputError
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 __all__ = [
     "DOC_SCORES",
@@ -115,10 +118,10 @@ def parse_query(query: Any, *, dim: int) -> tuple[bool, list[str] | None, np.nda
     array (numpy or torch) of width ``dim`` gives float32 ``vectors``; ``single`` when one query came as a str
     or a 1-D vector. Anything else is an ``IndexInputError``."""
     if isinstance(query, str):
-        _refuse_blank([query], single=True)
+        _refuse_bad_text([query], single=True)
         return True, [query], None
     if isinstance(query, list | tuple) and all(isinstance(q, str) for q in query):
-        _refuse_blank(query, single=False)
+        _refuse_bad_text(query, single=False)
         return False, list(query), None
     if isinstance(query, np.ndarray) or (hasattr(query, "detach") and hasattr(query, "cpu")):
         vectors, was_1d = as_matrix(query, name="query", dim=dim, allow_1d=True)
@@ -136,15 +139,20 @@ def is_blank_text(text: str) -> bool:
     return all(ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf") for ch in text)
 
 
-def _refuse_blank(texts: Sequence[str], *, single: bool) -> None:
+def _refuse_bad_text(texts: Sequence[str], *, single: bool) -> None:
     """An empty or whitespace-only text query has nothing to match: its hits would be arbitrary. (Invisible
-    control and format characters count as whitespace: a query of NUL bytes or zero-width spaces is blank.)"""
+    control and format characters count as whitespace: a query of NUL bytes or zero-width spaces is blank.)
+    A lone surrogate (``"\\ud800"``: a str that no UTF-8 text can hold) is refused here too, as a query error,
+    before the encoder's tokenizer refuses it with a less direct one."""
     for i, text in enumerate(texts):
+        where = "query" if single else f"query[{i}]"
         if is_blank_text(text):
-            where = "query" if single else f"query[{i}]"
             raise IndexInputError(f"{where} is {text!r}, empty or only whitespace (or invisible characters): a text "
                                   "query needs words to search for (its hits would be arbitrary); drop it or pass a "
                                   "query vector")
+        if _SURROGATE.search(text):
+            raise IndexInputError(f"{where} is {text[:60]!r}: it holds a lone surrogate (\\ud800-\\udfff), which is "
+                                  "not valid Unicode text; decode the query properly or replace it with U+FFFD")
 
 
 def require_encoder(encoder: QueryEncoder | None, owner: str) -> None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import polars as pl
 import pytest
 from cli_run import finishing_swap, swap_half_done
 from cli_run import run_cli as _run
@@ -685,3 +686,18 @@ def test_a_label_filter_with_a_non_utf8_byte_exits_2(saved_model, docs_file, tmp
     code, _, err = _run(capsys, "search", str(tmp_path / "i"), "file", "--label", os.fsdecode(b"\xe9t\xe9"),
                         "--model", str(saved_model), "--quiet")
     assert code == 2 and "--label" in err and "0xe9" in err
+
+
+def test_a_query_with_a_lone_surrogate_is_a_query_error(tiny_model_dir):
+    from indexer import IndexInputError, PassageIndex
+    from longdoc.encoder import WindowEncoder
+
+    encoder = WindowEncoder(tiny_model_dir, device="cpu")
+    passages = pl.DataFrame({"doc_id": ["a", "b"], "window_index": [0, 0], "char_start": [0, 0], "char_end": [9, 10],
+                             "text": ["file mode", "news sport"]})
+    index = PassageIndex.build(encoder.encode(passages["text"].to_list()), passages, encoder=encoder)
+    with pytest.raises(IndexInputError, match=r"query is 'caf\\ud800'.*lone surrogate"):
+        index.search("caf\ud800", k=1)
+    with pytest.raises(IndexInputError, match=r"query\[1\].*lone surrogate"):
+        index.search(["file", "caf\ud800"], k=1, mode="hybrid")
+    assert index.search("caf\ufffd file", k=1)[0].doc_id in {"a", "b"}
