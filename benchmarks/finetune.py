@@ -170,6 +170,7 @@ def quality_on(args: argparse.Namespace, device: str, dtype: torch.dtype, split_
         for row in comparison.table.to_dicts():
             if row["method"] == "hierarchical":
                 row["val_macro_f1"] = best_val  # the epoch early stopping kept (the test split never chooses)
+                row["val_by_epoch"] = [round(r["eval_macro_f1"], 4) for r in clf.history if "eval_macro_f1" in r]
             row = {"bench": "finetune", "what": "classification", "corpus": args.corpus, "split": split_name,
                    "seed": seed, "window": window.to_dict(),
                    "epochs": args.epochs, "max_train_windows": args.max_train_windows,
