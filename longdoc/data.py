@@ -589,8 +589,8 @@ def _read_dataset_rows(
 def _from_pandas(df: Any, opts: _Options) -> _Chunk:
     try:
         return _Chunk(pl.from_pandas(df))
-    except Exception:  # mixed object columns: fall back to the row-wise path, which accepts anything (its
-        return _records_chunk(df.to_dict("records"), opts, None, None)  # row warnings included)
+    except Exception:  # mixed object columns: the row-wise path accepts anything, and its row warnings travel
+        return _records_chunk(df.to_dict("records"), opts, None, None)
 
 
 def _read_items(items: Iterator[Any], opts: _Options, chunk_size: int | None) -> Iterator[_Chunk]:
