@@ -5,7 +5,6 @@ Every corpus is cut and encoded once with the packaged MiniLM (cached under ``.c
 
 * ``default``: ``LongDocClassifier.from_encoder(labels=...)`` + ``fit(train)`` exactly as a user gets them (lexical
   branch on, the validation split carved inside ``fit``),
-* ``default_c10``: the same with the lexical branch's C fixed at 10 (the default before C was chosen),
 * ``dense``: the same with ``lexical=False`` (the window head alone),
 * ``lexical``: the lexical branch alone (``longdoc.lexical.LexicalModel``, argmax of its scores),
 * ``first512``: a linear head on the first window only; ``head_tail``: on the first 128 + last 382 tokens,
@@ -39,13 +38,13 @@ from quality import _first, cached_encoding, load_corpus  # noqa: E402
 from longdoc.baselines import TfidfLogReg  # noqa: E402
 from longdoc.classifier import Encoded, LongDocClassifier  # noqa: E402
 from longdoc.heads import DocumentHead, HeadConfig  # noqa: E402
-from longdoc.lexical import LexicalConfig, LexicalModel  # noqa: E402
+from longdoc.lexical import LexicalModel  # noqa: E402
 from longdoc.metrics import classification_report, mean_ci, paired_difference  # noqa: E402
 from longdoc.training import TrainConfig  # noqa: E402
 from longdoc.windows import WindowConfig  # noqa: E402
 
 logger = logging.getLogger("benchmarks.classify_cv")
-METHODS = ("default", "default_c10", "dense", "lexical", "first512", "head_tail", "tfidf")
+METHODS = ("default", "dense", "lexical", "first512", "head_tail", "tfidf")
 
 
 def interval(values: list[float]) -> list[float | None]:
@@ -54,12 +53,11 @@ def interval(values: list[float]) -> list[float | None]:
     return [round(ci["mean"], 4)] + [None if ci[k] is None else round(ci[k], 4) for k in ("low", "high")]
 
 
-def classifier(base: LongDocClassifier, *, pooling: str | None, lexical: bool,
-               lexical_config: LexicalConfig | None = None) -> LongDocClassifier:
+def classifier(base: LongDocClassifier, *, pooling: str | None, lexical: bool) -> LongDocClassifier:
     """A new classifier over ``base``'s encoder with the default head (or ``pooling``) and optional lexical branch."""
     cfg = HeadConfig(**{**({"pooling": pooling} if pooling else {}), "hidden_size": base.encoder.dim,
                         "num_labels": len(base.labels), "multi_label": base.multi_label, "lexical_fusion": lexical})
-    lex = LexicalModel(base.labels, multi_label=base.multi_label, config=lexical_config) if lexical else None
+    lex = LexicalModel(base.labels, multi_label=base.multi_label) if lexical else None
     return LongDocClassifier(base.encoder, DocumentHead(cfg), base.labels, lexical=lex)
 
 
@@ -83,9 +81,6 @@ def run_fold(base: LongDocClassifier, enc: Encoded, ht: Encoded, train_idx: np.n
     for name in methods:
         if name == "default":
             timed(name, lambda: neural(classifier(base, pooling=None, lexical=True), train, test))
-        elif name == "default_c10":  # the lexical C fixed at 10, as before it was chosen by cross-fitting
-            timed(name, lambda: neural(classifier(base, pooling=None, lexical=True,
-                                                  lexical_config=LexicalConfig(C=10.0)), train, test))
         elif name == "dense":
             timed(name, lambda: neural(classifier(base, pooling=None, lexical=False), train, test))
         elif name == "first512":
