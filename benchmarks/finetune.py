@@ -165,13 +165,9 @@ def quality_on(args: argparse.Namespace, device: str, dtype: torch.dtype, split_
                              encoder_lr=args.encoder_lr, head_lr=args.head_lr, patience=args.patience, seed=seed)
         t0 = time.perf_counter()
         comparison = compare_with_baselines(clf, train, test, args=config, val_docs=val,
-                                            baselines=tuple(b for b in args.baselines if b != "lexical"),
-                                            show_progress_bar=False)
+                                            baselines=tuple(args.baselines), show_progress_bar=False)
         best_val = max((r["eval_macro_f1"] for r in clf.history if "eval_macro_f1" in r), default=None)
-        rows = comparison.table.to_dicts()
-        if "lexical" in args.baselines and seed == args.first_seed:  # no seed in it: once per split
-            rows.append(lexical_alone(labels, train, test))
-        for row in rows:
+        for row in comparison.table.to_dicts():
             if row["method"] == "hierarchical":
                 row["val_macro_f1"] = best_val  # the epoch early stopping kept (the test split never chooses)
                 row["val_by_epoch"] = [round(r["eval_macro_f1"], 4) for r in clf.history if "eval_macro_f1" in r]
@@ -186,21 +182,6 @@ def quality_on(args: argparse.Namespace, device: str, dtype: torch.dtype, split_
             emit({"bench": "finetune", "what": "retrieval", "seed": seed,
                   **retrieval(clf.encoder, test, f"fine-tuned ({args.pooling} head, seed {seed})")})
     return runs
-
-
-def lexical_alone(labels: list[str], train: pl.DataFrame, test: pl.DataFrame) -> dict[str, Any]:
-    """The default's lexical half on its own (TF-IDF + logistic regression, C chosen by its cross-fitting), fitted
-    on the training part: TF-IDF with a C chosen on the training documents, beside the fixed-C baseline."""
-    from longdoc.lexical import LexicalModel
-    from longdoc.metrics import classification_report
-
-    t0 = time.perf_counter()
-    y = np.array([labels.index(r[0]) for r in train["labels"].to_list()])
-    model = LexicalModel(labels).fit(train["text"].to_list(), y)
-    predicted = [labels[i] for i in model.scores(test["text"].to_list()).argmax(axis=1)]
-    report = classification_report([r[0] for r in test["labels"].to_list()], predicted, labels)
-    return {"method": "lexical", "accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
-            "micro_f1": report["micro_f1"], "C": model.C_, "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def _random_model(config_name: str, directory: str) -> str:
@@ -313,9 +294,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--encoder-lr", type=float, default=3e-5)
     parser.add_argument("--head-lr", type=float, default=1e-3)
     parser.add_argument("--patience", type=int, default=2)
-    parser.add_argument("--baselines", nargs="*", default=["first512", "tfidf"],
-                        help="first512, head_tail, tfidf (C=10), lexical (the default's lexical half alone: "
-                             "TF-IDF + LR with C chosen by cross-fitting)")
+    parser.add_argument("--baselines", nargs="*", default=["first512", "tfidf"])
     parser.add_argument("--no-retrieval", action="store_true")
     parser.add_argument("--throughput-model", choices=("bert-base", "minilm"), default="bert-base")
     parser.add_argument("--throughput-docs", type=int, default=256)

@@ -767,8 +767,7 @@ class LongDocClassifier:
             retrieval_encoder_fingerprint=self.retrieval_encoder.fingerprint if separate else None,
             lexical_terms=None if lexical is None else len(lexical.vocabulary),
             lexical_config=None if lexical is None else lexical.config.to_dict(),
-            lexical_weight=float(self.head.lexical_weight.detach()) if lexical is not None else None,
-            lexical_C=None if lexical is None else lexical.C_)
+            lexical_weight=float(self.head.lexical_weight.detach()) if lexical is not None else None)
 
     def _config(self, separate: bool) -> dict[str, Any]:
         """The ``config.json`` of ``save`` (read back by ``longdoc.model_dir.read_model_config``)."""

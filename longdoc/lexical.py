@@ -56,12 +56,7 @@ class LexicalConfig:
         min_df: an n-gram must occur in at least this many training documents (refit with 1 when that prunes
             everything, as on a tiny corpus).
         sublinear_tf: 1 + log(tf) instead of raw counts.
-        C: inverse L2 strength of the logistic regression; ``None`` (the default) chooses it from ``C_grid``
-            by the out-of-fold log-loss of the cross-fitting folds (the scores the head trains on are those
-            of the chosen C, so the choice costs no extra split). A fixed 10 was the default before; on
-            man-page sections the inner choice took 100 in 9 of 10 folds and gained 0.65 points of macro-F1
-            over it (benchmarks/RESULTS.md).
-        C_grid: the candidates for ``C=None``.
+        C: inverse L2 strength of the logistic regression.
         folds: cross-fitting folds for the lexical scores the head trains on.
     """
 
@@ -69,8 +64,7 @@ class LexicalConfig:
     max_features: int = 100_000
     min_df: int = 2
     sublinear_tf: bool = True
-    C: float | None = None
-    C_grid: tuple[float, ...] = (10.0, 30.0, 100.0)
+    C: float = 10.0
     folds: int = 5
 
     def __post_init__(self) -> None:
@@ -83,15 +77,11 @@ class LexicalConfig:
                 raise ConfigError(f"{name}={value!r} is not valid; expected an integer >= 1")
         if isinstance(self.folds, bool) or not isinstance(self.folds, int) or self.folds < 2:
             raise ConfigError(f"folds={self.folds!r} is not valid; expected an integer >= 2")
-        if self.C is not None and not _positive_number(self.C):
-            raise ConfigError(f"C={self.C!r} is not valid; expected a number > 0, or None to choose it from C_grid")
-        if isinstance(self.C_grid, list):  # a list reads as well as a tuple; the frozen config keeps a tuple
-            object.__setattr__(self, "C_grid", tuple(self.C_grid))
-        if not isinstance(self.C_grid, tuple) or not self.C_grid or not all(map(_positive_number, self.C_grid)):
-            raise ConfigError(f"C_grid={self.C_grid!r} is not valid; expected a non-empty tuple of numbers > 0")
+        if isinstance(self.C, bool) or not isinstance(self.C, int | float) or not self.C > 0:
+            raise ConfigError(f"C={self.C!r} is not valid; expected a number > 0")
 
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "ngram_range": list(self.ngram_range), "C_grid": list(self.C_grid)}
+        return {**dataclasses.asdict(self), "ngram_range": list(self.ngram_range)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LexicalConfig:
@@ -100,14 +90,9 @@ class LexicalConfig:
         if unknown:
             raise ConfigError(f"unknown lexical config fields {unknown}; valid: {sorted(known)}")
         data = dict(data)
-        for name in ("ngram_range", "C_grid"):
-            if isinstance(data.get(name), list):
-                data[name] = tuple(data[name])
+        if "ngram_range" in data:
+            data["ngram_range"] = tuple(data["ngram_range"])
         return cls(**data)
-
-
-def _positive_number(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int | float) and value > 0
 
 
 @dataclass(frozen=True)
@@ -135,7 +120,6 @@ class LexicalModel:
         self.idf = np.zeros(0, dtype=np.float32)
         self.coef = np.zeros((len(self.labels), 0), dtype=np.float32)  # (L, V)
         self.intercept = np.zeros(len(self.labels), dtype=np.float32)  # (L,)
-        self.C_: float | None = None  # the C of the weights: config.C, or the one cross-fitting chose
         self._vectorizer: TfidfVectorizer | None = None
 
     @property
@@ -162,14 +146,14 @@ class LexicalModel:
                     "punctuation/symbols); train without it (lexical=False) or check the text column"
                 ) from exc
 
-    def _fit_linear(self, X: Any, y: np.ndarray, C: float) -> tuple[np.ndarray, np.ndarray]:
+    def _fit_linear(self, X: Any, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(coef (L, V), intercept (L,)) of a logistic regression on X."""
         # one thread: beside torch's thread pool, scikit-learn's and SciPy's pools spin against it (a 2-core CPU
         # fitted 4-7x slower with two threads each than with one)
         with threadpool_limits(limits=1):
-            return self._fit_linear_threads(X, y, C)
+            return self._fit_linear_threads(X, y)
 
-    def _fit_linear_threads(self, X: Any, y: np.ndarray, C: float) -> tuple[np.ndarray, np.ndarray]:
+    def _fit_linear_threads(self, X: Any, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n_labels = len(self.labels)
         coef = np.zeros((n_labels, X.shape[1]), dtype=np.float32)
         intercept = np.zeros(n_labels, dtype=np.float32)
@@ -180,7 +164,7 @@ class LexicalModel:
                     p = np.clip(col.mean(), 1e-3, 1 - 1e-3)
                     intercept[j] = np.log(p / (1 - p))
                     continue
-                model = LogisticRegression(C=C, max_iter=1000).fit(X, col)
+                model = LogisticRegression(C=self.config.C, max_iter=1000).fit(X, col)
                 coef[j], intercept[j] = model.coef_[0], model.intercept_[0]
             return coef, intercept
         present = np.unique(y)
@@ -188,7 +172,7 @@ class LexicalModel:
             intercept[:] = -10.0
             intercept[present[0]] = 0.0
             return coef, intercept
-        model = LogisticRegression(C=C, max_iter=1000).fit(X, y)
+        model = LogisticRegression(C=self.config.C, max_iter=1000).fit(X, y)
         classes = model.classes_
         if len(classes) == 2:  # one row, the log-odds z of classes[1]: softmax(-z/2, z/2) gives the same odds
             half_coef, half_intercept = model.coef_[0] / 2, model.intercept_[0] / 2
@@ -200,30 +184,23 @@ class LexicalModel:
         intercept[missing] = -10.0  # a label unseen in this fold: never predicted by the lexical half
         return coef, intercept
 
-    def fit(self, texts: Sequence[str], y: np.ndarray, *, seed: int = 0) -> LexicalModel:
-        """Fit on all ``texts``; ``y``: (n,) label indices, or (n, L) 0/1 for multi-label. With ``C=None`` the
-        C chosen by an earlier :meth:`cross_fit_scores` of this model is kept (the classifier refits on its
-        validation documents too); without one, cross-fitting (``seed`` draws its folds) chooses it now."""
+    def fit(self, texts: Sequence[str], y: np.ndarray) -> LexicalModel:
+        """Fit on all ``texts``; ``y``: (n,) label indices, or (n, L) 0/1 for multi-label."""
         texts = _checked_texts(texts)
-        if self.config.C is None and self.C_ is None:
-            self.cross_fit_scores(texts, y, seed=seed)
-            return self
-        C = self.config.C if self.config.C is not None else self.C_
         vectorizer, X = self._fit_vectorizer(texts)
-        self._adopt(vectorizer, *self._fit_linear(X, np.asarray(y), C), C)
-        logger.info("lexical branch: %d documents, %d terms, %d labels, C=%g", len(texts), len(self.vocabulary),
-                    len(self.labels), C)
+        self._adopt(vectorizer, *self._fit_linear(X, np.asarray(y)))
+        logger.info("lexical branch: %d documents, %d terms, %d labels", len(texts), len(self.vocabulary),
+                    len(self.labels))
         return self
 
-    def _adopt(self, vectorizer: TfidfVectorizer, coef: np.ndarray, intercept: np.ndarray, C: float) -> None:
-        self._vectorizer, self.coef, self.intercept, self.C_ = vectorizer, coef, intercept, float(C)
+    def _adopt(self, vectorizer: TfidfVectorizer, coef: np.ndarray, intercept: np.ndarray) -> None:
+        self._vectorizer, self.coef, self.intercept = vectorizer, coef, intercept
         self.vocabulary = [str(t) for t in vectorizer.get_feature_names_out()]
         self.idf = vectorizer.idf_.astype(np.float32)
 
     def cross_fit_scores(self, texts: Sequence[str], y: np.ndarray, *, seed: int = 0) -> np.ndarray:
         """Out-of-fold scores (n, L) of the training ``texts`` (each scored by a linear model that never saw
-        it), then :meth:`fit` on all of them. With ``C=None`` every C of ``C_grid`` is cross-fitted on the same
-        folds and the one with the lowest out-of-fold log-loss is kept (its scores are returned).
+        it), then :meth:`fit` on all of them.
 
         The vocabulary and idf are fitted once on all ``texts`` (they use no label); only the linear model is
         refitted per fold.
@@ -233,8 +210,7 @@ class LexicalModel:
         n = len(texts)
         vectorizer, X = self._fit_vectorizer(texts)
         folds = min(self.config.folds, n)
-        candidates = (self.config.C,) if self.config.C is not None else self.config.C_grid
-        best: tuple[float, float, np.ndarray] | None = None  # (out-of-fold log-loss, C, scores)
+        out = np.zeros((n, len(self.labels)), dtype=np.float32)
         if folds >= 2:
             if self.multi_label:
                 splitter: Any = KFold(folds, shuffle=True, random_state=seed)
@@ -243,31 +219,13 @@ class LexicalModel:
                 smallest = smallest[smallest > 0].min()
                 splitter = (StratifiedKFold(folds, shuffle=True, random_state=seed) if smallest >= folds
                             else KFold(folds, shuffle=True, random_state=seed))
-            splits = list(splitter.split(np.zeros(n), y if not self.multi_label else None))
-            for C in candidates:
-                out = np.zeros((n, len(self.labels)), dtype=np.float32)
-                for train_rows, held_out in splits:
-                    coef, intercept = self._fit_linear(X[train_rows], y[train_rows], C)
-                    out[held_out] = self._scores(X[held_out], coef, intercept)
-                loss = self._log_loss(out, y)
-                logger.debug("lexical branch: C=%g, out-of-fold log-loss %.4f", C, loss)
-                if best is None or loss < best[0]:
-                    best = (loss, C, out)
-        if best is None:  # one document: nothing to hold out; the middle of the grid
-            best = (float("nan"), candidates[len(candidates) // 2], np.zeros((n, len(self.labels)), np.float32))
-        _, C, out = best
-        self._adopt(vectorizer, *self._fit_linear(X, y, C), C)
-        logger.info("lexical branch: %d documents (%d-fold cross-fitted scores), %d terms, %d labels, C=%g%s", n,
-                    folds, len(self.vocabulary), len(self.labels), C,
-                    f" (chosen from {list(candidates)})" if len(candidates) > 1 else "")
+            for train_rows, held_out in splitter.split(np.zeros(n), y if not self.multi_label else None):
+                coef, intercept = self._fit_linear(X[train_rows], y[train_rows])
+                out[held_out] = self._scores(X[held_out], coef, intercept)
+        self._adopt(vectorizer, *self._fit_linear(X, y))
+        logger.info("lexical branch: %d documents (%d-fold cross-fitted scores), %d terms, %d labels", n, folds,
+                    len(self.vocabulary), len(self.labels))
         return out
-
-    def _log_loss(self, scores: np.ndarray, y: np.ndarray) -> float:
-        """Mean negative log-likelihood of ``y`` under :meth:`scores`-style rows."""
-        if self.multi_label:  # log-odds z: -log sigmoid(z) for a present label, -log sigmoid(-z) for an absent one
-            signed = np.where(y > 0, scores, -scores)
-            return float(np.logaddexp(0.0, -signed).mean())
-        return float(-scores[np.arange(len(y)), y].mean())
 
     # ------------------------------------------------------------------ inference
     def _check_fitted(self) -> TfidfVectorizer:
@@ -319,7 +277,7 @@ class LexicalModel:
         """Write ``lexical.json`` (config, labels, vocabulary) and ``lexical.safetensors`` (idf, weights)."""
         self._check_fitted()
         meta = {"config": self.config.to_dict(), "labels": self.labels, "multi_label": self.multi_label,
-                "C": self.C_, "vocabulary": self.vocabulary}
+                "vocabulary": self.vocabulary}
         (directory / "lexical.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
         save_file({"idf": self.idf, "coef": np.ascontiguousarray(self.coef), "intercept": self.intercept},
                   str(directory / "lexical.safetensors"))
@@ -357,10 +315,6 @@ class LexicalModel:
             raise ModelLoadError(f"{directory}: lexical.safetensors holds non-finite values")
         model.vocabulary, model.idf = vocabulary, idf.astype(np.float32)
         model.coef, model.intercept = coef.astype(np.float32), intercept.astype(np.float32)
-        C = meta.get("C", model.config.C)  # absent in models saved before C could be chosen
-        if C is not None and not _positive_number(C):
-            raise ModelLoadError(f"{directory}/lexical.json is malformed: C={C!r} is not a number > 0")
-        model.C_ = None if C is None else float(C)
         vectorizer = model._new_vectorizer(1, vocabulary={t: i for i, t in enumerate(vocabulary)})
         vectorizer.idf_ = model.idf
         model._vectorizer = vectorizer

@@ -66,7 +66,6 @@ class CardFacts:
         lexical_terms: the lexical branch's vocabulary size, None without a lexical branch.
         lexical_config: its ``LexicalConfig.to_dict()``.
         lexical_weight: the head's learned weight of the lexical scores.
-        lexical_C: the C of its weights (``LexicalModel.C_``: set, or chosen by cross-fitting).
     """
 
     config: Mapping[str, Any]
@@ -75,7 +74,6 @@ class CardFacts:
     lexical_terms: int | None = None
     lexical_config: Mapping[str, Any] | None = None
     lexical_weight: float | None = None
-    lexical_C: float | None = None
 
 
 # ---------------------------------------------------------------------------------------------- facts
@@ -192,15 +190,6 @@ def _yaml_string(value: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- rendering
-def _lexical_C(facts: CardFacts) -> str:
-    """The C of the lexical weights, and where it came from (set, or chosen from the grid)."""
-    lex = facts.lexical_config or {}
-    used = facts.lexical_C if facts.lexical_C is not None else lex.get("C")
-    if used is None:
-        return "?"
-    return f"{used:g}" if lex.get("C") is not None else f"{used:g} (chosen from {lex.get('C_grid')} by cross-fitting)"
-
-
 def _fmt(value: Any, digits: int = 4) -> str:
     if value is None:
         return "-"
@@ -295,7 +284,7 @@ def _head(facts: CardFacts) -> list[str]:
     lex = facts.lexical_config or {}
     ngrams = lex.get("ngram_range") or ["?", "?"]
     rows = [["vocabulary", f"{facts.lexical_terms} terms (at most {lex.get('max_features', '?')})"],
-            ["n-grams", f"{ngrams[0]}-{ngrams[1]} words"], ["C (inverse L2)", _lexical_C(facts)],
+            ["n-grams", f"{ngrams[0]}-{ngrams[1]} words"], ["C (inverse L2)", lex.get("C", "?")],
             ["learned weight", _fmt(facts.lexical_weight)]]
     return [*lines, "On: TF-IDF of the whole text and a logistic regression; its label scores are added to the "
             "head's logits times the learned weight.", "", *_table(["setting", "value"], rows)]

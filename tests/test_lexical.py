@@ -103,51 +103,8 @@ def test_config_is_validated_and_round_trips():
         LexicalConfig(ngram_range=(2, 1))
     with pytest.raises(ConfigError, match="folds"):
         LexicalConfig(folds=1)
-    for bad in ((), (10.0, 0.0), (10.0, True), "10", 10.0):
-        with pytest.raises(ConfigError, match="C_grid"):
-            LexicalConfig(C_grid=bad)
-    with pytest.raises(ConfigError, match="C=-1"):
-        LexicalConfig(C=-1)
-    assert LexicalConfig(C_grid=[1.0, 5.0]).C_grid == (1.0, 5.0)
-    for config in (LexicalConfig(max_features=10, C=2.0), LexicalConfig(C_grid=(1.0, 5.0))):
-        assert LexicalConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
-
-
-def test_c_none_keeps_the_grid_value_with_the_lowest_out_of_fold_log_loss(tmp_path):
-    texts, y = TEXTS * 2, np.concatenate([Y, Y])
-    grid = (0.1, 1.0, 100.0)
-    losses = {}
-    for C in grid:  # each candidate alone, on the same folds
-        oof = LexicalModel(LABELS, config=LexicalConfig(min_df=1, folds=3, C=C)).cross_fit_scores(texts, y, seed=4)
-        losses[C] = float(-oof[np.arange(len(y)), y].mean())
-    best = min(grid, key=losses.get)
-    assert len(set(losses.values())) == len(grid)  # the grid's values give different losses: the choice is real
-
-    model = LexicalModel(LABELS, config=LexicalConfig(min_df=1, folds=3, C_grid=grid))
-    oof = model.cross_fit_scores(texts, y, seed=4)
-    assert model.C_ == best
-    fixed = LexicalModel(LABELS, config=LexicalConfig(min_df=1, folds=3, C=best))
-    np.testing.assert_allclose(oof, fixed.cross_fit_scores(texts, y, seed=4))
-    np.testing.assert_allclose(model.scores(TEXTS), fixed.scores(TEXTS))
-
-    model.fit(texts[:9], y[:9])  # a refit keeps the chosen C
-    assert model.C_ == best
-    model.save(tmp_path)
-    assert LexicalModel.load(tmp_path, labels=LABELS).C_ == best
-
-    alone = LexicalModel(LABELS, config=LexicalConfig(min_df=1, folds=3, C_grid=grid)).fit(texts, y, seed=4)
-    assert alone.C_ == best  # fit without cross-fitting first chooses the same way
-
-
-def test_a_malformed_saved_c_is_refused(tmp_path):
-    fitted().save(tmp_path)
-    meta = json.loads((tmp_path / "lexical.json").read_text())
-    (tmp_path / "lexical.json").write_text(json.dumps({**meta, "C": "lots"}))
-    with pytest.raises(ModelLoadError, match="C='lots'"):
-        LexicalModel.load(tmp_path, labels=LABELS)
-    del meta["C"]  # a model saved before C could be chosen: its config's C
-    (tmp_path / "lexical.json").write_text(json.dumps({**meta, "config": {**meta["config"], "C": 10.0}}))
-    assert LexicalModel.load(tmp_path, labels=LABELS).C_ == 10.0
+    config = LexicalConfig(max_features=10, C=2.0)
+    assert LexicalConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
 def test_an_empty_batch_scores_to_an_empty_matrix():
