@@ -134,16 +134,18 @@ def summarize(runs: list[dict[str, Any]]) -> None:
     by_method: dict[str, dict[tuple[str, int], float]] = {}
     for row in runs:
         by_method.setdefault(row["method"], {})[(row["split"], row["seed"])] = row["macro_f1"]
+    def bounds(ci: Any) -> list[float | None]:  # None, not NaN (not JSON), where one run gives no interval
+        return [None if v != v else round(v, 4) for v in (ci.low, ci.high)]
+
     model = by_method.get("hierarchical", {})
     for method, scores in by_method.items():
         ci = mean_ci(list(scores.values()))
         out = {"bench": "finetune", "what": "summary", "method": method, "runs": ci.n,
-               "macro_f1": round(ci.mean, 4), "ci95": [round(ci.low, 4), round(ci.high, 4)]}
+               "macro_f1": round(ci.mean, 4), "ci95": bounds(ci)}
         paired = sorted(set(model) & set(scores))
         if method != "hierarchical" and len(paired) > 1:
             diff = paired_difference([model[k] for k in paired], [scores[k] for k in paired])
-            out["hierarchical_minus_this"] = {"mean": round(diff.mean, 4),
-                                              "ci95": [round(diff.low, 4), round(diff.high, 4)]}
+            out["hierarchical_minus_this"] = {"mean": round(diff.mean, 4), "ci95": bounds(diff)}
         emit(out)
 
 
