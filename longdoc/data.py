@@ -926,6 +926,8 @@ def _labels_expr(frame: pl.DataFrame, column: str) -> pl.Expr:
             col = pl.when(col.is_nan()).then(None).otherwise(col)
         col = col.cast(pl.String)
         return pl.when(col.is_null() | (col == "")).then(empty).otherwise(pl.concat_list(col))
+    if isinstance(dtype, pl.Array):  # a fixed-width list reads as a list (map_elements would see a PySeries)
+        col, dtype = col.cast(pl.List(dtype.inner)), pl.List(dtype.inner)
     if dtype == pl.List:
         inner = pl.element().cast(pl.String)
         return col.list.eval(inner.filter(inner.is_not_null() & (inner != ""))).cast(_LABELS_DTYPE)

@@ -479,6 +479,12 @@ def test_a_struct_or_nested_list_label_column_of_a_dataframe_is_never_a_label_an
     assert all("nested list" in w for w in table["warning"].to_list())
 
 
+def test_a_fixed_width_array_label_column_gives_its_items_as_labels():
+    frame = pl.DataFrame({"text": ["merge", "sort"], "label": [["cmd", "x"], ["lib", None]]})
+    table = load_documents(frame.with_columns(pl.col("label").cast(pl.Array(pl.String, 2))))
+    assert table["labels"].to_list() == [["cmd", "x"], ["lib"]] and table["warning"].to_list() == [None, None]
+
+
 def test_a_pandas_frame_of_mixed_cells_keeps_its_row_warnings():
     frame = pd.DataFrame({"text": ["merge two files", 3], "label": [{"k": 1}, "cmd"]})  # not one arrow type
     table = load_documents(frame)
