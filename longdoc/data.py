@@ -13,8 +13,9 @@ Reading policy, in one place:
 - Text files (JSON lines, CSV, a folder of ``.txt``/``.md``) are decoded as strict UTF-8 first (a leading BOM is
   dropped); bytes that are not valid UTF-8 are decoded with ``encoding_fallback`` (cp1252 by default) and
   ``errors="replace"``, the row is kept and ``warning`` says so.
-- Text that is missing (null) becomes ``""``; text that is not a string (a number) becomes ``str(x)``; empty and
-  whitespace-only documents are kept. Each of these sets ``warning``.
+- Text that is missing (null) becomes ``""``; text that is not a string (a number) becomes ``str(x)``; a bytes
+  (``Binary``) text column is decoded as UTF-8 with ``errors="replace"``; empty and whitespace-only documents are
+  kept. Each of these sets ``warning``.
 - A JSON line that is not a JSON object raises :class:`~longdoc.errors.DataError` naming the file and line
   (``on_bad_line="error"``, the default). With ``on_bad_line="warn"`` the line becomes a row with empty text, the
   reason in ``warning`` and, when ids come from the data, the id ``"<file name>:<line number>"``; the other rows
@@ -815,6 +816,9 @@ def _text_of(column: str, dtype: pl.DataType) -> tuple[pl.Expr, str]:
         return col.struct.json_encode(), "converted to JSON"
     if dtype == pl.Object:
         return col.map_elements(str, return_dtype=pl.String), "converted to str"
+    if dtype == pl.Binary:  # polars' cast fails the whole column on one byte that is not UTF-8
+        return (col.map_elements(lambda b: b.decode("utf-8", errors="replace"), return_dtype=pl.String),
+                "decoded as UTF-8 (bytes that are not UTF-8 replaced with U+FFFD)")
     return col.cast(pl.String), "converted to str"
 
 
@@ -929,7 +933,10 @@ def _labels_expr(frame: pl.DataFrame, column: str) -> pl.Expr:
     if isinstance(dtype, pl.Array):  # a fixed-width list reads as a list (map_elements would see a PySeries)
         col, dtype = col.cast(pl.List(dtype.inner)), pl.List(dtype.inner)
     if dtype == pl.List:
-        inner = pl.element().cast(pl.String)
+        element = pl.element()
+        if dtype.inner.is_float():  # NaN is no label, as in a float column
+            element = pl.when(element.is_nan()).then(None).otherwise(element)
+        inner = element.cast(pl.String)
         return col.list.eval(inner.filter(inner.is_not_null() & (inner != ""))).cast(_LABELS_DTYPE)
     return col.map_elements(lambda v: [] if _label_problem(v) else _labels_from_value(v), return_dtype=_LABELS_DTYPE)
 

@@ -485,6 +485,17 @@ def test_a_fixed_width_array_label_column_gives_its_items_as_labels():
     assert table["labels"].to_list() == [["cmd", "x"], ["lib"]] and table["warning"].to_list() == [None, None]
 
 
+def test_a_bytes_text_column_is_decoded_and_a_bad_byte_costs_no_row():
+    table = load_documents(pl.DataFrame({"text": [b"merge files", b"caf\xe9", None], "label": ["1", "2", "3"]}))
+    assert table["text"].to_list() == ["merge files", "caf\ufffd", ""]
+    assert "decoded as UTF-8" in table["warning"][1] and table["labels"].to_list() == [["1"], ["2"], ["3"]]
+
+
+def test_nan_in_a_list_of_float_labels_is_no_label():
+    table = load_documents(pl.DataFrame({"text": ["a", "b"], "label": [[1.0, float("nan")], [2.0]]}))
+    assert table["labels"].to_list() == [["1.0"], ["2.0"]]
+
+
 def test_a_pandas_frame_of_mixed_cells_keeps_its_row_warnings():
     frame = pd.DataFrame({"text": ["merge two files", 3], "label": [{"k": 1}, "cmd"]})  # not one arrow type
     table = load_documents(frame)
