@@ -164,7 +164,8 @@ def quality_on(args: argparse.Namespace, device: str, dtype: torch.dtype, split_
                                              device=device, dtype=dtype)
         config = TrainConfig(mode="finetune", epochs=args.epochs, batch_size=args.batch_size,
                              max_train_windows=args.max_train_windows, keep_first_window=args.keep_first_window,
-                             encoder_lr=args.encoder_lr, head_lr=args.head_lr, patience=args.patience, seed=seed)
+                             encoder_lr=args.encoder_lr, head_lr=args.head_lr, patience=args.patience,
+                             min_epochs=args.min_epochs, seed=seed)
         t0 = time.perf_counter()
         comparison = compare_with_baselines(clf, train, test, args=config, val_docs=val,
                                             baselines=tuple(args.baselines), show_progress_bar=False)
@@ -296,6 +297,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--encoder-lr", type=float, default=3e-5)
     parser.add_argument("--head-lr", type=float, default=1e-3)
     parser.add_argument("--patience", type=int, default=2)
+    parser.add_argument("--min-epochs", type=int, default=None,
+                        help="no epoch before this one is kept (TrainConfig.min_epochs; default: a quarter of --epochs)")
     parser.add_argument("--baselines", nargs="*", default=["first512", "tfidf"])
     parser.add_argument("--no-retrieval", action="store_true")
     parser.add_argument("--throughput-model", choices=("bert-base", "minilm"), default="bert-base")
