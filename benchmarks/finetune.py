@@ -131,12 +131,12 @@ def summarize(runs: list[dict[str, Any]]) -> None:
     difference of the hierarchical model to each baseline run by run."""
     from longdoc.metrics import mean_ci, paired_difference
 
-    by_method: dict[str, dict[tuple[str, int], float]] = {}
-    for row in runs:
-        by_method.setdefault(row["method"], {})[(row["split"], row["seed"])] = row["macro_f1"]
     def bounds(ci: Any) -> list[float | None]:  # None, not NaN (not JSON), where one run gives no interval
         return [None if v != v else round(v, 4) for v in (ci.low, ci.high)]
 
+    by_method: dict[str, dict[tuple[str, int], float]] = {}
+    for row in runs:
+        by_method.setdefault(row["method"], {})[(row["split"], row["seed"])] = row["macro_f1"]
     model = by_method.get("hierarchical", {})
     for method, scores in by_method.items():
         ci = mean_ci(list(scores.values()))

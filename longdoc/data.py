@@ -887,8 +887,8 @@ def _finish(chunk: _Chunk, opts: _Options, row_offset: int) -> pl.DataFrame:
     if label_column is None:
         labels = pl.lit([], dtype=_LABELS_DTYPE)
     else:
-        labels = _labels_expr(frame, label_column)
-        warnings.append(_label_warning_expr(frame, label_column))
+        labels, label_warning = _labels_expr(frame, label_column)
+        warnings.append(label_warning)
 
     # ids
     if id_column is None:
@@ -919,12 +919,28 @@ def _finish(chunk: _Chunk, opts: _Options, row_offset: int) -> pl.DataFrame:
     return table
 
 
-def _labels_expr(frame: pl.DataFrame, column: str) -> pl.Expr:
+def _labels_expr(frame: pl.DataFrame, column: str) -> tuple[pl.Expr, pl.Expr]:
+    """The labels of a label ``column`` and each row's warning when its cell cannot be a label (else null)."""
     dtype = frame.schema[column]
     col = pl.col(column)
     empty = pl.lit([], dtype=_LABELS_DTYPE)
-    if dtype == pl.Null or _label_dtype_problem(dtype):  # never a label made of a struct's printed form
-        return empty
+    no_warning = pl.lit(None, dtype=pl.String)
+    if dtype == pl.Null:
+        return empty, no_warning
+    problem = _label_dtype_problem(dtype)
+    if problem:  # never a label made of a struct's printed form
+        return empty, pl.when(col.is_not_null()).then(pl.lit(_label_warning(column, problem)))
+    if dtype == pl.Object:
+        return (col.map_elements(lambda v: [] if _label_problem(v) else _labels_from_value(v),
+                                 return_dtype=_LABELS_DTYPE),
+                col.map_elements(lambda v: _label_warning(column, p) if (p := _label_problem(v)) else None,
+                                 return_dtype=pl.String))
+    return _plain_labels_expr(col, dtype), no_warning
+
+
+def _plain_labels_expr(col: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    """The labels of a label column whose every cell can be one (strings, numbers, lists of them)."""
+    empty = pl.lit([], dtype=_LABELS_DTYPE)
     if dtype == pl.String or dtype.is_numeric() or dtype == pl.Boolean:
         if dtype.is_float():
             col = pl.when(col.is_nan()).then(None).otherwise(col)
@@ -938,20 +954,7 @@ def _labels_expr(frame: pl.DataFrame, column: str) -> pl.Expr:
             element = pl.when(element.is_nan()).then(None).otherwise(element)
         inner = element.cast(pl.String)
         return col.list.eval(inner.filter(inner.is_not_null() & (inner != ""))).cast(_LABELS_DTYPE)
-    return col.map_elements(lambda v: [] if _label_problem(v) else _labels_from_value(v), return_dtype=_LABELS_DTYPE)
-
-
-def _label_warning_expr(frame: pl.DataFrame, column: str) -> pl.Expr:
-    """A row's warning when its label cell cannot be a label (see ``_labels_expr``), else null."""
-    dtype = frame.schema[column]
-    col = pl.col(column)
-    problem = _label_dtype_problem(dtype)
-    if problem:
-        return pl.when(col.is_not_null()).then(pl.lit(_label_warning(column, problem)))
-    if dtype == pl.Object:
-        return col.map_elements(lambda v: _label_warning(column, p) if (p := _label_problem(v)) else None,
-                                return_dtype=pl.String)
-    return pl.lit(None, dtype=pl.String)
+    return col.map_elements(_labels_from_value, return_dtype=_LABELS_DTYPE)
 
 
 def check_unique_ids(documents: pl.DataFrame) -> None:
