@@ -296,9 +296,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--encoder-lr", type=float, default=3e-5)
     parser.add_argument("--head-lr", type=float, default=1e-3)
-    parser.add_argument("--patience", type=int, default=2)
+    parser.add_argument("--patience", type=int, default=2, help="early stopping (only with --min-epochs below --epochs)")
     parser.add_argument("--min-epochs", type=int, default=None,
-                        help="no epoch before this one is kept (TrainConfig.min_epochs; default: a quarter of --epochs)")
+                        help="no epoch before this one is kept (TrainConfig.min_epochs; default: the last epoch; 1: the "
+                             "best validation epoch of all, the earlier default)")
     parser.add_argument("--baselines", nargs="*", default=["first512", "tfidf"])
     parser.add_argument("--no-retrieval", action="store_true")
     parser.add_argument("--throughput-model", choices=("bert-base", "minilm"), default="bert-base")

@@ -315,7 +315,8 @@ _TRAIN_HELP = {
     "class_weights": "'balanced' weights classes by inverse frequency",
     "patience": "stop after this many epochs without a better validation score",
     "select_on": "what picks the epoch kept: validation macro_f1 (loss breaks ties) or loss",
-    "min_epochs": "keep no epoch before this one; early stopping waits for it; None: a quarter of --epochs",
+    "min_epochs": "keep no epoch before this one; early stopping waits for it; None: a quarter of --epochs "
+                  "frozen, the last epoch finetune (no early stopping)",
     "refit_fusion": "after training, re-weigh the window head and the lexical branch by two scalars fitted on "
                     "the eval set",
     "calibrate": "fit the temperature (and multi-label thresholds) on the eval set",

@@ -96,12 +96,19 @@ class TrainConfig:
         select_on: what picks the epoch that is kept (and drives ``patience``): ``"macro_f1"`` (validation
             macro-F1, the loss breaking ties) or ``"loss"`` (validation loss, macro-F1 breaking ties).
         min_epochs: no epoch before this one is kept and early stopping waits for it: the best validation epoch
-            is chosen among epochs ``min_epochs`` .. ``epochs``. ``None`` (the default): a quarter of ``epochs``,
-            rounded up (5 of the default 20; 1 for up to 4 epochs, as fine-tuning runs often have). On a
-            validation split of a few dozen documents (10% of a few hundred) macro-F1 moves in steps of several
-            points and an under-trained head of epoch 1 or 2 can top it by luck: on long binary news proxies
+            is chosen among epochs ``min_epochs`` .. ``epochs``. ``None`` (the default) depends on ``mode``:
+            frozen, a quarter of ``epochs``, rounded up (5 of the default 20). On a validation split of a few
+            dozen documents (10% of a few hundred) macro-F1 moves in steps of several points and an
+            under-trained head of epoch 1 or 2 can top it by luck: on long binary news proxies
             (benchmarks/RESULTS.md, issue 18) the window head kept such an epoch in 14 of 60 runs and lost 3.7
-            points of macro-F1 to first-512 on them; ``1`` keeps any epoch (the behaviour before this option).
+            points of macro-F1 to first-512 on them. Fine-tuning, ``epochs``: the last epoch is kept and early
+            stopping is off (the eval set still calibrates and re-weighs the fusion). A fine-tuning run is a
+            few epochs whose learning rate decays linearly to zero, so the last epoch is the annealed one, and
+            the validation differences between its epochs (1-4 points) are below the noise of a few dozen
+            documents (about 5 points of accuracy on 50): picking the best of them picks noise. On the man
+            pages, an earlier epoch kept by validation scored 0.8-1.9 points below the last on the test pages
+            each time (benchmarks/RESULTS.md). Set ``min_epochs`` to stop a long fine-tuning run early.
+            ``1`` keeps any epoch (the behaviour before this option).
         refit_fusion: with the lexical branch and validation documents, after training re-weigh the window head's
             logits and the lexical scores by two scalars fitted on the validation documents (their NLL, as a
             temperature is fitted; ``calibration.fit_fusion_weights``). The head trains on the training
@@ -173,9 +180,12 @@ class TrainConfig:
 
     @property
     def first_kept_epoch(self) -> int:
-        """The first epoch that may be kept (1-based): ``min_epochs``, or a quarter of ``epochs`` when None,
-        never past ``epochs``."""
-        start = self.min_epochs if self.min_epochs is not None else math.ceil(self.epochs / 4)
+        """The first epoch that may be kept (1-based): ``min_epochs``; when None, a quarter of ``epochs`` frozen and
+        the last epoch fine-tuning; never past ``epochs``."""
+        if self.min_epochs is not None:
+            start = self.min_epochs
+        else:
+            start = self.epochs if self.mode == "finetune" else math.ceil(self.epochs / 4)
         return max(1, min(start, self.epochs))
 
     def to_dict(self) -> dict[str, Any]:

@@ -272,8 +272,33 @@ def test_selection_options_are_checked():
         TrainConfig(select_on="accuracy")
     with pytest.raises(ConfigError, match="min_epochs"):
         TrainConfig(min_epochs=0)
-    # the default: a quarter of the epochs, rounded up, never past them
+    # the default: frozen, a quarter of the epochs, rounded up, never past them; fine-tuning, the last epoch
     assert TrainConfig().first_kept_epoch == 5
     assert TrainConfig(epochs=3).first_kept_epoch == 1
     assert TrainConfig(epochs=40).first_kept_epoch == 10
     assert TrainConfig(epochs=3, min_epochs=8).first_kept_epoch == 3
+    assert TrainConfig(mode="finetune", epochs=3).first_kept_epoch == 3
+    assert TrainConfig(mode="finetune", epochs=20).first_kept_epoch == 20
+    assert TrainConfig(mode="finetune", epochs=3, min_epochs=1).first_kept_epoch == 1
+
+
+def test_fine_tuning_keeps_its_last_epoch_by_default(tiny_model_dir):
+    """Issue 18: fine-tuning runs every epoch and keeps the last one, whatever the validation scores of the
+    earlier epochs (patience 1 would otherwise stop it, and validation would pick among them)."""
+    import torch
+
+    texts, labels = _corpus(24, 0)
+    val_texts, val_labels = _corpus(12, 1)
+    names = ["sport", "tech", "news"]
+    clf = LongDocClassifier.from_encoder(tiny_model_dir, labels=names, window=WindowConfig(max_length=32, stride=8),
+                                         device="cpu", lexical=False)
+    clf.fit(texts, labels, eval_dataset=val_texts, eval_labels=val_labels,
+            args=TrainConfig(mode="finetune", epochs=4, batch_size=8, encoder_lr=1e-3, head_lr=1e-2, patience=1,
+                             max_train_windows=2, calibrate=False))
+    assert [h["epoch"] for h in clf.history] == [1, 2, 3, 4]
+    scores = [(h["eval_macro_f1"], -h["eval_loss"]) for h in clf.history]
+    # some epoch was no better than an earlier one: patience 1 would have stopped there, validation picked another
+    assert any(scores[i] <= max(scores[:i]) for i in range(1, len(scores)))
+    target = torch.tensor([names.index(x) for x in val_labels])
+    kept_loss = float(clf.head.loss(clf.analyze(val_texts).logits.float(), target))
+    assert kept_loss == pytest.approx(clf.history[-1]["eval_loss"], rel=1e-4, abs=1e-5)
