@@ -12,7 +12,9 @@ Reading policy, in one place:
 
 - Text files (JSON lines, CSV, a folder of ``.txt``/``.md``) are decoded as strict UTF-8 first (a leading BOM is
   dropped); bytes that are not valid UTF-8 are decoded with ``encoding_fallback`` (cp1252 by default) and
-  ``errors="replace"``, the row is kept and ``warning`` says so.
+  ``errors="replace"``, the row is kept and ``warning`` says so. A file that starts with a UTF-16 or UTF-32
+  byte-order mark (as Windows tools write "Unicode" text) is decoded with that codec; a sequence invalid in it is
+  replaced, and the row's ``warning`` says so.
 - Text that is missing (null) becomes ``""``; text that is not a string (a number) becomes ``str(x)``; a bytes
   (``Binary``) text column is decoded as UTF-8 with ``errors="replace"``; empty and whitespace-only documents are
   kept. Each of these sets ``warning``.
@@ -37,6 +39,7 @@ Reading policy, in one place:
 
 from __future__ import annotations
 
+import codecs
 import csv
 import itertools
 import json
@@ -357,7 +360,7 @@ def _read_path(path: Path, opts: _Options, chunk_size: int | None) -> Iterator[_
     if suffix in (".jsonl", ".ndjson"):
         yield from _read_json_lines(path, opts, chunk_size)
     elif suffix == ".json":
-        if _starts_with(path, b"["):
+        if _starts_with(path, "["):
             yield from _read_json_array(path, opts)
         else:
             yield from _read_json_lines(path, opts, chunk_size)
@@ -371,20 +374,65 @@ def _read_path(path: Path, opts: _Options, chunk_size: int | None) -> Iterator[_
         raise DataError(f"cannot read {str(path)!r}: unsupported file type {suffix!r}; expected {_SUPPORTED}")
 
 
-def _starts_with(path: Path, prefix: bytes) -> bool:
+def _starts_with(path: Path, prefix: str) -> bool:
     with path.open("rb") as f:
-        head = f.read(4096).lstrip(b"\xef\xbb\xbf").lstrip()
-    return head.startswith(prefix)
+        head = f.read(4096)
+    codec = _bom_codec(head)
+    text = head.decode(codec, errors="ignore") if codec else head.decode("utf-8", errors="ignore")
+    return text.lstrip("\ufeff").lstrip().startswith(prefix)
+
+
+# UTF-32 first: its little-endian mark begins with UTF-16's
+_UNICODE_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                 (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def _bom_codec(head: bytes) -> str | None:
+    """``"utf-16"`` or ``"utf-32"`` when ``head`` starts with that byte-order mark (the codec reads the mark and
+    drops it), else None."""
+    return next((codec for bom, codec in _UNICODE_BOMS if head.startswith(bom)), None)
 
 
 def _decode(data: bytes, fallback: str) -> tuple[str, str | None]:
-    """Strict UTF-8 (BOM dropped), else ``fallback`` with replacement and a warning."""
-    if data.startswith(b"\xef\xbb\xbf"):
+    """Strict UTF-8 (BOM dropped), else ``fallback`` with replacement and a warning; data with a UTF-16/32
+    byte-order mark by that codec."""
+    codec = _bom_codec(data)
+    if codec is not None:
+        text = data.decode(codec, errors="replace")
+        return text, (f"not valid {codec.upper()}: decoded with replacement" if "\ufffd" in text else None)
+    if data.startswith(codecs.BOM_UTF8):
         data = data[3:]
     try:
         return data.decode("utf-8"), None
     except UnicodeDecodeError:
         return data.decode(fallback, errors="replace"), f"not valid UTF-8: decoded as {fallback} with replacement"
+
+
+def _text_lines(path: Path, fallback: str) -> Iterator[tuple[int, str, str | None]]:
+    """A text file's lines (ends kept), numbered from 1, each with its decoding warning (see ``_decode``). A file
+    with a UTF-16/32 byte-order mark is decoded as a stream, since its line breaks are not single bytes."""
+    with path.open("rb") as f:
+        codec = _bom_codec(f.read(4))
+        f.seek(0)
+        if codec is None:
+            for lineno, raw in enumerate(f, 1):
+                yield lineno, *_decode(raw, fallback)
+            return
+        decoder = codecs.getincrementaldecoder(codec)(errors="replace")
+        texts = itertools.chain((decoder.decode(block) for block in iter(lambda: f.read(1 << 16), b"")),
+                                [decoder.decode(b"", final=True)])
+        warning = f"not valid {codec.upper()}: decoded with replacement"
+        parts: list[str] = []  # the line being read, in pieces (a long line spans blocks)
+        lineno = 0
+        for text in texts:
+            *ends, rest = text.split("\n")
+            for end in ends:
+                line = "".join(parts) + end + "\n"
+                parts, lineno = [], lineno + 1
+                yield lineno, line, (warning if "\ufffd" in line else None)
+            parts.append(rest)
+        if line := "".join(parts):
+            yield lineno + 1, line, (warning if "\ufffd" in line else None)
 
 
 def _bad_line(path: Path, lineno: int, reason: str, opts: _Options) -> tuple[dict[str, Any], str, str]:
@@ -400,25 +448,23 @@ def _read_json_lines(path: Path, opts: _Options, chunk_size: int | None) -> Iter
     records: list[Any] = []
     warnings: list[str | None] = []
     fallback_ids: list[str | None] = []
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            line, warning = _decode(raw, opts.encoding_fallback)
-            fallback_id = None
-            try:
-                record = json.loads(line)
-                if not isinstance(record, dict):
-                    raise ValueError(f"expected a JSON object, got {type(record).__name__}")
-            except ValueError as exc:
-                record, warning, fallback_id = _bad_line(
-                    path, lineno, f"line {lineno} of {path.name} is not a JSON object: {exc}", opts)
-            records.append(record)
-            warnings.append(warning)
-            fallback_ids.append(fallback_id)
-            if chunk_size is not None and len(records) >= chunk_size:
-                yield _records_chunk(records, opts, warnings, fallback_ids, sparse=True)
-                records, warnings, fallback_ids = [], [], []
+    for lineno, line, warning in _text_lines(path, opts.encoding_fallback):
+        if not line.strip():
+            continue
+        fallback_id = None
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+        except ValueError as exc:
+            record, warning, fallback_id = _bad_line(
+                path, lineno, f"line {lineno} of {path.name} is not a JSON object: {exc}", opts)
+        records.append(record)
+        warnings.append(warning)
+        fallback_ids.append(fallback_id)
+        if chunk_size is not None and len(records) >= chunk_size:
+            yield _records_chunk(records, opts, warnings, fallback_ids, sparse=True)
+            records, warnings, fallback_ids = [], [], []
     if records:
         yield _records_chunk(records, opts, warnings, fallback_ids, sparse=chunk_size is not None)
 
@@ -452,56 +498,52 @@ def _read_parquet(path: Path, chunk_size: int | None) -> Iterator[_Chunk]:
 
 def _read_csv(path: Path, opts: _Options, chunk_size: int | None, delimiter: str) -> Iterator[_Chunk]:
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # documents are long; the default limit is 128 KiB
-    bad_lines: set[int] = set()
+    bad_lines: dict[int, str] = {}  # line number -> its decoding warning
 
-    def lines(f) -> Iterator[str]:
-        for lineno, raw in enumerate(f, 1):
-            text, warning = _decode(raw, opts.encoding_fallback)
+    def lines() -> Iterator[str]:
+        for lineno, text, warning in _text_lines(path, opts.encoding_fallback):
             if warning:
-                bad_lines.add(lineno)
+                bad_lines[lineno] = warning
             yield text
 
-    with path.open("rb") as f:
-        reader = csv.reader(lines(f), delimiter=delimiter)
+    reader = csv.reader(lines(), delimiter=delimiter)
+    try:
+        header = next(reader)
+    except StopIteration:
+        return
+    except csv.Error as exc:
+        raise DataError(f"{path}: cannot read the CSV header: {exc}") from None
+    records: list[dict[str, Any]] = []
+    warnings: list[str | None] = []
+    fallback_ids: list[str | None] = []
+    previous_line = reader.line_num
+    while True:
         try:
-            header = next(reader)
+            row = next(reader)
+            problem = None if len(row) == len(header) else f"{len(row)} fields, expected {len(header)}"
         except StopIteration:
-            return
+            break
         except csv.Error as exc:
-            raise DataError(f"{path}: cannot read the CSV header: {exc}") from None
-        records: list[dict[str, Any]] = []
-        warnings: list[str | None] = []
-        fallback_ids: list[str | None] = []
-        previous_line = reader.line_num
-        while True:
-            try:
-                row = next(reader)
-                problem = None if len(row) == len(header) else f"{len(row)} fields, expected {len(header)}"
-            except StopIteration:
-                break
-            except csv.Error as exc:
-                row, problem = [], str(exc)
-            first, last = previous_line + 1, reader.line_num
-            previous_line = last
-            if not row and problem is None:
-                continue  # a blank line
-            warning = None
-            if any(n in bad_lines for n in range(first, last + 1)):
-                warning = f"not valid UTF-8: decoded as {opts.encoding_fallback} with replacement"
-            fallback_id = None
-            if problem is None:
-                record: dict[str, Any] = dict(zip(header, row, strict=True))
-            else:
-                record, warning, fallback_id = _bad_line(
-                    path, first, f"line {first} of {path.name} is not a valid CSV row: {problem}", opts)
-            records.append(record)
-            warnings.append(warning)
-            fallback_ids.append(fallback_id)
-            if chunk_size is not None and len(records) >= chunk_size:
-                yield _records_chunk(records, opts, warnings, fallback_ids, csv_labels=True)
-                records, warnings, fallback_ids = [], [], []
-        if records:
+            row, problem = [], str(exc)
+        first, last = previous_line + 1, reader.line_num
+        previous_line = last
+        if not row and problem is None:
+            continue  # a blank line
+        warning = next((bad_lines[n] for n in range(first, last + 1) if n in bad_lines), None)
+        fallback_id = None
+        if problem is None:
+            record: dict[str, Any] = dict(zip(header, row, strict=True))
+        else:
+            record, warning, fallback_id = _bad_line(
+                path, first, f"line {first} of {path.name} is not a valid CSV row: {problem}", opts)
+        records.append(record)
+        warnings.append(warning)
+        fallback_ids.append(fallback_id)
+        if chunk_size is not None and len(records) >= chunk_size:
             yield _records_chunk(records, opts, warnings, fallback_ids, csv_labels=True)
+            records, warnings, fallback_ids = [], [], []
+    if records:
+        yield _records_chunk(records, opts, warnings, fallback_ids, csv_labels=True)
 
 
 def _read_folder(root: Path, opts: _Options, chunk_size: int | None) -> Iterator[_Chunk]:

@@ -348,6 +348,46 @@ def test_non_utf8_files_are_kept_with_a_warning(tmp_path):
     assert latin1["warning"][1] == "not valid UTF-8: decoded as latin-1 with replacement"
 
 
+@pytest.mark.parametrize("codec", ["utf-16", "utf-16-be", "utf-32"])
+def test_utf16_and_utf32_files_with_a_byte_order_mark_are_decoded(tmp_path, codec):
+    """Windows tools save "Unicode" text as UTF-16 with a byte-order mark: every reader decodes it, line breaks
+    that are not single bytes, a line longer than a read block and quoted CSV newlines included."""
+    bom = {"utf-16": "", "utf-16-be": "\ufeff", "utf-32": ""}[codec]  # "utf-16" and "utf-32" write their own mark
+
+    def write(name: str, text: str) -> Path:
+        path = tmp_path / name
+        path.write_bytes((bom + text).encode(codec))
+        return path
+
+    long_text = "caf\u00e9 " * 20_000  # 100,000 characters: spans several read blocks
+    rows = [{"id": "a", "text": "caf\u00e9 \u2028 \U0001f600", "label": "x"}, {"id": "b", "text": long_text}]
+    jsonl = load_documents(write("d.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in rows)))
+    assert jsonl["text"].to_list() == [rows[0]["text"], long_text]
+    assert jsonl["labels"].to_list() == [["x"], []]
+    assert jsonl["warning"].to_list() == [None, None]
+    array = load_documents(write("d.json", json.dumps(rows, ensure_ascii=False)))
+    assert array["text"].to_list() == [rows[0]["text"], long_text]
+    table = load_documents(write("d.csv", 'text,label\n"two\nlines \u00e9",a\nlast,b'))
+    assert table["text"].to_list() == ["two\nlines \u00e9", "last"]
+    assert table["labels"].to_list() == [["a"], ["b"]]
+    assert table["warning"].to_list() == [None, None]
+    (tmp_path / "docs").mkdir()
+    folder = load_documents(write("docs/n.txt", "na\u00efve text"))
+    assert folder["text"].to_list() == ["na\u00efve text"]
+    assert folder["warning"].to_list() == [None]
+
+
+def test_an_invalid_utf16_sequence_is_replaced_with_a_warning_and_the_other_rows_kept(tmp_path):
+    good = '{"text": "fine"}\n'.encode("utf-16-le")
+    lone_surrogate = b"\x00\xd8"  # a high surrogate with no low one after it
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b"\xff\xfe" + good + '{"text": "bad '.encode("utf-16-le") + lone_surrogate
+                     + '"}\n'.encode("utf-16-le") + good)
+    table = load_documents(path)
+    assert table["text"].to_list() == ["fine", "bad \ufffd", "fine"]
+    assert table["warning"].to_list() == [None, "not valid UTF-16: decoded with replacement", None]
+
+
 def test_empty_whitespace_missing_and_non_string_text_are_kept():
     rows = [
         {"text": ""},
