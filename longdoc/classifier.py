@@ -38,7 +38,14 @@ from longdoc.model_card import (
     render_model_card,
     training_facts,
 )
-from longdoc.model_dir import CONFIG, FORMAT_VERSION, MODEL_CARD, read_model_config, write_model_config
+from longdoc.model_dir import (
+    CONFIG,
+    FORMAT_VERSION,
+    MODEL_CARD,
+    check_save_target,
+    read_model_config,
+    write_model_config,
+)
 from longdoc.splits import stratified_holdout
 from longdoc.training import Targets, TrainConfig, doc_offsets, pad_windows, seed_everything
 from longdoc.windows import WindowConfig, Windows
@@ -735,12 +742,15 @@ class LongDocClassifier:
         ``longdoc.model_card``) and, after fine-tuning with a separate retrieval encoder, ``retrieval_encoder/``;
         atomic (``indexer.storage.durable_directory``: a temporary sibling, fsynced and swapped into place).
 
-        The whole directory is replaced, never merged: whatever ``directory`` held before (a README.md of your own
-        included) is gone, so keep notes about a model outside its directory. :meth:`load` never reads the card.
+        The whole directory is replaced, never merged: whatever a model's ``directory`` held before (a README.md of
+        your own included) is gone, so keep notes about a model outside its directory. :meth:`load` never reads the
+        card. So ``directory`` must be new, empty or an earlier saved model: an existing file, or a non-empty
+        directory that is not a model, is refused (``ConfigError``) before anything is written.
         """
         directory = Path(directory)
         separate = self.retrieval_encoder is not self.encoder
-        with durable_directory(directory) as tmp:  # the mode the umask gives, as any new directory
+        # the mode the umask gives, as any new directory
+        with durable_directory(directory, check=check_save_target) as tmp:
             self.encoder.save(tmp / "encoder", window=False)  # the geometry is stored once, in config.json
             if separate:
                 self.retrieval_encoder.save(tmp / "retrieval_encoder", window=False)

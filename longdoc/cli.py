@@ -61,7 +61,7 @@ from longdoc.indexing import (
 )
 from longdoc.labeling import label_documents
 from longdoc.metrics import format_report
-from longdoc.model_dir import is_model_directory, read_model_config
+from longdoc.model_dir import check_save_target, is_model_directory, read_model_config
 from longdoc.terminal import format_hit, safe_text
 from longdoc.training import MODES, RETRIEVAL_ENCODERS, SELECT_ON, TrainConfig
 from longdoc.windows import WindowConfig
@@ -363,6 +363,7 @@ def _labels_of(docs: Any) -> list[str]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     started = time.perf_counter()
+    check_save_target(args.out, argument="--out")  # before the training, not after it
     config = _train_config(args)
     window = _window_config(args)
     docs = _load_documents(args.documents, args)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,8 @@ from longdoc.heads import HeadConfig
 from longdoc.model_card import BASE_SOURCES, VALIDATION_SOURCES
 from longdoc.windows import WindowConfig
 
-__all__ = ["CONFIG", "ENCODER_SETTINGS", "FORMAT_VERSION", "MODEL_CARD", "ModelConfig", "TaskConfig", "is_model_directory",
-           "read_encoder_settings", "read_model_config", "write_model_config"]
+__all__ = ["CONFIG", "ENCODER_SETTINGS", "FORMAT_VERSION", "MODEL_CARD", "ModelConfig", "TaskConfig", "check_save_target",
+           "is_model_directory", "read_encoder_settings", "read_model_config", "write_model_config"]
 
 FORMAT_VERSION = 1
 CONFIG = "config.json"
@@ -89,6 +90,21 @@ def is_model_directory(path: str | Path) -> bool:
     """Whether ``path`` looks like a saved classifier (``config.json`` and ``encoder/``), not an encoder checkpoint."""
     path = Path(path)
     return (path / CONFIG).is_file() and (path / "encoder").is_dir()
+
+
+def check_save_target(directory: str | Path, *, argument: str = "directory") -> None:
+    """Refuse (``ConfigError``) a place a model cannot be saved to without destroying something: an existing path
+    that is not a directory, or a non-empty directory that is not a saved classifier. A save replaces the whole
+    directory, so only a new or empty directory, or an earlier model's, may be written to. ``argument`` names the
+    caller's argument in the message (``--out`` for the CLI)."""
+    path = Path(directory)
+    if os.path.lexists(path) and not path.is_dir():
+        raise ConfigError(f"{argument}={str(path)!r} exists and is not a directory: a model is saved as a directory; "
+                          "choose a new or empty directory")
+    if path.is_dir() and any(path.iterdir()) and not is_model_directory(path):
+        raise ConfigError(f"{argument}={str(path)!r} is not empty and is not a saved longdoc model (no {CONFIG} "
+                          "beside encoder/): saving replaces the whole directory, so it refuses one that may hold "
+                          "other files; choose a new or empty directory")
 
 
 def write_model_config(directory: Path, config: dict[str, Any]) -> None:

@@ -81,6 +81,27 @@ def test_save_load_gives_identical_predictions(trained, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
+def test_save_never_replaces_a_file_or_a_folder_that_is_not_a_model(trained, tmp_path):
+    """``save`` replaces the whole directory: it refuses, before writing anything, a path that is a file and a
+    non-empty folder that is not a saved model, and leaves both exactly as they were."""
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"text": "mine"}\n')
+    with pytest.raises(ConfigError, match="exists and is not a directory"):
+        trained.save(data)
+    assert data.read_text() == '{"text": "mine"}\n'
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "notes.txt").write_text("keep me")
+    (project / "config.json").write_text("{}")  # an encoder checkpoint's file, without encoder/: not a model
+    with pytest.raises(ConfigError, match="not a saved longdoc model"):
+        trained.save(project)
+    assert sorted(p.name for p in project.iterdir()) == ["config.json", "notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["project", "train.jsonl"]  # no temporary left behind
+    (tmp_path / "empty").mkdir()
+    trained.save(tmp_path / "empty")  # a new, an empty and an earlier model's directory are fine
+    trained.save(tmp_path / "empty")
+
+
 def test_load_refuses_mismatching_parts(trained, tmp_path):
     import json
 

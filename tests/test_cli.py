@@ -63,6 +63,23 @@ def test_train_json_output(workspace, tiny_model_dir, capsys, tmp_path):
     assert data["eval"] == {"source": "none", "documents": 0, "reason": "fewer than 40 training documents"}
 
 
+def test_train_refuses_an_output_that_would_destroy_files(workspace, tiny_model_dir, capsys, tmp_path):
+    """`train -o` replaces the whole directory: a folder holding the training data, or the data file itself,
+    is refused before any training (exit 2, naming --out), and nothing is touched."""
+    project = tmp_path / "project"
+    project.mkdir()
+    docs = project / "train.jsonl"
+    docs.write_bytes(workspace["train"].read_bytes())
+    common = ["--model", str(tiny_model_dir), "--max-length", "32", "--stride", "8", "--epochs", "1", "--device",
+              "cpu", "--quiet"]
+    for out in (project, docs):
+        code, out_text, err = _run(capsys, "train", str(docs), "--out", str(out), *common)
+        assert code == 2, err
+        assert "--out=" in err and str(out) in err
+    assert sorted(p.name for p in project.iterdir()) == ["train.jsonl"]
+    assert docs.read_bytes() == workspace["train"].read_bytes()
+
+
 def test_train_reports_the_validation_documents_it_used(workspace, tiny_model_dir, capsys, tmp_path):
     docs = _write(tmp_path / "many.jsonl", 45, 3)
     common = ["--model", str(tiny_model_dir), "--max-length", "32", "--stride", "8", "--epochs", "1",
