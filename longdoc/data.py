@@ -685,6 +685,7 @@ def _records_chunk(
     text_warnings: list[str | None] = [key_warnings.get(j) for j in range(len(records))]
     series = []
     label_column = _resolve(opts.label_column, columns)
+    id_column = _resolve(opts.id_column, columns)
     for name in columns:
         values = [record.get(name) for record in records]
         for i in _replace_surrogates(values):
@@ -705,6 +706,8 @@ def _records_chunk(
                     value = None
                 labels.append(_labels_from_value(value, csv=csv_labels))
             series.append(pl.Series(name, labels, dtype=_LABELS_DTYPE))
+        elif name == id_column:  # each id by its own value: never a type polars picks for the whole chunk
+            series.append(pl.Series(name, [_id_of(name, v) for v in values], dtype=pl.String))
         else:
             series.append(_series(name, values))
     frame = pl.DataFrame(series) if series else pl.DataFrame(schema={})
@@ -754,6 +757,22 @@ def _series(name: str, values: list[Any]) -> pl.Series:
             [None if v is None else json.dumps(v) if isinstance(v, (list, dict)) else str(v) for v in values],
             dtype=pl.String,
         )
+
+
+def _id_of(column: str, value: Any) -> str | None:
+    """One id as text, by its own value (``3`` -> ``"3"``, ``2.5`` -> ``"2.5"``, a 19-digit integer exactly), so
+    that a document's id does not depend on the other rows read with it; a list or mapping is refused."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple, dict)):
+        raise DataError(f"id_column={column!r} holds a {type(value).__name__} ({_short_repr(value)}): an id must "
+                        "be a string or a number; pass id_column=None to number the rows")
+    return str(value)
+
+
+def _short_repr(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _label_problem(value: Any) -> str | None:
@@ -884,6 +903,16 @@ def _finish(chunk: _Chunk, opts: _Options, row_offset: int) -> pl.DataFrame:
             f"expected an id column {opts.id_column!r}, found {found}; pass id_column=... "
             "(or id_column=None to number the rows)"
         )
+    roles = {"text_column": opts.text_column, "label_column": label_column, "id_column": id_column}
+    named = [(role, column) for role, column in roles.items() if column is not None]
+    for i, (role, column) in enumerate(named):
+        for other, again in named[i + 1:]:
+            if column == again:
+                raise DataError(f"{role} and {other} are both {column!r}: one column cannot be two of text, labels "
+                                "and ids; name another column for one of them")
+    if id_column is not None and isinstance(frame.schema[id_column], (pl.List, pl.Array, pl.Struct)):
+        raise DataError(f"id_column={id_column!r} is a {frame.schema[id_column]} column: an id must be a string or "
+                        "a number; pass id_column=None to number the rows")
     prior_warning = "warning" if "warning" in found and "warning" not in (opts.text_column, label_column) else None
 
     used = {opts.text_column, label_column, id_column, prior_warning} - {None}

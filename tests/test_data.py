@@ -388,6 +388,35 @@ def test_an_invalid_utf16_sequence_is_replaced_with_a_warning_and_the_other_rows
     assert table["warning"].to_list() == [None, "not valid UTF-16: decoded with replacement", None]
 
 
+def test_a_numeric_id_is_the_same_whatever_the_rows_read_with_it(tmp_path):
+    """Each id is made text by its own value: a float elsewhere in the column (or in the chunk) does not turn 3
+    into "3.0", and a 19-digit integer keeps every digit (as a float it would collide with its neighbour)."""
+    ids = [2.5, 3, 7, 123456789012345678, 123456789012345679]
+    path = write_jsonl(tmp_path / "d.jsonl", [{"id": i, "text": "t"} for i in ids])
+    expected = ["2.5", "3", "7", "123456789012345678", "123456789012345679"]
+    assert load_documents(path)["doc_id"].to_list() == expected
+    for chunk_size in (1, 2, 3):
+        assert [x for c in iter_documents(path, chunk_size=chunk_size) for x in c["doc_id"].to_list()] == expected
+
+
+@pytest.mark.parametrize("bad", [[1], {"k": 1}])
+def test_an_id_that_is_a_list_or_mapping_is_refused_by_name(tmp_path, bad):
+    rows = [{"id": "a", "text": "ok"}, {"id": bad, "text": "b"}]
+    with pytest.raises(DataError, match="id_column='id' holds a"):
+        load_documents(rows)
+    with pytest.raises(DataError, match="id_column='id' holds a"):
+        load_documents(write_jsonl(tmp_path / "d.jsonl", rows))
+    with pytest.raises(DataError, match="id_column='id' is a List"):
+        load_documents(pl.DataFrame({"id": [[1], [2]], "text": ["a", "b"]}))
+
+
+def test_one_column_cannot_be_two_roles():
+    with pytest.raises(DataError, match="label_column and id_column are both 'id'"):
+        load_documents(ROWS, label_column="id")
+    with pytest.raises(DataError, match="text_column and label_column are both 'text'"):
+        load_documents(ROWS, label_column="text")
+
+
 def test_empty_whitespace_missing_and_non_string_text_are_kept():
     rows = [
         {"text": ""},
