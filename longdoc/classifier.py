@@ -29,7 +29,7 @@ from longdoc.encoder import WindowEncoder
 from longdoc.errors import ConfigError, DataError, ModelLoadError
 from longdoc.heads import DocumentHead, HeadConfig, MultiTaskHead, predict_probs
 from longdoc.lexical import LexicalConfig, LexicalModel, TermExplanation
-from longdoc.metrics import classification_report, save_confusion_matrix_png
+from longdoc.metrics import check_png_path, classification_report, save_confusion_matrix_png
 from longdoc.model_card import (
     CardFacts,
     base_encoder_facts,
@@ -656,6 +656,8 @@ class LongDocClassifier:
         (``document[start:end]``)."""
         if not isinstance(document, str):
             raise DataError(f"explain takes one document as a str, got {type(document).__name__}")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise ConfigError(f"top_k must be None (all) or an int >= 1, got {top_k!r}")
         a = self.analyze([document], show_progress_bar=False)
         order = np.argsort(-a.window_weights, kind="stable")[: top_k or None]
         out = []
@@ -704,12 +706,21 @@ class LongDocClassifier:
     ) -> dict[str, Any]:
         """Accuracy, macro/micro-F1, per-label report, expected calibration error, optional confusion PNG.
 
-        The figures are also kept as ``evaluation_facts``: the model card of the next :meth:`save` shows them."""
+        The figures are also kept as ``evaluation_facts``: the model card of the next :meth:`save` shows them.
+        Documents without a token are left out of the figures (``n_without_tokens`` counts them); with no
+        document to score, or ``confusion_png`` not a ``.png`` path, it raises before any work."""
+        if confusion_png is not None:
+            check_png_path(confusion_png, argument="confusion_png")
         docs = self.document_table(documents, labels, require_labels=True, **columns)
+        if docs.height == 0:
+            raise DataError("evaluate got no documents: there is nothing to score")
         self._targets(docs)  # validates the label names
         a = self.analyze(documents if isinstance(documents, Encoded) else docs)
         probs = a.probs
         keep = ~np.isnan(probs).any(1)
+        if not keep.any():
+            raise DataError(f"none of the {docs.height} documents has a token to read (all empty or whitespace): "
+                            "there is nothing to score")
         y_true = docs["labels"].to_list()
         y_pred = self.decide(probs)
         if not self.multi_label:

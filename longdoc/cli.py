@@ -60,7 +60,7 @@ from longdoc.indexing import (
     require_index_directory,
 )
 from longdoc.labeling import label_documents
-from longdoc.metrics import format_report
+from longdoc.metrics import check_png_path, format_report
 from longdoc.model_dir import check_save_target, is_model_directory, read_model_config
 from longdoc.terminal import format_hit, safe_text
 from longdoc.training import MODES, RETRIEVAL_ENCODERS, SELECT_ON, TrainConfig
@@ -697,6 +697,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """``longdoc eval``: the saved model's report; with ``--baselines``, a table headed by the saved model's own
     scores, then the baselines trained on ``--train`` (frozen encoder: the saved model's) and scored on the same
     documents, with the paired difference of the model to the best baseline (over ``--seeds`` baseline runs)."""
+    if args.confusion_png is not None:
+        check_png_path(args.confusion_png, argument="--confusion-png")
     clf = load_classifier(args.model, device=args.device, bf16=args.bf16)
     docs = _load_documents(args.documents, args)
     baselines = args.baselines is not None
@@ -865,7 +867,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a model on labelled documents")
     p.add_argument("model", help="model directory")
     p.add_argument("documents", help="labelled test documents")
-    p.add_argument("--confusion-png", default=None, help="write the confusion matrix here")
+    p.add_argument("--confusion-png", default=None, help="write the confusion matrix here (a .png path)")
     p.add_argument("--baselines", nargs="*", default=None, choices=["first512", "head_tail", "tfidf"],
                    help="also train these baselines on --train (no value: all three) and compare")
     p.add_argument("--train", default=None, help="training documents for --baselines")

@@ -168,6 +168,13 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def check_png_path(path: str | Path, *, argument: str = "path") -> None:
+    """Refuse (``ConfigError``) a confusion-matrix path that does not end in ``.png``: the PNG replaces whatever
+    the path held, so a slip (``--confusion-png test.jsonl``) must not overwrite a data file."""
+    if Path(path).suffix.lower() != ".png":
+        raise ConfigError(f"{argument}={str(path)!r} must end in .png (the image replaces the file at that path)")
+
+
 def save_confusion_matrix_png(
     cm: Sequence[Sequence[int]] | np.ndarray,
     labels: Sequence[Any],
@@ -181,6 +188,7 @@ def save_confusion_matrix_png(
     Uses matplotlib's Agg canvas directly (no pyplot, no GUI, no global backend change). With
     ``normalize=True`` the colours show each row as fractions of its true-label count; cells always show counts.
     """
+    check_png_path(path)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

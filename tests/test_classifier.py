@@ -63,6 +63,25 @@ def test_empty_document_gets_no_prediction_and_others_survive(trained):
     assert labels[0] is not None and labels[3] is not None
 
 
+def test_explain_and_evaluate_refuse_what_they_cannot_do(trained, tmp_path):
+    """top_k of 0, -1 or True used to slice the ranking silently (all windows, all but the last, one); evaluate
+    with nothing to score raised scikit-learn's error, and a confusion PNG path overwrote any file."""
+    doc = FILLER * 4 + " device system library model " + FILLER * 4
+    for bad in (0, -1, True, 1.5, "3"):
+        with pytest.raises(ConfigError, match="top_k must be None"):
+            trained.explain(doc, top_k=bad)
+    assert len(trained.explain(doc, top_k=1)) == 1
+    with pytest.raises(DataError, match="evaluate got no documents"):
+        trained.evaluate([], [])
+    with pytest.raises(DataError, match="none of the 2 documents has a token"):
+        trained.evaluate(["", "  "], ["sport", "tech"])
+    data_file = tmp_path / "test.jsonl"
+    data_file.write_text("{}\n")
+    with pytest.raises(ConfigError, match="confusion_png=.* must end in .png"):
+        trained.evaluate(["team player goal win"], ["sport"], confusion_png=data_file)
+    assert data_file.read_text() == "{}\n"
+
+
 def test_explain_ranks_the_marker_window_first(trained):
     doc = FILLER * 4 + " device system library model device system library model " + FILLER * 4
     ranked = trained.explain(doc, top_k=None)

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from longdoc.errors import DataError
+from longdoc.errors import ConfigError, DataError
 from longdoc.metrics import classification_report, format_report, save_confusion_matrix_png
 
 
@@ -106,6 +106,11 @@ def test_confusion_matrix_png(tmp_path):
     assert (tmp_path / "n.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(DataError, match="cm must be"):
         save_confusion_matrix_png(cm, ["a", "b"], tmp_path / "bad.png")
+    data_file = tmp_path / "test.jsonl"  # a slip of the path never overwrites a data file
+    data_file.write_text("{}\n")
+    with pytest.raises(ConfigError, match="must end in .png"):
+        save_confusion_matrix_png(cm, ["a", "b", "c"], data_file)
+    assert data_file.read_text() == "{}\n"
 
 
 def test_png_never_touches_pyplot(tmp_path):
