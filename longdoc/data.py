@@ -28,7 +28,9 @@ Reading policy, in one place:
   ids are the row numbers as strings (``"0"``, ``"1"``, ... counted over the whole source, also when streaming).
   An id column the caller named explicitly must exist. Ids must be unique and non-null.
 - Labels: ``label_column`` (default ``"label"``, else ``"labels"`` if present; ``None`` for no labels). A cell may
-  hold a string, a number (made a string) or a list of them (multi-label); ``None`` and ``""`` mean no label. A
+  hold a string, a number or a boolean (made a string, spelt the same by every reader: ``True``/``False``, and a
+  whole float as its integer, ``1.0`` -> ``"1"``, since pandas makes an int column holding a NaN float) or a list
+  of them (multi-label); ``None`` and ``""`` mean no label. A
   mapping (or a list holding one, or a nested list; in a DataFrame or ``Dataset``, a struct column or a list of
   lists or structs) is no label either: the row is kept without a label and its ``warning`` says why.
   In CSV a cell written as a JSON array (``["a", "b"]``) is read as several labels. ``datasets`` ``ClassLabel``
@@ -814,8 +816,31 @@ def _labels_from_value(value: Any, *, csv: bool = False) -> list[str]:
     if isinstance(value, float) and value != value:  # NaN from pandas
         return []
     if isinstance(value, (list, tuple)):
-        return [str(v) for v in value if v is not None and v != ""]
-    return [str(value)]
+        return [_label_text(v) for v in value if v is not None and v != "" and not (isinstance(v, float) and v != v)]
+    return [_label_text(value)]
+
+
+_EXACT_FLOAT_INTS = 2.0**53  # every integer below this is exactly a float
+
+
+def _label_text(value: Any) -> str:
+    """One label value as text, spelt the same by every reader: ``True``/``False`` for booleans, a whole float as
+    the integer (``1.0`` -> ``"1"``, as pandas writes an int column holding a NaN), anything else ``str``."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < _EXACT_FLOAT_INTS:
+        return str(int(value))
+    return str(value)
+
+
+def _label_string_expr(element: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    """``_label_text`` for a column (or list element) of ``dtype``: booleans, whole floats and NaN (no label)."""
+    if dtype == pl.Boolean:
+        return pl.when(element).then(pl.lit("True")).when(element.not_()).then(pl.lit("False"))
+    if dtype.is_float():
+        whole = element.is_finite() & (element == element.floor()) & (element.abs() < _EXACT_FLOAT_INTS)
+        return (pl.when(element.is_nan()).then(None)
+                .when(whole).then(element.cast(pl.Int64, strict=False).cast(pl.String))
+                .otherwise(element.cast(pl.String)))
+    return element.cast(pl.String)
 
 
 def _slice_chunk(chunk: _Chunk, start: int, length: int) -> _Chunk:
@@ -1013,17 +1038,12 @@ def _plain_labels_expr(col: pl.Expr, dtype: pl.DataType) -> pl.Expr:
     """The labels of a label column whose every cell can be one (strings, numbers, lists of them)."""
     empty = pl.lit([], dtype=_LABELS_DTYPE)
     if dtype == pl.String or dtype.is_numeric() or dtype == pl.Boolean:
-        if dtype.is_float():
-            col = pl.when(col.is_nan()).then(None).otherwise(col)
-        col = col.cast(pl.String)
+        col = _label_string_expr(col, dtype)
         return pl.when(col.is_null() | (col == "")).then(empty).otherwise(pl.concat_list(col))
     if isinstance(dtype, pl.Array):  # a fixed-width list reads as a list (map_elements would see a PySeries)
         col, dtype = col.cast(pl.List(dtype.inner)), pl.List(dtype.inner)
     if dtype == pl.List:
-        element = pl.element()
-        if dtype.inner.is_float():  # NaN is no label, as in a float column
-            element = pl.when(element.is_nan()).then(None).otherwise(element)
-        inner = element.cast(pl.String)
+        inner = _label_string_expr(pl.element(), dtype.inner)  # NaN is no label, as in a float column
         return col.list.eval(inner.filter(inner.is_not_null() & (inner != ""))).cast(_LABELS_DTYPE)
     return col.map_elements(_labels_from_value, return_dtype=_LABELS_DTYPE)
 

@@ -154,7 +154,7 @@ def test_polars_and_pandas():
 
 def test_pandas_nan_and_int_labels():
     table = load_documents(pd.DataFrame({"text": ["a", "b", None], "label": [1.0, float("nan"), 2.0]}))
-    assert table["labels"].to_list() == [["1.0"], [], ["2.0"]]
+    assert table["labels"].to_list() == [["1"], [], ["2"]]  # a whole float is its integer
     assert table["warning"].to_list() == [None, None, "missing text (null)"]
     ints = load_documents(pl.DataFrame({"text": ["a", "b"], "label": [3, 4]}))
     assert ints["labels"].to_list() == [["3"], ["4"]]
@@ -410,6 +410,26 @@ def test_an_id_that_is_a_list_or_mapping_is_refused_by_name(tmp_path, bad):
         load_documents(pl.DataFrame({"id": [[1], [2]], "text": ["a", "b"]}))
 
 
+def test_a_label_value_is_spelt_the_same_by_every_reader(tmp_path):
+    """A model trained on JSON lines must evaluate the same rows read from Parquet: booleans were "True" in one and
+    "true" in the other, and 1 and 1.0 (pandas' int column with a NaN) were two classes."""
+    rows = [{"text": "a", "label": True}, {"text": "b", "label": False}, {"text": "c", "label": 1},
+            {"text": "d", "label": 1.0}, {"text": "e", "label": 2.5}, {"text": "f", "label": None}]
+    expected = [["True"], ["False"], ["1"], ["1"], ["2.5"], []]
+    assert load_documents(write_jsonl(tmp_path / "d.jsonl", rows))["labels"].to_list() == expected
+    assert load_documents(rows)["labels"].to_list() == expected
+    assert load_documents(pl.DataFrame({"text": ["a", "b"], "label": [True, False]}))["labels"].to_list() == \
+        [["True"], ["False"]]
+    floats = pl.DataFrame({"text": ["c", "d", "e", "f"], "label": [1.0, 1.0, 2.5, float("nan")]})
+    floats.write_parquet(tmp_path / "d.parquet")
+    assert load_documents(tmp_path / "d.parquet")["labels"].to_list() == [["1"], ["1"], ["2.5"], []]
+    with_nan = pd.DataFrame({"text": ["c", "d", "f"], "label": [1, 1, None]})  # pandas: float64 1.0, 1.0, NaN
+    assert load_documents(with_nan)["labels"].to_list() == [["1"], ["1"], []]
+    assert load_documents(pl.DataFrame({"text": ["a"], "label": [[1.0, 2.5]]}))["labels"].to_list() == [["1", "2.5"]]
+    assert load_documents(pl.DataFrame({"text": ["b"], "label": [[True, False]]}))["labels"].to_list() == \
+        [["True", "False"]]
+
+
 def test_one_column_cannot_be_two_roles():
     with pytest.raises(DataError, match="label_column and id_column are both 'id'"):
         load_documents(ROWS, label_column="id")
@@ -562,7 +582,7 @@ def test_a_bytes_text_column_is_decoded_and_a_bad_byte_costs_no_row():
 
 def test_nan_in_a_list_of_float_labels_is_no_label():
     table = load_documents(pl.DataFrame({"text": ["a", "b"], "label": [[1.0, float("nan")], [2.0]]}))
-    assert table["labels"].to_list() == [["1.0"], ["2.0"]]
+    assert table["labels"].to_list() == [["1"], ["2"]]
 
 
 def test_a_pandas_frame_of_mixed_cells_keeps_its_row_warnings():
