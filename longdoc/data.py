@@ -66,6 +66,7 @@ __all__ = ["DOC_COLUMNS", "document_table", "documents_from_texts", "hub_dataset
 
 DOC_COLUMNS = ("doc_id", "text", "labels", "warning")
 TEXT_FILE_SUFFIXES = (".txt", ".md")
+_TABLE_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet", ".pq", ".csv", ".tsv")  # files of many documents
 _LABELS_DTYPE = pl.List(pl.String)
 _PATH_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet", ".csv", ".tsv", ".txt", ".md")
 _MAX_PATH_CHARS = 4096
@@ -557,6 +558,12 @@ def _read_folder(root: Path, opts: _Options, chunk_size: int | None) -> Iterator
         and p.is_file()
     )
     if not files:
+        tables = sorted(p.name for p in root.iterdir() if p.is_file() and p.suffix.lower() in _TABLE_SUFFIXES)
+        if tables:  # documents the caller surely meant, never read: an error, not an empty result
+            shown = ", ".join(tables[:3]) + (f" and {len(tables) - 3} more" if len(tables) > 3 else "")
+            raise DataError(f"source folder {str(root)!r} holds no .txt or .md files matching glob={opts.glob!r}, "
+                            f"but holds {shown}: a folder is read as text files, one document each; pass a data "
+                            "file itself (e.g. " + repr(str(root / tables[0])) + ")")
         logger.warning("no .txt or .md files under %s matching glob=%r", root, opts.glob)
         return
     step = chunk_size or len(files)

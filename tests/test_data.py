@@ -430,6 +430,17 @@ def test_a_label_value_is_spelt_the_same_by_every_reader(tmp_path):
         [["True", "False"]]
 
 
+def test_a_folder_of_data_files_without_text_files_is_an_error_naming_them(tmp_path):
+    """A folder is read as .txt/.md files: one that holds only JSON lines or CSV used to give 0 documents (and
+    `longdoc label` exit 0) with only a log line saying why."""
+    write_jsonl(tmp_path / "docs.jsonl", ROWS)
+    with pytest.raises(DataError, match=r"holds no \.txt or \.md files .* but holds docs\.jsonl.*pass a data file"):
+        load_documents(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert load_documents(empty).height == 0  # an empty folder is just empty
+
+
 def test_one_column_cannot_be_two_roles():
     with pytest.raises(DataError, match="label_column and id_column are both 'id'"):
         load_documents(ROWS, label_column="id")
