@@ -419,6 +419,8 @@ class LongDocClassifier:
         self._reset_heads()
         cols = {"text_column": text_column, "label_column": label_column, "id_column": id_column}
         train_docs = self.document_table(train, labels, require_labels=True, **cols)
+        if train_docs.height == 0:
+            raise DataError("fit got no training documents")
         n_documents = train_docs.height
         label_counts = train_docs["labels"].explode().drop_nulls().value_counts()
         train_input: Encoded | pl.DataFrame = train if isinstance(train, Encoded) else train_docs

@@ -118,7 +118,11 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None`` picks CUDA when present, else CPU."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device={device!r} is not a torch device: expected None (CUDA when present), 'cpu', "
+                          "'cuda' or 'cuda:N'") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={str(device)!r} but CUDA is not available; use device=None or 'cpu'")
     return dev

@@ -63,7 +63,7 @@ def test_empty_document_gets_no_prediction_and_others_survive(trained):
     assert labels[0] is not None and labels[3] is not None
 
 
-def test_explain_and_evaluate_refuse_what_they_cannot_do(trained, tmp_path):
+def test_explain_and_evaluate_refuse_what_they_cannot_do(trained, tmp_path, tiny_model_dir):
     """top_k of 0, -1 or True used to slice the ranking silently (all windows, all but the last, one); evaluate
     with nothing to score raised scikit-learn's error, and a confusion PNG path overwrote any file."""
     doc = FILLER * 4 + " device system library model " + FILLER * 4
@@ -73,6 +73,8 @@ def test_explain_and_evaluate_refuse_what_they_cannot_do(trained, tmp_path):
     assert len(trained.explain(doc, top_k=1)) == 1
     with pytest.raises(DataError, match="evaluate got no documents"):
         trained.evaluate([], [])
+    with pytest.raises(DataError, match="fit got no training documents"):  # the lexical branch's words, before
+        LongDocClassifier.from_encoder(tiny_model_dir, labels=["a", "b"], device="cpu").fit([], [])
     with pytest.raises(DataError, match="none of the 2 documents has a token"):
         trained.evaluate(["", "  "], ["sport", "tech"])
     data_file = tmp_path / "test.jsonl"

@@ -208,3 +208,10 @@ def test_prefetch_stops_its_thread_when_closed_early():
     next(gen)
     gen.close()
     assert not [t for t in threading.enumerate() if t.name == "longdoc-prefetch"]
+
+
+@pytest.mark.parametrize("device", ["bogus", "cuda:x", 3.5])
+def test_a_device_that_is_not_one_is_a_config_error_naming_it(tiny_model_dir, device):
+    """torch's own RuntimeError made `longdoc label --device bogus` a load failure (exit 3); it is bad input."""
+    with pytest.raises(ConfigError, match=r"device=.* is not a torch device: expected None"):
+        WindowEncoder(tiny_model_dir, device=device)
