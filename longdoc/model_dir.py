@@ -139,6 +139,10 @@ def read_model_config(directory: str | Path) -> ModelConfig:
         raise ModelLoadError(f"cannot read {config_path}: {exc}") from exc
     if not isinstance(config, dict):
         raise ModelLoadError(f"{config_path} must hold a JSON object, got {type(config).__name__}")
+    if "format_version" not in config and ("model_type" in config or "architectures" in config):
+        raise ModelLoadError(f"{directory} is an encoder checkpoint (a Hugging Face {CONFIG}), not a saved longdoc "
+                             "classifier: start one from it with LongDocClassifier.from_encoder(path, labels=...) "
+                             "(longdoc train DOCUMENTS --model PATH)")
     if config.get("format_version") != FORMAT_VERSION:
         raise ModelLoadError(f"{config_path}: format_version {config.get('format_version')!r}, expected {FORMAT_VERSION}")
     try:

@@ -91,3 +91,9 @@ def test_file_writer_replaces_atomically_and_cleans_up(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.json"]
     assert write_file_atomically(target, lambda tmp: tmp.write_text("two")) == 3
     assert target.read_text() == "two"
+
+
+def test_loading_an_encoder_checkpoint_as_a_classifier_says_what_it_is(tiny_model_dir):
+    """It said "format_version None, expected 1"; a plain Hugging Face checkpoint is a start for from_encoder."""
+    with pytest.raises(ModelLoadError, match=r"is an encoder checkpoint .* LongDocClassifier\.from_encoder"):
+        LongDocClassifier.load(tiny_model_dir, device="cpu")
