@@ -92,7 +92,8 @@ class TrainConfig:
             (benchmarks/RESULTS.md); ``"finetuned"`` indexes with the fine-tuned encoder (one pass labels and
             indexes). Frozen training never changes the encoder, so both are the same there.
         class_weights: ``"balanced"`` weights classes by inverse frequency; ``None`` does not.
-        patience: stop after this many epochs without a better validation score (needs an eval set).
+        patience: stop after this many epochs without a better validation score (needs an eval set; never before
+            ``min_epochs``, so fine-tuning runs every epoch unless ``min_epochs`` is set).
         select_on: what picks the epoch that is kept (and drives ``patience``): ``"macro_f1"`` (validation
             macro-F1, the loss breaking ties) or ``"loss"`` (validation loss, macro-F1 breaking ties).
         min_epochs: no epoch before this one is kept and early stopping waits for it: the best validation epoch
