@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from indexer.storage import durable_directory
 from longdoc import calibration, training
-from longdoc.data import document_table, resolve_documents
+from longdoc.data import document_table, label_list, resolve_documents
 from longdoc.encoder import WindowEncoder
 from longdoc.errors import ConfigError, DataError, ModelLoadError
 from longdoc.heads import DocumentHead, HeadConfig, MultiTaskHead, predict_probs
@@ -904,8 +904,8 @@ def _path_or_text(value: str, *, read: bool) -> Path | list[str]:
 
 
 def _label_lists(values: list[Any]) -> list[list[str]]:
-    """A task column's labels per document: ``None`` gives none, a str or int one, a list its items."""
-    return [[] if v is None else [str(v)] if isinstance(v, (str, int)) else [str(x) for x in v] for v in values]
+    """A task column's labels per document, read as the main labels are (``longdoc.data.label_list``)."""
+    return [label_list(v) for v in values]
 
 
 def _load_weights(module: torch.nn.Module, path: Path, what: str) -> Any:

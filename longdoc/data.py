@@ -28,9 +28,9 @@ Reading policy, in one place:
   ids are the row numbers as strings (``"0"``, ``"1"``, ... counted over the whole source, also when streaming).
   An id column the caller named explicitly must exist. Ids must be unique and non-null.
 - Labels: ``label_column`` (default ``"label"``, else ``"labels"`` if present; ``None`` for no labels). A cell may
-  hold a string, a number or a boolean (made a string, spelt the same by every reader: ``True``/``False``, and a
-  whole float as its integer, ``1.0`` -> ``"1"``, since pandas makes an int column holding a NaN float) or a list
-  of them (multi-label); ``None`` and ``""`` mean no label. A
+  hold a string, a number or a boolean (made a string, spelt the same from JSON, Python values, Parquet and
+  DataFrames: ``True``/``False``, and a whole float as its integer, ``1.0`` -> ``"1"``, since pandas makes an int
+  column holding a NaN float; a CSV cell is text and is kept as written) or a list of them (multi-label); ``None`` and ``""`` mean no label. A
   mapping (or a list holding one, or a nested list; in a DataFrame or ``Dataset``, a struct column or a list of
   lists or structs) is no label either: the row is kept without a label and its ``warning`` says why.
   In CSV a cell written as a JSON array (``["a", "b"]``) is read as several labels. ``datasets`` ``ClassLabel``
@@ -46,6 +46,7 @@ import csv
 import itertools
 import json
 import logging
+import numbers
 import os
 import re
 import sys
@@ -61,14 +62,14 @@ from longdoc.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DOC_COLUMNS", "document_table", "documents_from_texts", "hub_dataset", "iter_documents", "load_documents",
-           "resolve_documents"]
+__all__ = ["DOC_COLUMNS", "document_table", "documents_from_texts", "hub_dataset", "iter_documents", "label_list",
+           "load_documents", "resolve_documents"]
 
 DOC_COLUMNS = ("doc_id", "text", "labels", "warning")
 TEXT_FILE_SUFFIXES = (".txt", ".md")
 _TABLE_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet", ".pq", ".csv", ".tsv")  # files of many documents
 _LABELS_DTYPE = pl.List(pl.String)
-_PATH_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet", ".csv", ".tsv", ".txt", ".md")
+_PATH_SUFFIXES = _TABLE_SUFFIXES + TEXT_FILE_SUFFIXES
 _MAX_PATH_CHARS = 4096
 _SUPPORTED = ".jsonl, .ndjson, .json, .parquet, .csv, .tsv, .txt, .md or a folder of .txt/.md files"
 
@@ -397,12 +398,16 @@ def _bom_codec(head: bytes) -> str | None:
 
 
 def _decode(data: bytes, fallback: str) -> tuple[str, str | None]:
-    """Strict UTF-8 (BOM dropped), else ``fallback`` with replacement and a warning; data with a UTF-16/32
-    byte-order mark by that codec."""
+    """A whole file's bytes: by its codec when they start with a UTF-16/32 byte-order mark, else ``_decode_utf8``."""
     codec = _bom_codec(data)
     if codec is not None:
         text = data.decode(codec, errors="replace")
         return text, (f"not valid {codec.upper()}: decoded with replacement" if "\ufffd" in text else None)
+    return _decode_utf8(data, fallback)
+
+
+def _decode_utf8(data: bytes, fallback: str) -> tuple[str, str | None]:
+    """Strict UTF-8 (BOM dropped), else ``fallback`` with replacement and a warning."""
     if data.startswith(codecs.BOM_UTF8):
         data = data[3:]
     try:
@@ -419,11 +424,16 @@ def _text_lines(path: Path, fallback: str) -> Iterator[tuple[int, str, str | Non
         f.seek(0)
         if codec is None:
             for lineno, raw in enumerate(f, 1):
-                yield lineno, *_decode(raw, fallback)
+                yield lineno, *_decode_utf8(raw, fallback)
             return
-        decoder = codecs.getincrementaldecoder(codec)(errors="replace")
-        texts = itertools.chain((decoder.decode(block) for block in iter(lambda: f.read(1 << 16), b"")),
-                                [decoder.decode(b"", final=True)])
+
+        def decoded() -> Iterator[str]:
+            decoder = codecs.getincrementaldecoder(codec)(errors="replace")
+            for block in iter(lambda: f.read(1 << 16), b""):
+                yield decoder.decode(block)
+            yield decoder.decode(b"", final=True)  # bytes left over at the end: replaced, not dropped
+
+        texts = decoded()
         warning = f"not valid {codec.upper()}: decoded with replacement"
         parts: list[str] = []  # the line being read, in pieces (a long line spans blocks)
         lineno = 0
@@ -558,7 +568,9 @@ def _read_folder(root: Path, opts: _Options, chunk_size: int | None) -> Iterator
         and p.is_file()
     )
     if not files:
-        tables = sorted(p.name for p in root.iterdir() if p.is_file() and p.suffix.lower() in _TABLE_SUFFIXES)
+        tables = sorted(p.relative_to(root).as_posix() for p in root.glob(opts.glob)
+                        if p.suffix.lower() in _TABLE_SUFFIXES and p.is_file()
+                        and not any(part.startswith(".") for part in p.relative_to(root).parts))
         if tables:  # documents the caller surely meant, never read: an error, not an empty result
             shown = ", ".join(tables[:3]) + (f" and {len(tables) - 3} more" if len(tables) > 3 else "")
             raise DataError(f"source folder {str(root)!r} holds no .txt or .md files matching glob={opts.glob!r}, "
@@ -716,7 +728,13 @@ def _records_chunk(
                 labels.append(_labels_from_value(value, csv=csv_labels))
             series.append(pl.Series(name, labels, dtype=_LABELS_DTYPE))
         elif name == id_column:  # each id by its own value: never a type polars picks for the whole chunk
-            series.append(pl.Series(name, [_id_of(name, v) for v in values], dtype=pl.String))
+            ids = []
+            for i, value in enumerate(values):
+                text, problem = _id_of(value)
+                ids.append(text)
+                if problem:
+                    text_warnings[i] = _join(text_warnings[i], problem)
+            series.append(pl.Series(name, ids, dtype=pl.String))
         else:
             series.append(_series(name, values))
     frame = pl.DataFrame(series) if series else pl.DataFrame(schema={})
@@ -768,20 +786,22 @@ def _series(name: str, values: list[Any]) -> pl.Series:
         )
 
 
-def _id_of(column: str, value: Any) -> str | None:
-    """One id as text, by its own value (``3`` -> ``"3"``, ``2.5`` -> ``"2.5"``, a 19-digit integer exactly), so
-    that a document's id does not depend on the other rows read with it; a list or mapping is refused."""
+def _id_of(value: Any) -> tuple[str | None, str | None]:
+    """One id as text by its own value (``3`` -> ``"3"``, ``2.5`` -> ``"2.5"``, a 19-digit integer exactly), so
+    that a document's id does not depend on the other rows read with it; and the row's warning, if any. NaN is a
+    missing id; a list or mapping is kept as its JSON text, with a warning."""
     if value is None or isinstance(value, str):
-        return value
+        return value, None
+    if isinstance(value, bool):  # as a Boolean column casts
+        return ("true" if value else "false"), None
+    if isinstance(value, float) and value != value:
+        return None, None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace"), None
     if isinstance(value, (list, tuple, dict)):
-        raise DataError(f"id_column={column!r} holds a {type(value).__name__} ({_short_repr(value)}): an id must "
-                        "be a string or a number; pass id_column=None to number the rows")
-    return str(value)
-
-
-def _short_repr(value: Any) -> str:
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 60 else text[:57] + "..."
+        return (json.dumps(value, default=str),
+                f"the id was a {type(value).__name__}: an id should be a string or a number; kept as its JSON text")
+    return str(value), None
 
 
 def _label_problem(value: Any) -> str | None:
@@ -807,6 +827,12 @@ def _label_warning(column: str, problem: str) -> str:
     return f"{column!r} {problem}, so the document's given label is empty (a label is a string, a number or a list of them)"
 
 
+def label_list(value: Any) -> list[str]:
+    """One label cell as its list of labels, spelt as every reader spells them: ``None``, ``""`` and NaN give
+    none, a str, number or boolean one, a list its items (see the module docstring)."""
+    return _labels_from_value(value)
+
+
 def _labels_from_value(value: Any, *, csv: bool = False) -> list[str]:
     if value is None:
         return []
@@ -820,11 +846,15 @@ def _labels_from_value(value: Any, *, csv: bool = False) -> list[str]:
             if isinstance(parsed, list):
                 return _labels_from_value(parsed)
         return [value] if value != "" else []
-    if isinstance(value, float) and value != value:  # NaN from pandas
+    if _is_nan(value):  # NaN from pandas
         return []
     if isinstance(value, (list, tuple)):
-        return [_label_text(v) for v in value if v is not None and v != "" and not (isinstance(v, float) and v != v)]
+        return [_label_text(v) for v in value if v is not None and v != "" and not _is_nan(v)]
     return [_label_text(value)]
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and value != value
 
 
 _EXACT_FLOAT_INTS = 2.0**53  # every integer below this is exactly a float
@@ -833,8 +863,11 @@ _EXACT_FLOAT_INTS = 2.0**53  # every integer below this is exactly a float
 def _label_text(value: Any) -> str:
     """One label value as text, spelt the same by every reader: ``True``/``False`` for booleans, a whole float as
     the integer (``1.0`` -> ``"1"``, as pandas writes an int column holding a NaN), anything else ``str``."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < _EXACT_FLOAT_INTS:
-        return str(int(value))
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):  # float, numpy floats
+        number = float(value)
+        if number.is_integer() and abs(number) < _EXACT_FLOAT_INTS:
+            return str(int(number))
+        return str(number)
     return str(value)
 
 
@@ -935,13 +968,18 @@ def _finish(chunk: _Chunk, opts: _Options, row_offset: int) -> pl.DataFrame:
             f"expected an id column {opts.id_column!r}, found {found}; pass id_column=... "
             "(or id_column=None to number the rows)"
         )
-    roles = {"text_column": opts.text_column, "label_column": label_column, "id_column": id_column}
-    named = [(role, column) for role, column in roles.items() if column is not None]
-    for i, (role, column) in enumerate(named):
-        for other, again in named[i + 1:]:
-            if column == again:
-                raise DataError(f"{role} and {other} are both {column!r}: one column cannot be two of text, labels "
-                                "and ids; name another column for one of them")
+    # one column cannot be two of text, labels and ids: a default name gives way (no labels; ids numbered)
+    if label_column is not None and label_column == opts.text_column:
+        if not isinstance(opts.label_column, _DefaultName):
+            raise DataError(f"text_column and label_column are both {label_column!r}: one column cannot be both; "
+                            "name another column for one of them")
+        label_column = None
+    if id_column is not None and id_column in (opts.text_column, label_column):
+        if not isinstance(opts.id_column, _DefaultName):
+            role = "text_column" if id_column == opts.text_column else "label_column"
+            raise DataError(f"{role} and id_column are both {id_column!r}: one column cannot be both; name another "
+                            "column for one of them, or pass id_column=None to number the rows")
+        id_column = None
     if id_column is not None and isinstance(frame.schema[id_column], (pl.List, pl.Array, pl.Struct)):
         raise DataError(f"id_column={id_column!r} is a {frame.schema[id_column]} column: an id must be a string or "
                         "a number; pass id_column=None to number the rows")

@@ -386,6 +386,22 @@ def test_an_invalid_utf16_sequence_is_replaced_with_a_warning_and_the_other_rows
     table = load_documents(path)
     assert table["text"].to_list() == ["fine", "bad \ufffd", "fine"]
     assert table["warning"].to_list() == [None, "not valid UTF-16: decoded with replacement", None]
+    # a dangling byte at the very end is replaced (and warned about), never dropped
+    csv_path = tmp_path / "d.csv"
+    csv_path.write_bytes(b"\xff\xfe" + "text\nok\nlast".encode("utf-16-le") + b"A")
+    table = load_documents(csv_path)
+    assert table["text"].to_list() == ["ok", "last\ufffd"]
+    assert table["warning"].to_list() == [None, "not valid UTF-16: decoded with replacement"]
+
+
+def test_only_a_files_first_bytes_can_be_a_utf16_mark(tmp_path):
+    """A cp1252 line that begins with the bytes FF FE ("\u00ff\u00fe") is not UTF-16."""
+    path = tmp_path / "d.csv"
+    path.write_bytes(b"text,label\n" + "\u00ff\u00feabc,x\n".encode("cp1252"))
+    table = load_documents(path)
+    assert table["text"].to_list() == ["\u00ff\u00feabc"]
+    assert table["labels"].to_list() == [["x"]]
+    assert table["warning"].to_list() == [CP1252_WARNING]
 
 
 def test_a_numeric_id_is_the_same_whatever_the_rows_read_with_it(tmp_path):
@@ -400,14 +416,32 @@ def test_a_numeric_id_is_the_same_whatever_the_rows_read_with_it(tmp_path):
 
 
 @pytest.mark.parametrize("bad", [[1], {"k": 1}])
-def test_an_id_that_is_a_list_or_mapping_is_refused_by_name(tmp_path, bad):
-    rows = [{"id": "a", "text": "ok"}, {"id": bad, "text": "b"}]
-    with pytest.raises(DataError, match="id_column='id' holds a"):
-        load_documents(rows)
-    with pytest.raises(DataError, match="id_column='id' holds a"):
-        load_documents(write_jsonl(tmp_path / "d.jsonl", rows))
-    with pytest.raises(DataError, match="id_column='id' is a List"):
+def test_an_id_that_is_a_list_or_mapping_is_kept_as_json_text_with_a_warning(tmp_path, bad):
+    """The row is kept (a batch never loses its other rows), and JSON lines and Python rows agree."""
+    rows = [{"id": "a", "text": "ok"}, {"id": bad, "text": "b"}, {"id": 7, "text": "c"}]
+    for source in (rows, write_jsonl(tmp_path / "d.jsonl", rows)):
+        table = load_documents(source)
+        assert table["doc_id"].to_list() == ["a", json.dumps(bad), "7"]
+        assert table["warning"][1].startswith(f"the id was a {type(bad).__name__}")
+        assert table["warning"][0] is None and table["warning"][2] is None
+    with pytest.raises(DataError, match="id_column='id' is a List"):  # a whole typed column of lists: not ids
         load_documents(pl.DataFrame({"id": [[1], [2]], "text": ["a", "b"]}))
+
+
+def test_a_nan_id_is_a_missing_id():
+    with pytest.raises(DataError, match="missing ids"):
+        load_documents([{"id": "a", "text": "ok"}, {"id": float("nan"), "text": "b"}])
+
+
+def test_one_column_cannot_be_two_roles():
+    with pytest.raises(DataError, match="label_column and id_column are both 'id'"):
+        load_documents(ROWS, label_column="id", id_column="id")
+    with pytest.raises(DataError, match="text_column and label_column are both 'text'"):
+        load_documents(ROWS, label_column="text")
+    # a default name gives way to the one the caller chose: labels from "id", rows numbered
+    table = load_documents(ROWS, label_column="id")
+    assert table["doc_id"].to_list() == ["0", "1", "2"]
+    assert table["labels"].to_list() == [["a"], ["b"], ["c"]]
 
 
 def test_a_label_value_is_spelt_the_same_by_every_reader(tmp_path):
@@ -439,13 +473,6 @@ def test_a_folder_of_data_files_without_text_files_is_an_error_naming_them(tmp_p
     empty = tmp_path / "empty"
     empty.mkdir()
     assert load_documents(empty).height == 0  # an empty folder is just empty
-
-
-def test_one_column_cannot_be_two_roles():
-    with pytest.raises(DataError, match="label_column and id_column are both 'id'"):
-        load_documents(ROWS, label_column="id")
-    with pytest.raises(DataError, match="text_column and label_column are both 'text'"):
-        load_documents(ROWS, label_column="text")
 
 
 def test_empty_whitespace_missing_and_non_string_text_are_kept():
