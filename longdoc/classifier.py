@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -658,8 +659,14 @@ class LongDocClassifier:
         (``document[start:end]``)."""
         if not isinstance(document, str):
             raise DataError(f"explain takes one document as a str, got {type(document).__name__}")
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-            raise ConfigError(f"top_k must be None (all) or an int >= 1, got {top_k!r}")
+        if top_k is not None:
+            try:
+                count = -1 if isinstance(top_k, bool) else operator.index(top_k)  # numpy ints too; never a bool
+            except TypeError:
+                count = -1
+            if count < 1:
+                raise ConfigError(f"top_k must be None (all) or an int >= 1, got {top_k!r}")
+            top_k = count
         a = self.analyze([document], show_progress_bar=False)
         order = np.argsort(-a.window_weights, kind="stable")[: top_k or None]
         out = []

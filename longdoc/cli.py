@@ -63,7 +63,7 @@ from longdoc.labeling import label_documents
 from longdoc.metrics import check_png_path, format_report
 from longdoc.model_dir import check_save_target, is_model_directory, read_model_config
 from longdoc.terminal import format_hit, safe_text
-from longdoc.training import MODES, RETRIEVAL_ENCODERS, SELECT_ON, TrainConfig
+from longdoc.training import DEFAULT_EPOCHS, MODES, RETRIEVAL_ENCODERS, SELECT_ON, TrainConfig
 from longdoc.windows import WindowConfig
 
 logger = logging.getLogger("longdoc.cli")
@@ -343,6 +343,9 @@ def _train_config_options(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, default=default, choices=list(RETRIEVAL_ENCODERS), help=help_text)
         elif f.name == "select_on":
             p.add_argument(flag, default=default, choices=list(SELECT_ON), help=help_text)
+        elif f.name == "epochs":  # None: TrainConfig picks by --mode
+            p.add_argument(flag, type=_positive_int, default=None, help=_TRAIN_HELP[f.name] + " (default: "
+                           + ", ".join(f"{n} {mode}" for mode, n in DEFAULT_EPOCHS.items()) + ")")
         elif f.name in ("seed", "train_top_layers", "min_epochs"):
             p.add_argument(flag, type=int, default=default, help=help_text)
         elif isinstance(default, int):
@@ -364,6 +367,11 @@ def _labels_of(docs: Any) -> list[str]:
 def cmd_train(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     check_save_target(args.out, argument="--out")  # before the training, not after it
+    if args.checkpoint_dir is not None:
+        out, checkpoints = Path(os.path.realpath(args.out)), Path(os.path.realpath(args.checkpoint_dir))
+        if checkpoints == out or out in checkpoints.parents:
+            raise ConfigError(f"--checkpoint-dir={args.checkpoint_dir!r} is inside --out={args.out!r}: saving "
+                              "replaces the whole --out directory; keep checkpoints outside it")
     config = _train_config(args)
     window = _window_config(args)
     docs = _load_documents(args.documents, args)

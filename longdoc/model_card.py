@@ -345,7 +345,9 @@ def _training(config: Mapping[str, Any]) -> list[str]:
             ["training documents", f"{training.get('documents')} ({training.get('train_documents')} trained the "
                                    "head)"],
             ["validation", validation],
-            ["best validation macro-F1", _fmt(max(scores)) if scores else "-"],
+            # the best and the last epoch: fine-tuning keeps the last, frozen training the best from min_epochs on
+            ["validation macro-F1", "-" if not scores else _fmt(scores[0]) if len(scores) == 1
+             else f"best {_fmt(max(scores))}, last epoch {_fmt(scores[-1])}"],
             ["calibrated", _fmt(training.get("calibrated"))],
             ["seed", training.get("seed")], ["batch size", training.get("batch_size")],
             ["head learning rate", training.get("head_lr")]]

@@ -97,8 +97,8 @@ def check_save_target(directory: str | Path, *, argument: str = "directory") -> 
     that is not a directory, or a non-empty directory that is not a saved classifier. A save replaces the whole
     directory, so only a new or empty directory, or an earlier model's, may be written to. ``argument`` names the
     caller's argument in the message (``--out`` for the CLI)."""
-    path = Path(directory)
-    if os.path.lexists(path) and not path.is_dir():
+    path = Path(os.path.realpath(directory))  # as the save resolves it: through symbolic links
+    if path.exists() and not path.is_dir():
         raise ConfigError(f"{argument}={str(path)!r} exists and is not a directory: a model is saved as a directory; "
                           "choose a new or empty directory")
     if path.is_dir() and any(path.iterdir()) and not is_model_directory(path):

@@ -53,6 +53,7 @@ if TYPE_CHECKING:  # the classifier imports this module; these names are only fo
 logger = logging.getLogger(__name__)
 
 MODES = ("frozen", "finetune")
+DEFAULT_EPOCHS = {"frozen": 20, "finetune": 3}  # TrainConfig.epochs=None
 RETRIEVAL_ENCODERS = ("pretrained", "finetuned")
 SELECT_ON = ("macro_f1", "loss")
 
@@ -63,7 +64,9 @@ class TrainConfig:
 
     Args:
         mode: ``"frozen"`` (cache window embeddings, train the head) or ``"finetune"`` (end to end).
-        epochs: maximum passes over the training documents.
+        epochs: maximum passes over the training documents. ``None`` (the default) depends on ``mode``: 20 frozen
+            (a head trains in seconds per epoch and stops early on validation), 3 fine-tuning (the last is kept,
+            see ``min_epochs``; BERT-style fine-tuning runs 2-4 epochs, and each is a full encoder pass).
         batch_size: documents per optimizer micro-step.
         grad_accum: micro-steps accumulated per optimizer step.
         encoder_lr: learning rate of the encoder (fine-tuning only).
@@ -125,7 +128,7 @@ class TrainConfig:
     """
 
     mode: str = "frozen"
-    epochs: int = 20
+    epochs: int | None = None
     batch_size: int = 16
     grad_accum: int = 1
     encoder_lr: float = 2e-5
@@ -151,6 +154,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.epochs is None:  # frozen dataclass: the default is resolved once, here
+            object.__setattr__(self, "epochs", DEFAULT_EPOCHS[self.mode])
         for name in ("epochs", "batch_size", "grad_accum", "max_train_windows", "patience"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

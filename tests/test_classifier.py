@@ -71,6 +71,7 @@ def test_explain_and_evaluate_refuse_what_they_cannot_do(trained, tmp_path, tiny
         with pytest.raises(ConfigError, match="top_k must be None"):
             trained.explain(doc, top_k=bad)
     assert len(trained.explain(doc, top_k=1)) == 1
+    assert len(trained.explain(doc, top_k=np.int64(1))) == 1
     with pytest.raises(DataError, match="evaluate got no documents"):
         trained.evaluate([], [])
     with pytest.raises(DataError, match="fit got no training documents"):  # the lexical branch's words, before

@@ -78,6 +78,10 @@ def test_train_refuses_an_output_that_would_destroy_files(workspace, tiny_model_
         assert "--out=" in err and str(out) in err
     assert sorted(p.name for p in project.iterdir()) == ["train.jsonl"]
     assert docs.read_bytes() == workspace["train"].read_bytes()
+    # checkpoints inside --out would make it a folder that is not a model, refused at the save after training
+    code, _, err = _run(capsys, "train", str(docs), "--out", str(tmp_path / "m"), "--checkpoint-dir",
+                        str(tmp_path / "m" / "ckpt"), *common)
+    assert code == 2 and "--checkpoint-dir=" in err and "inside --out=" in err
 
 
 def test_train_reports_the_validation_documents_it_used(workspace, tiny_model_dir, capsys, tmp_path):

@@ -172,7 +172,7 @@ def test_a_hand_edited_history_cannot_stop_the_next_save(evaluated, tmp_path):
     config["history"] = [{"eval_macro_f1": "x"}, {"eval_macro_f1": 0.5}, {"eval_macro_f1": True}, 3, "row"]
     (copy / "config.json").write_text(json.dumps(config))
     out = LongDocClassifier.load(copy, device="cpu").save(tmp_path / "again")
-    assert "| best validation macro-F1 | 0.5000 |" in _card(out)
+    assert "| validation macro-F1 | 0.5000 |" in _card(out)
 
 
 def test_markdown_text_escapes_what_would_format_or_inject():
