@@ -172,11 +172,11 @@ def quality_on(args: argparse.Namespace, device: str, dtype: torch.dtype, split_
         best_val = max((r["eval_macro_f1"] for r in clf.history if "eval_macro_f1" in r), default=None)
         for row in comparison.table.to_dicts():
             if row["method"] == "hierarchical":
-                row["val_macro_f1"] = best_val  # the epoch early stopping kept (the test split never chooses)
+                row["val_macro_f1"] = best_val  # the best epoch's; every epoch's below (the test split never chooses)
                 row["val_by_epoch"] = [round(r["eval_macro_f1"], 4) for r in clf.history if "eval_macro_f1" in r]
             row = {"bench": "finetune", "what": "classification", "corpus": args.corpus, "split": split_name,
                    "seed": seed, "window": window.to_dict(),
-                   "epochs": args.epochs, "max_train_windows": args.max_train_windows,
+                   "epochs": config.epochs, "max_train_windows": args.max_train_windows,
                    "keep_first_window": args.keep_first_window, **row}
             emit(row)
             runs.append(row)
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep-first-window", action=argparse.BooleanOptionalAction, default=True,
                         help="always train on each page's first window (TrainConfig.keep_first_window)")
     parser.add_argument("--pooling", default="lead_attention")
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=None, help="default: the library's (TrainConfig: 3 fine-tuning)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--encoder-lr", type=float, default=3e-5)
     parser.add_argument("--head-lr", type=float, default=1e-3)
