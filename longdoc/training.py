@@ -112,7 +112,7 @@ class TrainConfig:
             documents (about 5 points of accuracy on 50): picking the best of them picks noise. Cross-validated
             on the man pages (5 folds x 3 seeds, benchmarks/RESULTS.md), the mean validation macro-F1 of
             epochs 1, 2, 3 was 0.774, 0.830, 0.837, yet the best-of-three picked an earlier epoch in 8 of 15
-            runs, which scored 1.2 points below the last on the test pages (6 of them run both ways). Set
+            runs, which scored 0.9 points below the last on the test pages on average. Set
             ``min_epochs`` to stop a long fine-tuning run early.
             ``1`` keeps any epoch (the behaviour before this option).
         refit_fusion: with the lexical branch and validation documents, after training re-weigh the window head's
