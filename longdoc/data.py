@@ -457,10 +457,31 @@ def _bad_line(path: Path, lineno: int, reason: str, opts: _Options) -> tuple[dic
     return {}, reason, f"{path.name}:{lineno}"
 
 
-def _read_json_lines(path: Path, opts: _Options, chunk_size: int | None) -> Iterator[_Chunk]:
+_Row = tuple[Any, str | None, str | None]  # a record read from a file, its warning, its fallback id
+
+
+def _chunks_of_rows(rows: Iterable[_Row], opts: _Options, chunk_size: int | None,
+                    **chunk_options: Any) -> Iterator[_Chunk]:
+    """The rows in ``_records_chunk``s of ``chunk_size`` rows (all in one when None)."""
     records: list[Any] = []
     warnings: list[str | None] = []
     fallback_ids: list[str | None] = []
+    for record, warning, fallback_id in rows:
+        records.append(record)
+        warnings.append(warning)
+        fallback_ids.append(fallback_id)
+        if chunk_size is not None and len(records) >= chunk_size:
+            yield _records_chunk(records, opts, warnings, fallback_ids, **chunk_options)
+            records, warnings, fallback_ids = [], [], []
+    if records:
+        yield _records_chunk(records, opts, warnings, fallback_ids, **chunk_options)
+
+
+def _read_json_lines(path: Path, opts: _Options, chunk_size: int | None) -> Iterator[_Chunk]:
+    yield from _chunks_of_rows(_json_line_rows(path, opts), opts, chunk_size, sparse=chunk_size is not None)
+
+
+def _json_line_rows(path: Path, opts: _Options) -> Iterator[_Row]:
     for lineno, line, warning in _text_lines(path, opts.encoding_fallback):
         if not line.strip():
             continue
@@ -472,14 +493,7 @@ def _read_json_lines(path: Path, opts: _Options, chunk_size: int | None) -> Iter
         except ValueError as exc:
             record, warning, fallback_id = _bad_line(
                 path, lineno, f"line {lineno} of {path.name} is not a JSON object: {exc}", opts)
-        records.append(record)
-        warnings.append(warning)
-        fallback_ids.append(fallback_id)
-        if chunk_size is not None and len(records) >= chunk_size:
-            yield _records_chunk(records, opts, warnings, fallback_ids, sparse=True)
-            records, warnings, fallback_ids = [], [], []
-    if records:
-        yield _records_chunk(records, opts, warnings, fallback_ids, sparse=chunk_size is not None)
+        yield record, warning, fallback_id
 
 
 def _read_json_array(path: Path, opts: _Options) -> Iterator[_Chunk]:
@@ -510,6 +524,10 @@ def _read_parquet(path: Path, chunk_size: int | None) -> Iterator[_Chunk]:
 
 
 def _read_csv(path: Path, opts: _Options, chunk_size: int | None, delimiter: str) -> Iterator[_Chunk]:
+    yield from _chunks_of_rows(_csv_rows(path, opts, delimiter), opts, chunk_size, csv_labels=True)
+
+
+def _csv_rows(path: Path, opts: _Options, delimiter: str) -> Iterator[_Row]:
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # documents are long; the default limit is 128 KiB
     bad_lines: dict[int, str] = {}  # line number -> its decoding warning
 
@@ -526,9 +544,6 @@ def _read_csv(path: Path, opts: _Options, chunk_size: int | None, delimiter: str
         return
     except csv.Error as exc:
         raise DataError(f"{path}: cannot read the CSV header: {exc}") from None
-    records: list[dict[str, Any]] = []
-    warnings: list[str | None] = []
-    fallback_ids: list[str | None] = []
     previous_line = reader.line_num
     while True:
         try:
@@ -549,14 +564,7 @@ def _read_csv(path: Path, opts: _Options, chunk_size: int | None, delimiter: str
         else:
             record, warning, fallback_id = _bad_line(
                 path, first, f"line {first} of {path.name} is not a valid CSV row: {problem}", opts)
-        records.append(record)
-        warnings.append(warning)
-        fallback_ids.append(fallback_id)
-        if chunk_size is not None and len(records) >= chunk_size:
-            yield _records_chunk(records, opts, warnings, fallback_ids, csv_labels=True)
-            records, warnings, fallback_ids = [], [], []
-    if records:
-        yield _records_chunk(records, opts, warnings, fallback_ids, csv_labels=True)
+        yield record, warning, fallback_id
 
 
 def _read_folder(root: Path, opts: _Options, chunk_size: int | None) -> Iterator[_Chunk]:
